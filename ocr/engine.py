@@ -1,0 +1,263 @@
+"""Pure OCR: sniff the input kind, render PDF pages (pymupdf), preprocess, run tesseract.
+
+No Django here: bytes or images in, text out. Tesseract runs as our own subprocess in its own
+process group with OMP_THREAD_LIMIT=1, registered with a `CancelScope` so that a cancel kills
+it mid-page (pytesseract hides its Popen, so it is only used for version and languages).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import functools
+import io
+import logging
+import os
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import pymupdf
+import pytesseract
+from PIL import Image
+
+logger = logging.getLogger(__name__)
+
+IMAGE_FORMATS = {"JPEG": "jpeg", "PNG": "png", "BMP": "bmp", "TIFF": "tiff", "WEBP": "webp"}
+TESSERACT_ENV = {**os.environ, "OMP_THREAD_LIMIT": "1"}
+
+
+class EngineError(Exception):
+    """An input the engine cannot read; the message says why, for the API client."""
+
+
+class Cancelled(Exception):
+    """The work was cancelled while it ran."""
+
+
+class OCRFailed(Exception):
+    """Tesseract exited with an error."""
+
+
+# --- Input sniffing ------------------------------------------------------------------------
+
+
+def sniff_kind(head: bytes) -> str | None:
+    """Return 'pdf', an image format name from IMAGE_FORMATS, or None, judged by content."""
+    if head.startswith(b"%PDF-") or b"%PDF-" in head[:1024]:
+        return "pdf"
+    if head.startswith(b"\xff\xd8\xff"):
+        return "jpeg"
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "png"
+    if head.startswith(b"BM"):
+        return "bmp"
+    if head.startswith((b"II*\x00", b"MM\x00*")):
+        return "tiff"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "webp"
+    return None
+
+
+def load_image(data: bytes) -> Image.Image:
+    """Decode an image fully (Pillow's decompression-bomb guard stays on) and return it."""
+    try:
+        image = Image.open(io.BytesIO(data))
+        image.load()
+    except Image.DecompressionBombError as exc:
+        raise EngineError(f"Image is too large to process safely: {exc}") from exc
+    except Exception as exc:  # Pillow raises many types for broken files
+        raise EngineError(f"File could not be decoded as an image: {exc}") from exc
+    if image.format not in IMAGE_FORMATS:
+        raise EngineError(f"Unsupported image format: {image.format}")
+    return image
+
+
+def open_pdf(data: bytes, max_pages: int | None = None) -> pymupdf.Document:
+    """Open a PDF from bytes, refusing damaged, encrypted or too long documents."""
+    try:
+        doc = pymupdf.open(stream=data, filetype="pdf")
+    except Exception as exc:
+        raise EngineError(f"PDF could not be opened: {exc}") from exc
+    if doc.needs_pass or doc.is_encrypted:
+        doc.close()
+        raise EngineError("PDF is encrypted (password protected); send an unencrypted PDF")
+    if doc.page_count < 1:
+        doc.close()
+        raise EngineError("PDF has no pages")
+    if max_pages is not None and doc.page_count > max_pages:
+        count = doc.page_count
+        doc.close()
+        raise EngineError(f"PDF has {count} pages, more than the limit of {max_pages}")
+    return doc
+
+
+# --- Preprocessing ---------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=64)
+def _lut(contrast_level: float, threshold: int) -> tuple[int, ...]:
+    cut = threshold * 255 / 1024
+    table = []
+    for value in range(256):
+        scaled = min(255.0, max(0.0, (value - 128) * contrast_level + 128))
+        if threshold > 0:
+            scaled = 255 if scaled >= cut else 0
+        table.append(int(round(scaled)))
+    return tuple(table)
+
+
+def preprocess(image: Image.Image, *, contrast_level: float, threshold: int) -> Image.Image:
+    """Greyscale, scale contrast around mid grey, then binarise at threshold*255/1024 (0: off)."""
+    if image.mode not in ("L",):
+        if image.mode in ("RGBA", "LA", "P"):
+            image = image.convert("RGBA")
+            background = Image.new("RGBA", image.size, (255, 255, 255, 255))
+            image = Image.alpha_composite(background, image)
+        image = image.convert("L")
+    return image.point(list(_lut(float(contrast_level), int(threshold))))
+
+
+def render_page(doc: pymupdf.Document, index: int, dpi: int) -> Image.Image:
+    """Render one page (0-based) to a greyscale image at `dpi`."""
+    page = doc.load_page(index)
+    pix = page.get_pixmap(dpi=dpi, colorspace=pymupdf.csGRAY, alpha=False)
+    return Image.frombuffer("L", (pix.width, pix.height), pix.samples, "raw", "L", pix.stride, 1)
+
+
+def page_text_layer(doc: pymupdf.Document, index: int) -> str:
+    """The page's existing text layer ('' when the page is only an image)."""
+    return doc.load_page(index).get_text().strip()
+
+
+# --- Tesseract -------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=1)
+def tesseract_version() -> str:
+    return str(pytesseract.get_tesseract_version())
+
+
+@functools.lru_cache(maxsize=1)
+def tesseract_languages() -> tuple[str, ...]:
+    return tuple(sorted(lang for lang in pytesseract.get_languages(config="") if lang != "osd"))
+
+
+class CancelScope:
+    """Tracks the tesseract processes of one task so that a cancel can kill them at once."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._procs: set[subprocess.Popen] = set()
+        self.cancelled = threading.Event()
+
+    def cancel(self) -> int:
+        """Mark cancelled and kill every running process group; return how many were killed."""
+        with self._lock:
+            self.cancelled.set()
+            procs = list(self._procs)
+        for proc in procs:
+            _kill_group(proc)
+        return len(procs)
+
+    def check(self) -> None:
+        if self.cancelled.is_set():
+            raise Cancelled()
+
+    def running(self) -> int:
+        with self._lock:
+            return len(self._procs)
+
+    @contextmanager
+    def track(self, proc: subprocess.Popen) -> Iterator[None]:
+        with self._lock:
+            self._procs.add(proc)
+            cancelled = self.cancelled.is_set()
+        if cancelled:  # cancelled between our check and the process start
+            _kill_group(proc)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._procs.discard(proc)
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+class TesseractSlots:
+    """A host-wide counting semaphore made of flock'ed files: at most `count` tesseracts run.
+
+    flock is released by the kernel when a process dies, so a killed worker never leaks a slot.
+    """
+
+    def __init__(self, directory: str, count: int) -> None:
+        self.directory = directory
+        self.count = count
+        os.makedirs(directory, exist_ok=True)
+
+    @contextmanager
+    def acquire(self, scope: CancelScope | None = None, poll: float = 0.005) -> Iterator[int]:
+        fd = None
+        while fd is None:
+            if scope is not None:
+                scope.check()
+            for slot in range(self.count):
+                candidate = os.open(os.path.join(self.directory, f"slot-{slot}"), os.O_CREAT | os.O_RDWR, 0o666)
+                try:
+                    fcntl.flock(candidate, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    os.close(candidate)
+                    continue
+                fd = candidate
+                break
+            else:
+                time.sleep(poll)
+        try:
+            yield fd
+        finally:
+            os.close(fd)  # closing the descriptor releases the lock
+
+
+@dataclass
+class OCRText:
+    text: str
+    seconds: float
+
+
+def run_tesseract(
+    image: Image.Image, *, lang: str, dpi: int, scope: CancelScope | None = None, tmpdir: str | None = None
+) -> OCRText:
+    """OCR one preprocessed image with a tesseract subprocess that `scope.cancel()` can kill."""
+    started = time.perf_counter()
+    scope = scope or CancelScope()
+    scope.check()
+    # A PGM file is read 15-40% faster by tesseract than the same image on stdin.
+    fd, path = tempfile.mkstemp(suffix=".pgm", dir=tmpdir)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            image.save(handle, format="PPM")
+        proc = subprocess.Popen(
+            ["tesseract", path, "stdout", "-l", lang, "--dpi", str(dpi)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=TESSERACT_ENV,
+            start_new_session=True,
+        )
+        with scope.track(proc):
+            stdout, stderr = proc.communicate()
+    finally:
+        os.unlink(path)
+    scope.check()
+    if proc.returncode != 0:
+        message = stderr.decode(errors="replace").strip().splitlines()
+        raise OCRFailed(f"tesseract exited with {proc.returncode}: {message[-1] if message else ''}")
+    return OCRText(text=stdout.decode(errors="replace").strip(), seconds=time.perf_counter() - started)

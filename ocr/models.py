@@ -1,0 +1,185 @@
+"""OCRTask, OCRPage, TaskEvent and CancelAudit, with the task state machine."""
+
+import uuid
+
+from django.conf import settings
+from django.db import models
+from django.utils import timezone
+
+
+class TaskType(models.TextChoices):
+    OCR = "ocr", "OCR"
+    LLM = "llm", "LLM"
+    PDF = "pdf", "PDF"
+    PDF_LLM = "pdf_llm", "PDF LLM"
+
+
+class TaskStatus(models.TextChoices):
+    """The task state machine, the only transitions there are:
+
+        pending ──start──▶ processing ──finish──▶ completed | failed
+           │                    │
+           └──────cancel────────┴──────────────▶ cancelled
+
+    `pending` and `processing` are ACTIVE; the three others are TERMINAL and final: a
+    terminal task is never written again (its result, pages, counters and events stay).
+    Every transition is one conditional UPDATE in `ocr.services`.
+    """
+
+    PENDING = "pending"
+    PROCESSING = "processing"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+ACTIVE_STATUSES = (TaskStatus.PENDING, TaskStatus.PROCESSING)
+TERMINAL_STATUSES = (TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED)
+
+
+class CancelSource(models.TextChoices):
+    """Who or what cancelled a task."""
+
+    USER = "user"
+    ADMIN = "admin"
+    WEBSOCKET = "websocket"
+    DEADLINE = "deadline"
+    DISCONNECT = "disconnect"
+
+
+class PageSource(models.TextChoices):
+    OCR = "ocr"
+    TEXT_LAYER = "text_layer"
+    LLM = "llm"
+
+
+class EventType(models.TextChoices):
+    STATUS = "status"
+    PAGE_COMPLETED = "page_completed"
+    PAGE_FAILED = "page_failed"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+TERMINAL_EVENTS = (EventType.COMPLETED, EventType.FAILED, EventType.CANCELLED)
+
+
+def upload_path(task: "OCRTask", filename: str) -> str:
+    return f"uploads/{timezone.now():%Y/%m/%d}/{task.pk}/{filename}"
+
+
+class OCRTask(models.Model):
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    task_type = models.CharField(max_length=16, choices=TaskType.choices)
+    streaming = models.BooleanField(default=False)
+    status = models.CharField(max_length=16, choices=TaskStatus.choices, default=TaskStatus.PENDING, db_index=True)
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="ocr_tasks"
+    )
+    # Anonymous tasks belong to the browser session that made them (for listing only).
+    session_key = models.CharField(max_length=64, blank=True, default="", db_index=True)
+    params = models.JSONField(default=dict, help_text="The validated request parameters.")
+    input_file = models.FileField(upload_to=upload_path, max_length=300, blank=True)
+    input_name = models.CharField(max_length=255, blank=True, default="")
+    input_size = models.PositiveBigIntegerField(default=0)
+
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    completed_at = models.DateTimeField(null=True, blank=True)
+    cancelled_at = models.DateTimeField(null=True, blank=True)
+    deadline_at = models.DateTimeField(null=True, blank=True, db_index=True)
+
+    cancellation_reason = models.TextField(null=True, blank=True)
+    cancelled_by = models.CharField(max_length=16, choices=CancelSource.choices, null=True, blank=True)
+    cancelled_by_user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    error_message = models.TextField(null=True, blank=True)
+
+    total_pages = models.PositiveIntegerField(default=0)
+    processed_pages = models.PositiveIntegerField(default=0)
+    failed_pages = models.PositiveIntegerField(default=0)
+    result = models.JSONField(null=True, blank=True)
+    # Last TaskEvent.seq handed out; bumped in the same UPDATE that guards each event.
+    event_seq = models.PositiveIntegerField(default=0)
+    worker_host = models.CharField(max_length=255, blank=True, default="")
+    worker_pid = models.PositiveIntegerField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        permissions = [("cancel_any_task", "Can see and cancel any user's OCR task")]
+        verbose_name = "OCR task"
+
+    def __str__(self) -> str:
+        return f"{self.task_type} {self.pk} ({self.status})"
+
+    @property
+    def is_active(self) -> bool:
+        return self.status in ACTIVE_STATUSES
+
+    @property
+    def is_pdf(self) -> bool:
+        return self.task_type in (TaskType.PDF, TaskType.PDF_LLM)
+
+
+class OCRPage(models.Model):
+    task = models.ForeignKey(OCRTask, on_delete=models.CASCADE, related_name="pages")
+    page_number = models.PositiveIntegerField()
+    text = models.TextField(blank=True, default="")
+    source = models.CharField(max_length=16, choices=PageSource.choices, default=PageSource.OCR)
+    processing_time = models.FloatField(default=0.0)
+    success = models.BooleanField(default=True)
+    error = models.TextField(null=True, blank=True)
+    extra = models.JSONField(default=dict, blank=True, help_text="Kind-specific fields (LLM model, timings)")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["page_number"]
+        constraints = [models.UniqueConstraint(fields=["task", "page_number"], name="ocrpage_unique_task_page")]
+
+    def __str__(self) -> str:
+        return f"page {self.page_number} of {self.task_id}"
+
+
+class TaskEvent(models.Model):
+    """One progress event; `seq` starts at 1 per task and grows by one without gaps."""
+
+    task = models.ForeignKey(OCRTask, on_delete=models.CASCADE, related_name="events")
+    seq = models.PositiveIntegerField()
+    type = models.CharField(max_length=16, choices=EventType.choices)
+    payload = models.JSONField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["task", "seq"]
+        constraints = [models.UniqueConstraint(fields=["task", "seq"], name="taskevent_unique_task_seq")]
+
+    def __str__(self) -> str:
+        return f"{self.task_id} #{self.seq} {self.type}"
+
+
+class CancelAudit(models.Model):
+    """Every cancel request, accepted or refused: who, why, from where, how long work had run.
+
+    Kept apart from TaskEvent so that a refused cancel of a finished task never adds a frame
+    after a stream's terminal event, and so that audits can outlive their tasks.
+    """
+
+    task_id = models.UUIDField(db_index=True)
+    task_type = models.CharField(max_length=16, choices=TaskType.choices)
+    accepted = models.BooleanField()
+    outcome = models.CharField(max_length=32, help_text="cancelled, already_cancelled, already_<status>")
+    reason = models.TextField(blank=True, default="")
+    source = models.CharField(max_length=16, choices=CancelSource.choices)
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    client = models.CharField(max_length=255, blank=True, default="", help_text="IP or channel of the caller")
+    status_before = models.CharField(max_length=16, choices=TaskStatus.choices)
+    ran_seconds = models.FloatField(null=True, blank=True, help_text="Time the work had run when cancelled")
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"cancel {self.task_id} {self.outcome}"

@@ -1,0 +1,109 @@
+"""Event payloads (one builder) and the one sender to the Channels layer.
+
+Events are stored first (TaskEvent, by `ocr.services`); the layer only wakes live listeners,
+who can always catch up from the database.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
+from django.utils import timezone
+
+from .models import OCRPage, OCRTask, TaskType
+
+logger = logging.getLogger(__name__)
+
+
+def group_name(task_id: Any) -> str:
+    return f"ocr-task-{task_id}"
+
+
+def page_result(page: OCRPage, params: dict) -> dict:
+    """One page in the shape of API.md section 3 (`result.results[]`)."""
+    return {
+        "page_number": page.page_number,
+        "extracted_text": page.text,
+        "source": page.source,
+        "processing_time": round(page.processing_time, 4),
+        "success": page.success,
+        "error_message": page.error,
+        "threshold_used": params.get("threshold"),
+        "contrast_level_used": params.get("contrast_level"),
+        **page.extra,
+    }
+
+
+def assemble_result(task: OCRTask, pages: list[OCRPage]) -> dict | None:
+    """The task's `result` from its recorded pages (partial when the task was cancelled)."""
+    params = task.params
+    if task.task_type in (TaskType.OCR, TaskType.LLM):
+        if not pages:
+            return None
+        page = pages[0]
+        result = {
+            "success": page.success,
+            "extracted_text": page.text,
+            "processing_time": round(page.processing_time, 4),
+            "threshold_used": params.get("threshold"),
+            "contrast_level_used": params.get("contrast_level"),
+            **page.extra,
+        }
+        if not page.success:
+            result["error_message"] = page.error
+        return result
+    results = [page_result(page, params) for page in sorted(pages, key=lambda p: p.page_number)]
+    return {
+        "success": bool(results) and all(r["success"] for r in results) and len(results) == task.total_pages,
+        "total_pages": task.total_pages,
+        "processed_pages": sum(1 for r in results if r["success"]),
+        "dpi_used": params.get("dpi"),
+        "total_processing_time": round(sum(p.processing_time for p in pages), 4),
+        "results": results,
+    }
+
+
+def build_event(
+    task: OCRTask,
+    *,
+    seq: int,
+    type: str,
+    current_page: int | None = None,
+    latest_page_result: dict | None = None,
+) -> dict:
+    """The event payload of API.md section 5, from the task row as it stands after the change."""
+    done = task.processed_pages + task.failed_pages
+    event = {
+        "seq": seq,
+        "task_id": str(task.pk),
+        "type": type,
+        "status": task.status,
+        "current_page": current_page,
+        "total_pages": task.total_pages,
+        "processed_pages": task.processed_pages,
+        "failed_pages": task.failed_pages,
+        "progress_percentage": round(100.0 * done / task.total_pages, 1) if task.total_pages else 0.0,
+        "latest_page_result": latest_page_result,
+        "timestamp": timezone.now().isoformat(),
+    }
+    if type == "cancelled":
+        event["cancelled_at"] = task.cancelled_at.isoformat() if task.cancelled_at else None
+        event["cancellation_reason"] = task.cancellation_reason
+        event["cancelled_by"] = task.cancelled_by
+    if type == "failed":
+        event["error_message"] = task.error_message
+    return event
+
+
+def publish(event: dict) -> None:
+    """Push a stored event to the task's group; a lost push is recovered from the database."""
+    layer = get_channel_layer()
+    if layer is None:
+        return
+    try:
+        async_to_sync(layer.group_send)(group_name(event["task_id"]), {"type": "task.event", "event": event})
+    except Exception:
+        logger.warning("task %s: could not publish event %s", event["task_id"], event["seq"], exc_info=True)

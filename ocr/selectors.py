@@ -1,0 +1,63 @@
+"""Reads that are more than a `.get()`: who may see which task, lists, events."""
+
+from __future__ import annotations
+
+import uuid
+
+from django.db.models import Q, QuerySet
+
+from .exceptions import TaskNotFound
+from .models import OCRTask, TaskEvent
+
+
+def can_see_any(user) -> bool:
+    return bool(user and user.is_authenticated and user.is_staff and user.has_perm("ocr.cancel_any_task"))
+
+
+def tasks_visible_to(user) -> QuerySet[OCRTask]:
+    """Anonymous tasks are reachable by UUID by anyone; a user's tasks by that user (and staff)."""
+    if can_see_any(user):
+        return OCRTask.objects.all()
+    if user is not None and user.is_authenticated:
+        return OCRTask.objects.filter(Q(owner=user) | Q(owner__isnull=True))
+    return OCRTask.objects.filter(owner__isnull=True)
+
+
+def task_get_for(*, user, task_id: object, task_type: str | None = None, streaming_only: bool = False) -> OCRTask:
+    """The task if `user` may see it on this path (kind, streaming); TaskNotFound otherwise."""
+    try:
+        pk = uuid.UUID(str(task_id))
+    except ValueError:
+        raise TaskNotFound(task_id) from None
+    tasks = tasks_visible_to(user).filter(pk=pk)
+    if task_type:
+        tasks = tasks.filter(task_type=task_type)
+    if streaming_only:
+        tasks = tasks.filter(streaming=True)
+    task = tasks.first()
+    if task is None:
+        raise TaskNotFound(pk)
+    return task
+
+
+def task_list_for(
+    *, user, session_key: str | None, status: str | None = None, task_type: str | None = None
+) -> QuerySet[OCRTask]:
+    """The caller's own tasks, newest first: a user's, or an anonymous session's."""
+    if user is not None and user.is_authenticated:
+        tasks = OCRTask.objects.filter(owner=user)
+    elif session_key:
+        tasks = OCRTask.objects.filter(owner__isnull=True, session_key=session_key)
+    else:
+        tasks = OCRTask.objects.none()
+    if status:
+        tasks = tasks.filter(status=status)
+    if task_type:
+        tasks = tasks.filter(task_type=task_type)
+    return tasks.order_by("-created_at")
+
+
+def events_after(*, task_id: object, seq: int = 0) -> list[dict]:
+    return list(
+        TaskEvent.objects.filter(task_id=task_id, seq__gt=seq).order_by("seq").values_list("payload", flat=True)
+    )

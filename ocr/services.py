@@ -1,0 +1,302 @@
+"""Every write to tasks, pages, events and audits.
+
+Each status change is one conditional UPDATE from the states it may leave (see TaskStatus),
+so that a cancel racing a completion has exactly one winner, and every other write is guarded
+by the status in the same UPDATE: nothing is written for a task after it became terminal.
+The same UPDATE hands out the next event `seq`, so events are numbered without gaps.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+
+from django.core.files.base import ContentFile
+from django.db import IntegrityError, transaction
+from django.db.models import Case, F, Value, When
+from django.utils import timezone
+
+from . import progress
+from .exceptions import TaskConflict, TaskNotCancellable
+from .models import (
+    ACTIVE_STATUSES,
+    CancelAudit,
+    CancelSource,
+    EventType,
+    OCRPage,
+    OCRTask,
+    TaskEvent,
+    TaskStatus,
+)
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_CANCEL_REASON = "User requested cancellation"
+DISCONNECT_REASON = "Client disconnected"
+
+
+def _advance(task_id: uuid.UUID | str, from_statuses, **fields) -> OCRTask | None:
+    """Conditional UPDATE that also takes the next event seq; the row after it, or None."""
+    changed = OCRTask.objects.filter(pk=task_id, status__in=from_statuses).update(
+        event_seq=F("event_seq") + 1, **fields
+    )
+    if not changed:
+        return None
+    return OCRTask.objects.get(pk=task_id)
+
+
+def _store_event(task: OCRTask, type: str, **details) -> dict:
+    """Store the event numbered `task.event_seq`, publish it once the transaction commits."""
+    payload = progress.build_event(task, seq=task.event_seq, type=type, **details)
+    TaskEvent.objects.create(task_id=task.pk, seq=task.event_seq, type=type, payload=payload)
+    transaction.on_commit(lambda: progress.publish(payload))
+    return payload
+
+
+def _store_result(task: OCRTask) -> None:
+    task.result = progress.assemble_result(task, list(OCRPage.objects.filter(task_id=task.pk)))
+    OCRTask.objects.filter(pk=task.pk).update(result=task.result)
+
+
+# --- Submit and start ---------------------------------------------------------------------
+
+
+def task_submit(
+    *,
+    task_type: str,
+    params: dict,
+    filename: str,
+    data: bytes,
+    owner=None,
+    session_key: str = "",
+    streaming: bool = False,
+    task_id: uuid.UUID | None = None,
+    total_pages: int = 0,
+) -> OCRTask:
+    """Create a pending task with its input file and first event, and queue it on commit."""
+    task = OCRTask(
+        id=task_id or uuid.uuid4(),
+        task_type=task_type,
+        streaming=streaming,
+        params=params,
+        owner=owner,
+        session_key=session_key or "",
+        input_name=filename[:255],
+        input_size=len(data),
+        total_pages=total_pages,
+        event_seq=1,
+    )
+    if params.get("deadline_seconds"):
+        task.deadline_at = timezone.now() + timedelta(seconds=params["deadline_seconds"])
+    if task_id is not None and OCRTask.objects.filter(pk=task_id).exists():
+        raise TaskConflict(f"Task {task_id} already exists")
+    safe_name = os.path.basename(filename).replace(" ", "_")[-100:] or "upload"
+    task.input_file.save(safe_name, ContentFile(data), save=False)
+    try:
+        with transaction.atomic():
+            task.save(force_insert=True)
+            _store_event(task, EventType.STATUS)
+            transaction.on_commit(lambda: _enqueue(task.pk))
+    except IntegrityError as exc:
+        task.input_file.delete(save=False)
+        raise TaskConflict(f"Task {task.pk} already exists") from exc
+    logger.info("task %s: %s task submitted (%s, %d bytes)", task.pk, task_type, task.input_name, len(data))
+    return task
+
+
+def _enqueue(task_id: uuid.UUID) -> None:
+    from django_q.tasks import async_task
+
+    try:
+        async_task("ocr.tasks.process_task", str(task_id), task_name=f"ocr-{task_id}")
+    except Exception as exc:  # the broker is down: fail the task rather than leave it pending
+        logger.exception("task %s: could not be queued", task_id)
+        task_fail(task_id=task_id, error=f"Could not queue the task: {exc}")
+
+
+def task_start(*, task_id: uuid.UUID | str, total_pages: int) -> OCRTask | None:
+    """pending -> processing; None when the task is no longer pending (cancelled before start)."""
+    with transaction.atomic():
+        task = _advance(
+            task_id,
+            [TaskStatus.PENDING],
+            status=TaskStatus.PROCESSING,
+            started_at=timezone.now(),
+            total_pages=total_pages,
+            worker_host=socket.gethostname()[:255],
+            worker_pid=os.getpid(),
+        )
+        if task is not None:
+            _store_event(task, EventType.STATUS)
+    return task
+
+
+# --- Pages --------------------------------------------------------------------------------
+
+
+def page_record(
+    *,
+    task_id: uuid.UUID | str,
+    page_number: int,
+    text: str,
+    source: str,
+    processing_time: float,
+    success: bool = True,
+    error: str | None = None,
+    extra: dict | None = None,
+) -> bool:
+    """Record one page and its event, only while the task is processing; False otherwise."""
+    counter = "processed_pages" if success else "failed_pages"
+    with transaction.atomic():
+        task = _advance(task_id, [TaskStatus.PROCESSING], **{counter: F(counter) + 1})
+        if task is None:
+            return False
+        page = OCRPage.objects.create(
+            task_id=task.pk,
+            page_number=page_number,
+            text=text,
+            source=source,
+            processing_time=processing_time,
+            success=success,
+            error=error,
+            extra=extra or {},
+        )
+        _store_event(
+            task,
+            EventType.PAGE_COMPLETED if success else EventType.PAGE_FAILED,
+            current_page=page_number,
+            latest_page_result=progress.page_result(page, task.params),
+        )
+    return True
+
+
+# --- Terminal transitions -------------------------------------------------------------------
+
+
+def task_finish(*, task_id: uuid.UUID | str) -> bool:
+    """processing -> completed, or failed when no page succeeded; False if something else won."""
+    with transaction.atomic():
+        task = _advance(
+            task_id,
+            [TaskStatus.PROCESSING],
+            status=Case(When(processed_pages=0, then=Value(TaskStatus.FAILED)), default=Value(TaskStatus.COMPLETED)),
+            completed_at=timezone.now(),
+        )
+        if task is None:
+            return False
+        _store_result(task)
+        if task.status == TaskStatus.FAILED:
+            task.error_message = _all_pages_failed_message(task)
+            OCRTask.objects.filter(pk=task.pk).update(error_message=task.error_message)
+        _store_event(task, task.status)
+    logger.info("task %s: %s (%d pages, %d failed)", task.pk, task.status, task.processed_pages, task.failed_pages)
+    return True
+
+
+def _all_pages_failed_message(task: OCRTask) -> str:
+    errors = list(OCRPage.objects.filter(task_id=task.pk, success=False).values_list("error", flat=True)[:1])
+    first = f": {errors[0]}" if errors and errors[0] else ""
+    if task.total_pages <= 1:
+        return f"OCR failed{first}"
+    return f"All {task.failed_pages} pages failed{first}"
+
+
+def task_fail(*, task_id: uuid.UUID | str, error: str) -> bool:
+    """pending|processing -> failed with `error`, keeping the pages done so far."""
+    with transaction.atomic():
+        task = _advance(
+            task_id, ACTIVE_STATUSES, status=TaskStatus.FAILED, completed_at=timezone.now(), error_message=error
+        )
+        if task is None:
+            return False
+        _store_result(task)
+        _store_event(task, EventType.FAILED)
+    logger.warning("task %s: failed: %s", task_id, error)
+    return True
+
+
+@dataclass
+class CancelResult:
+    task: OCRTask
+    newly_cancelled: bool
+
+
+def task_cancel(
+    *,
+    task: OCRTask,
+    reason: str | None = None,
+    by: str = CancelSource.USER,
+    user=None,
+    client: str = "",
+) -> CancelResult:
+    """Cancel an active task: one conditional UPDATE, partial result kept, one `cancelled` event.
+
+    Idempotent for a cancelled task (original time and reason); raises TaskNotCancellable for
+    a completed or failed one. Every call is audited, accepted or refused.
+    """
+    reason = (reason or "").strip() or DEFAULT_CANCEL_REASON
+    now = timezone.now()
+    user = user if getattr(user, "is_authenticated", False) else None
+    with transaction.atomic():
+        cancelled = _advance(
+            task.pk,
+            ACTIVE_STATUSES,
+            status=TaskStatus.CANCELLED,
+            cancelled_at=now,
+            cancellation_reason=reason,
+            cancelled_by=by,
+            cancelled_by_user=user,
+        )
+        if cancelled is not None:
+            _store_result(cancelled)
+            _store_event(cancelled, EventType.CANCELLED)
+            current, outcome = cancelled, "cancelled"
+            status_before = TaskStatus.PROCESSING if cancelled.started_at else TaskStatus.PENDING
+        else:
+            current = OCRTask.objects.get(pk=task.pk)
+            outcome = "already_cancelled" if current.status == TaskStatus.CANCELLED else f"already_{current.status}"
+            status_before = current.status
+        ran_seconds = (now - current.started_at).total_seconds() if current.started_at else None
+        CancelAudit.objects.create(
+            task_id=current.pk,
+            task_type=current.task_type,
+            accepted=cancelled is not None,
+            outcome=outcome,
+            reason=reason,
+            source=by,
+            user=user,
+            client=client[:255],
+            status_before=status_before,
+            ran_seconds=ran_seconds if cancelled is not None else None,
+        )
+    if cancelled is not None:
+        logger.info("task %s: cancelled by %s (%s): %s", task.pk, by, status_before, reason)
+    else:
+        logger.info("task %s: cancel by %s refused: %s", task.pk, by, outcome)
+    if current.status in (TaskStatus.COMPLETED, TaskStatus.FAILED):
+        raise TaskNotCancellable(current.pk, current.status)
+    return CancelResult(task=current, newly_cancelled=cancelled is not None)
+
+
+def deadline_reason(task: OCRTask) -> str:
+    return f"Deadline of {task.params.get('deadline_seconds')} s exceeded"
+
+
+def task_cancel_if_expired(*, task: OCRTask) -> bool:
+    """Cancel `task` with the deadline reason when its deadline has passed; True if it did."""
+    if task.deadline_at is None or task.deadline_at > timezone.now():
+        return False
+    try:
+        return task_cancel(task=task, reason=deadline_reason(task), by=CancelSource.DEADLINE).newly_cancelled
+    except TaskNotCancellable:
+        return False
+
+
+def expire_deadlines() -> int:
+    """Cancel every active task whose deadline has passed; returns how many were cancelled."""
+    expired = OCRTask.objects.filter(status__in=ACTIVE_STATUSES, deadline_at__lte=timezone.now())
+    return sum(task_cancel_if_expired(task=task) for task in expired)

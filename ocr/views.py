@@ -1,0 +1,443 @@
+"""REST views: parse, call a service or selector, serialize. Errors map in ocr.exceptions."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.db import connection
+from django.http import HttpRequest, JsonResponse
+from django.views.decorators.csrf import csrf_exempt
+from django_ratelimit.core import get_usage
+from rest_framework import generics
+from rest_framework.authentication import SessionAuthentication, TokenAuthentication
+from rest_framework.decorators import api_view
+from rest_framework.parsers import FormParser, MultiPartParser
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from . import engine, selectors, services
+from .exceptions import DomainError, InvalidInput, NotAuthenticated, RateLimited, ServiceUnavailable, error_json
+from .models import ACTIVE_STATUSES, TERMINAL_STATUSES, CancelSource, OCRTask, TaskStatus, TaskType
+from .serializers import PARAMETER_RANGES, TaskSerializer, parse_params, read_upload
+
+logger = logging.getLogger(__name__)
+
+CANCEL_MESSAGES = {
+    TaskType.OCR: "OCR task successfully cancelled",
+    TaskType.LLM: "LLM task successfully cancelled",
+    TaskType.PDF: "PDF task successfully cancelled",
+    TaskType.PDF_LLM: "PDF LLM task successfully cancelled",
+}
+STREAM_CANCEL_MESSAGE = "Streaming task successfully cancelled"
+ALREADY_CANCELLED_MESSAGE = "Task was already cancelled"
+MAX_REASON_LENGTH = 1000
+
+
+def client_ip(request) -> str:
+    return request.META.get("REMOTE_ADDR", "") or "unknown"
+
+
+def client_key(group: str, request) -> str:
+    """Rate-limit key: the user when authenticated, else the IP address."""
+    user = getattr(request, "user", None)
+    if user is not None and user.is_authenticated:
+        return f"user:{user.pk}"
+    return f"ip:{client_ip(request)}"
+
+
+def enforce_rate(request, *, group: str, rate: str) -> None:
+    usage = get_usage(request, group=group, key=client_key, rate=rate, increment=True)
+    if usage and usage["should_limit"]:
+        raise RateLimited(
+            f"Rate limit of {rate} exceeded for {group}; retry in {usage['time_left']} s",
+            retry_after=usage["time_left"],
+        )
+
+
+# --- Submit --------------------------------------------------------------------------------
+
+
+def _session_key(request) -> str:
+    """Anonymous tasks are listed for the browser session that made them."""
+    if request.user.is_authenticated:
+        return ""
+    session = request.session
+    if not session.session_key:
+        session.save()
+    return session.session_key or ""
+
+
+def accept_submission(request: Request, *, task_type: str, streaming: bool = False) -> OCRTask:
+    """Everything a submit endpoint does before waiting: limits, validation, task creation."""
+    if not settings.OCR_ALLOW_ANONYMOUS and not request.user.is_authenticated:
+        raise NotAuthenticated("Authentication credentials were not provided.")
+    enforce_rate(request, group="ocr-submit", rate=settings.RATE_LIMIT_REQUESTS)
+    if task_type in (TaskType.LLM, TaskType.PDF_LLM) and not settings.OCR_LLM_BASE_URL:
+        raise ServiceUnavailable("LLM OCR is not configured: set OCR_LLM_BASE_URL (and OCR_LLM_MODEL, OCR_LLM_API_KEY)")
+    if settings.MAX_CONCURRENT_TASKS:
+        active = OCRTask.objects.filter(status__in=ACTIVE_STATUSES).count()
+        if active >= settings.MAX_CONCURRENT_TASKS:
+            exc = ServiceUnavailable(
+                f"Server busy: {active} tasks queued or running (MAX_CONCURRENT_TASKS); retry later"
+            )
+            exc.headers = {"Retry-After": "5"}
+            raise exc
+    params = parse_params(request.data.get("request"), task_type)
+    submission = read_upload(request.data.get("file"), task_type, params)
+    user = request.user if request.user.is_authenticated else None
+    task = services.task_submit(
+        task_type=task_type,
+        params=submission.params,
+        filename=submission.filename,
+        data=submission.data,
+        owner=user,
+        session_key=_session_key(request),
+        streaming=streaming,
+        task_id=params.get("task_id"),
+        total_pages=submission.total_pages,
+    )
+    task.refresh_from_db()
+    return task
+
+
+class SubmitView(APIView):
+    """Async submit: 202 with the pending task."""
+
+    parser_classes = [MultiPartParser, FormParser]
+    task_type: str = TaskType.OCR
+    streaming: bool = False
+
+    def post(self, request: Request) -> Response:
+        task = accept_submission(request, task_type=self.task_type, streaming=self.streaming)
+        return Response(TaskSerializer(task, context={"request": request}).data, status=202)
+
+
+def _drf_request(request: HttpRequest) -> Request:
+    return Request(
+        request,
+        parsers=[MultiPartParser(), FormParser()],
+        authenticators=[TokenAuthentication(), SessionAuthentication()],
+    )
+
+
+def _accept_sync(request: HttpRequest, task_type: str) -> tuple[OCRTask, Request]:
+    drf_request = _drf_request(request)
+    try:
+        return accept_submission(drf_request, task_type=task_type), drf_request
+    finally:
+        connection.close_if_unusable_or_obsolete()
+
+
+def _representation(task_id, drf_request: Request) -> dict:
+    task = OCRTask.objects.get(pk=task_id)
+    return TaskSerializer(task, context={"request": drf_request}).data
+
+
+def _cancel_for_disconnect(task_id) -> None:
+    task = OCRTask.objects.get(pk=task_id)
+    try:
+        services.task_cancel(task=task, reason=services.DISCONNECT_REASON, by=CancelSource.DISCONNECT)
+    except DomainError:
+        pass  # finished meanwhile
+
+
+def make_sync_view(task_type: str):
+    """Sync submit as an async view: daphne cancels it when the client goes, and so do we."""
+
+    @csrf_exempt
+    async def view(request: HttpRequest) -> JsonResponse:
+        if request.method != "POST":
+            return JsonResponse({"detail": f'Method "{request.method}" not allowed.'}, status=405)
+        try:
+            task, drf_request = await sync_to_async(_accept_sync)(request, task_type)
+        except DomainError as exc:
+            return error_json(exc)
+        except Exception as exc:  # a DRF parse error of the multipart body
+            status = getattr(exc, "status_code", None)
+            if status and 400 <= status < 500:
+                return JsonResponse({"detail": str(getattr(exc, "detail", exc))}, status=status)
+            raise
+        logger.info("task %s: sync request received, waiting", task.pk)
+        try:
+            await _wait_terminal(task)
+        except asyncio.CancelledError:
+            logger.info("task %s: sync client disconnected", task.pk)
+            await asyncio.shield(sync_to_async(_cancel_for_disconnect)(task.pk))
+            raise
+        return JsonResponse(await sync_to_async(_representation)(task.pk, drf_request), status=200)
+
+    return view
+
+
+async def _wait_terminal(task: OCRTask, poll: float = 0.05) -> None:
+    started = time.monotonic()
+    check_deadline = task.deadline_at is not None
+    while True:
+        status = await OCRTask.objects.filter(pk=task.pk).values_list("status", flat=True).afirst()
+        if status in TERMINAL_STATUSES or status is None:
+            return
+        if check_deadline:
+            await sync_to_async(services.task_cancel_if_expired)(task=task)
+        if time.monotonic() - started > settings.OCR_SYNC_TIMEOUT:
+            await sync_to_async(_cancel_sync_timeout)(task.pk)
+        await asyncio.sleep(poll)
+
+
+def _cancel_sync_timeout(task_id) -> None:
+    task = OCRTask.objects.get(pk=task_id)
+    try:
+        services.task_cancel(
+            task=task, reason=f"Sync wait of {settings.OCR_SYNC_TIMEOUT} s exceeded", by=CancelSource.DEADLINE
+        )
+    except DomainError:
+        pass
+
+
+# --- Read ----------------------------------------------------------------------------------
+
+
+class TaskDetailView(generics.GenericAPIView):
+    task_type: str | None = None
+
+    def get(self, request: Request, task_id: str) -> Response:
+        task = selectors.task_get_for(user=request.user, task_id=task_id, task_type=self.task_type)
+        return Response(TaskSerializer(task, context={"request": request}).data)
+
+
+class TaskListView(generics.ListAPIView):
+    serializer_class = TaskSerializer
+
+    def get_queryset(self):
+        status = self.request.query_params.get("status") or None
+        task_type = self.request.query_params.get("task_type") or None
+        if status and status not in TaskStatus.values:
+            raise InvalidInput(f"status: must be one of {', '.join(TaskStatus.values)}")
+        if task_type and task_type not in TaskType.values:
+            raise InvalidInput(f"task_type: must be one of {', '.join(TaskType.values)}")
+        session_key = self.request.session.session_key if not self.request.user.is_authenticated else None
+        return selectors.task_list_for(
+            user=self.request.user, session_key=session_key, status=status, task_type=task_type
+        )
+
+
+# --- Cancel --------------------------------------------------------------------------------
+
+
+def parse_cancel_reason(body: bytes) -> str | None:
+    """The body is JSON whatever its Content-Type (curl -d sends form-urlencoded)."""
+    raw = body.strip()
+    if not raw:
+        return None
+    try:
+        data = json.loads(raw)
+    except (UnicodeDecodeError, ValueError):
+        raise InvalidInput('Body must be JSON, for example {"reason": "..."}') from None
+    if data is None:
+        return None
+    if not isinstance(data, dict):
+        raise InvalidInput('Body must be a JSON object, for example {"reason": "..."}')
+    reason = data.get("reason")
+    if reason is None:
+        return None
+    if not isinstance(reason, str):
+        raise InvalidInput("reason: must be a string")
+    if len(reason) > MAX_REASON_LENGTH:
+        raise InvalidInput(f"reason: {len(reason)} characters, more than {MAX_REASON_LENGTH}")
+    return reason.strip() or None
+
+
+def cancel_response(task: OCRTask, *, newly_cancelled: bool, via_stream: bool = False) -> dict:
+    if not newly_cancelled:
+        message = ALREADY_CANCELLED_MESSAGE
+    elif via_stream:
+        message = STREAM_CANCEL_MESSAGE
+    else:
+        message = CANCEL_MESSAGES[task.task_type]
+    return {
+        "task_id": str(task.pk),
+        "status": task.status,
+        "message": message,
+        "cancelled_at": task.cancelled_at.isoformat() if task.cancelled_at else None,
+        "cancellation_reason": task.cancellation_reason,
+    }
+
+
+class CancelView(APIView):
+    """POST .../{id}/cancel on every path; one service does the work."""
+
+    task_type: str | None = None
+    streaming_only: bool = False
+
+    def post(self, request: Request, task_id: str) -> Response:
+        enforce_rate(request, group="ocr-cancel", rate=settings.OCR_CANCEL_RATE)
+        task = selectors.task_get_for(
+            user=request.user, task_id=task_id, task_type=self.task_type, streaming_only=self.streaming_only
+        )
+        reason = parse_cancel_reason(request._request.body)
+        logger.info("task %s: cancel requested from %s", task.pk, client_ip(request))
+        outcome = services.task_cancel(
+            task=task, reason=reason, by=CancelSource.USER, user=request.user, client=client_ip(request)
+        )
+        body = cancel_response(outcome.task, newly_cancelled=outcome.newly_cancelled, via_stream=self.streaming_only)
+        return Response(body, status=200)
+
+
+# --- Service information ----------------------------------------------------------------------
+
+
+def _check_redis() -> tuple[bool, str]:
+    import redis
+
+    try:
+        redis.Redis.from_url(settings.REDIS_URL, socket_timeout=2).ping()
+        return True, "ok"
+    except Exception as exc:
+        return False, str(exc)
+
+
+def _queue_info() -> dict:
+    from django_q.brokers import get_broker
+    from django_q.status import Stat
+
+    try:
+        broker = get_broker()
+        return {"queue_depth": broker.queue_size(), "workers": sum(len(s.workers) for s in Stat.get_all(broker))}
+    except Exception as exc:
+        return {"queue_depth": None, "workers": 0, "error": str(exc)}
+
+
+@api_view(["GET"])
+def health(request: Request) -> Response:
+    checks: dict[str, dict] = {}
+    try:
+        OCRTask.objects.exists()
+        checks["database"] = {"ok": True, "vendor": connection.vendor}
+    except Exception as exc:
+        checks["database"] = {"ok": False, "error": str(exc)}
+    ok, detail = _check_redis()
+    checks["redis"] = {"ok": ok, "detail": detail}
+    try:
+        checks["tesseract"] = {
+            "ok": True,
+            "version": engine.tesseract_version(),
+            "languages": engine.tesseract_languages(),
+        }
+    except Exception as exc:
+        checks["tesseract"] = {"ok": False, "error": str(exc)}
+    queue = _queue_info() if ok else {"queue_depth": None, "workers": 0}
+    checks["workers"] = {"ok": queue["workers"] > 0, "live": queue["workers"], "queue_depth": queue["queue_depth"]}
+    essential = all(checks[name]["ok"] for name in ("database", "redis", "tesseract"))
+    body = {
+        "status": "ok" if essential and checks["workers"]["ok"] else ("degraded" if essential else "down"),
+        **checks,
+    }
+    return Response(body, status=200 if essential else 503)
+
+
+@api_view(["GET"])
+def service_info(request: Request) -> Response:
+    return Response(
+        {
+            "service": "ocrsite",
+            "api_version": "v1",
+            "task_types": TaskType.values,
+            "workers": settings.OCR_WORKERS,
+            "tesseract_version": engine.tesseract_version(),
+            "languages": engine.tesseract_languages(),
+            "llm_configured": bool(settings.OCR_LLM_BASE_URL),
+            "limits": {
+                "max_image_bytes": settings.OCR_MAX_IMAGE_BYTES,
+                "max_pdf_bytes": settings.OCR_MAX_PDF_BYTES,
+                "max_pdf_pages": settings.OCR_MAX_PDF_PAGES,
+                "submit_rate": settings.RATE_LIMIT_REQUESTS,
+                "cancel_rate": settings.OCR_CANCEL_RATE,
+            },
+            "anonymous_allowed": settings.OCR_ALLOW_ANONYMOUS,
+        }
+    )
+
+
+@api_view(["GET"])
+def parameters(request: Request) -> Response:
+    return Response(
+        {
+            "parameters": PARAMETER_RANGES,
+            "languages": engine.tesseract_languages(),
+            "image_types": ["jpg", "jpeg", "png", "bmp", "tiff", "webp"],
+            "pdf_types": ["pdf"],
+        }
+    )
+
+
+# --- Server-sent events ---------------------------------------------------------------------
+
+SSE_KEEPALIVE_SECONDS = 15
+
+
+def _sse_frame(event: dict) -> bytes:
+    return f"id: {event['seq']}\nevent: {event['type']}\ndata: {json.dumps(event)}\n\n".encode()
+
+
+def _stream_task(request: HttpRequest, task_id: str) -> OCRTask:
+    drf_request = _drf_request(request)
+    if not settings.OCR_ALLOW_ANONYMOUS and not drf_request.user.is_authenticated:
+        raise NotAuthenticated("Authentication credentials were not provided.")
+    return selectors.task_get_for(user=drf_request.user, task_id=task_id)
+
+
+async def stream_events(request: HttpRequest, task_id: str):
+    """GET /v1/ocr/stream/{id}: stored events after Last-Event-ID, then live ones, until terminal."""
+    from channels.layers import get_channel_layer
+    from django.http import StreamingHttpResponse
+
+    from .models import TERMINAL_EVENTS
+    from .progress import group_name
+
+    try:
+        task = await sync_to_async(_stream_task)(request, task_id)
+    except DomainError as exc:
+        return error_json(exc)
+    try:
+        last_seq = int(request.headers.get("Last-Event-ID") or request.GET.get("after") or 0)
+    except ValueError:
+        last_seq = 0
+
+    async def events():
+        nonlocal last_seq
+        layer = get_channel_layer()
+        channel = await layer.new_channel()
+        group = group_name(task.pk)
+        await layer.group_add(group, channel)  # before the replay, so nothing falls between
+        try:
+            yield b": connected\n\n"
+            while True:
+                for event in await sync_to_async(selectors.events_after)(task_id=task.pk, seq=last_seq):
+                    last_seq = event["seq"]
+                    yield _sse_frame(event)
+                    if event["type"] in TERMINAL_EVENTS:
+                        return
+                try:
+                    message = await asyncio.wait_for(layer.receive(channel), timeout=SSE_KEEPALIVE_SECONDS)
+                except TimeoutError:
+                    yield b": keep-alive\n\n"
+                    continue
+                event = message.get("event") or {}
+                if event.get("seq") == last_seq + 1:
+                    last_seq = event["seq"]
+                    yield _sse_frame(event)
+                    if event["type"] in TERMINAL_EVENTS:
+                        return
+                # anything else (gap or duplicate): the next loop reads the database
+        finally:
+            await layer.group_discard(group, channel)
+
+    response = StreamingHttpResponse(events(), content_type="text/event-stream")
+    response["Cache-Control"] = "no-cache"
+    response["X-Accel-Buffering"] = "no"
+    return response

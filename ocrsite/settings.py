@@ -1,0 +1,191 @@
+"""Settings for ocrsite, read once from the environment through django-environ.
+
+Defaults run locally: SQLite (WAL, IMMEDIATE transactions) in the project folder and
+Redis at redis://127.0.0.1:6379/0. `DATABASE_URL` switches to PostgreSQL.
+"""
+
+import os
+import tempfile
+from pathlib import Path
+
+import environ
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+env = environ.Env(
+    DEBUG=(bool, False),
+    ALLOWED_HOSTS=(list, ["*"]),
+    OCR_WORKERS=(int, os.cpu_count() or 1),
+    MAX_CONCURRENT_TASKS=(int, 0),
+    RATE_LIMIT_REQUESTS=(str, "100/m"),
+    OCR_CANCEL_RATE=(str, "20/m"),
+    OCR_MAX_IMAGE_BYTES=(int, 10 * 1024 * 1024),
+    OCR_MAX_PDF_BYTES=(int, 50 * 1024 * 1024),
+    OCR_MAX_PDF_PAGES=(int, 500),
+    OCR_ALLOW_ANONYMOUS=(bool, True),
+    OCR_RETENTION_DAYS=(int, 30),
+    OCR_LLM_BASE_URL=(str, ""),
+    OCR_LLM_API_KEY=(str, ""),
+    OCR_LLM_MODEL=(str, ""),
+    OCR_QUEUE_NAME=(str, "ocrsite"),
+    OCR_JOB_TIMEOUT=(int, 3600),
+    OCR_CANCEL_POLL_SECONDS=(float, 0.05),
+    OCR_SYNC_TIMEOUT=(int, 3600),
+)
+
+SECRET_KEY = env("SECRET_KEY", default="dev-insecure-change-me-in-production")
+DEBUG = env("DEBUG")
+ALLOWED_HOSTS = env("ALLOWED_HOSTS")
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "rest_framework.authtoken",
+    "channels",
+    "django_q",
+    "ocr",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "ocrsite.urls"
+ASGI_APPLICATION = "ocrsite.asgi.application"
+WSGI_APPLICATION = None
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# --- Database --------------------------------------------------------------------------
+DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{BASE_DIR / 'db.sqlite3'}")}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # Plain SQLite settings make concurrent workers fail with "database is locked".
+    DATABASES["default"]["OPTIONS"] = {
+        "transaction_mode": "IMMEDIATE",
+        "timeout": 20,
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+    }
+    # A file, not :memory:, so that real worker processes can share the test database.
+    DATABASES["default"]["TEST"] = {"NAME": str(BASE_DIR / "test_db.sqlite3")}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# --- Redis: broker, channel layer, cache ----------------------------------------------
+REDIS_URL = env("REDIS_URL", default="redis://127.0.0.1:6379/0")
+OCR_QUEUE_NAME = env("OCR_QUEUE_NAME")
+
+CACHES = {
+    "default": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": REDIS_URL,
+        "KEY_PREFIX": f"{OCR_QUEUE_NAME}:cache",
+    }
+}
+
+CHANNEL_LAYERS = {
+    "default": {
+        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        "CONFIG": {
+            "hosts": [REDIS_URL],
+            "prefix": f"{OCR_QUEUE_NAME}:asgi",
+            # Events are stored; the layer only wakes listeners, so a roomy buffer is enough.
+            "capacity": 1000,
+            "expiry": 60,
+        },
+    }
+}
+
+OCR_WORKERS = max(1, env("OCR_WORKERS"))
+OCR_JOB_TIMEOUT = env("OCR_JOB_TIMEOUT")
+Q_CLUSTER = {
+    "name": OCR_QUEUE_NAME,
+    "workers": OCR_WORKERS,
+    "redis": REDIS_URL,
+    "timeout": OCR_JOB_TIMEOUT,
+    "retry": OCR_JOB_TIMEOUT + 60,
+    "max_attempts": 1,
+    "catch_up": False,
+    "save_limit": 1000,
+    "ack_failures": True,
+    "label": "Task queue",
+}
+
+# --- REST ------------------------------------------------------------------------------
+OCR_ALLOW_ANONYMOUS = env("OCR_ALLOW_ANONYMOUS")
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.TokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["ocr.permissions.OCRAccess"],
+    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
+    "PAGE_SIZE": 20,
+    "EXCEPTION_HANDLER": "ocr.exceptions.exception_handler",
+    "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
+}
+
+# --- OCR limits and behaviour -----------------------------------------------------------
+MAX_CONCURRENT_TASKS = env("MAX_CONCURRENT_TASKS")
+RATE_LIMIT_REQUESTS = env("RATE_LIMIT_REQUESTS")
+OCR_CANCEL_RATE = env("OCR_CANCEL_RATE")
+OCR_MAX_IMAGE_BYTES = env("OCR_MAX_IMAGE_BYTES")
+OCR_MAX_PDF_BYTES = env("OCR_MAX_PDF_BYTES")
+OCR_MAX_PDF_PAGES = env("OCR_MAX_PDF_PAGES")
+OCR_RETENTION_DAYS = env("OCR_RETENTION_DAYS")
+OCR_LLM_BASE_URL = env("OCR_LLM_BASE_URL")
+OCR_LLM_API_KEY = env("OCR_LLM_API_KEY")
+OCR_LLM_MODEL = env("OCR_LLM_MODEL")
+OCR_CANCEL_POLL_SECONDS = env("OCR_CANCEL_POLL_SECONDS")
+OCR_SYNC_TIMEOUT = env("OCR_SYNC_TIMEOUT")
+# Host-wide tesseract slots (flock files): never more tesseract processes than OCR_WORKERS.
+OCR_SLOT_DIR = env("OCR_SLOT_DIR", default=os.path.join(tempfile.gettempdir(), f"{OCR_QUEUE_NAME}-slots"))
+
+# Uploads larger than this go to a temporary file instead of memory.
+FILE_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
+DATA_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
+
+# --- Static, media, i18n -----------------------------------------------------------------
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "staticfiles"
+MEDIA_URL = "media/"
+MEDIA_ROOT = Path(env("MEDIA_ROOT", default=str(BASE_DIR / "media")))
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+RATELIMIT_USE_CACHE = "default"
+RATELIMIT_VIEW = None
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env("LOG_LEVEL", default="INFO")},
+    "loggers": {"django_q": {"level": "WARNING"}},
+}

@@ -1,0 +1,163 @@
+"""Shared fixtures: isolated queue names, media, a real qcluster and a live daphne."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+# Before Django reads its settings: our own queue, slots and channel prefix, so that a
+# `make run` on the same Redis never takes the tests' jobs.
+os.environ.setdefault("OCR_QUEUE_NAME", f"ocrtest{os.getpid()}")
+os.environ.setdefault("MEDIA_ROOT", tempfile.mkdtemp(prefix="ocrsite-media-"))
+os.environ.setdefault("OCR_WORKERS", "2")
+
+import pytest  # noqa: E402
+import redis  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def _clean_rate_limits(settings):
+    """Rate-limit counters live in Redis; each test starts with none."""
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    prefix = settings.CACHES["default"]["KEY_PREFIX"]
+    for key in client.scan_iter(f"{prefix}*"):
+        client.delete(key)
+    yield
+
+
+def _test_database_url() -> str:
+    from django.db import connection
+
+    db = connection.settings_dict
+    if db["ENGINE"].endswith("sqlite3"):
+        return f"sqlite:///{db['NAME']}"
+    user = db.get("USER") or "postgres"
+    host = db.get("HOST") or "127.0.0.1"
+    port = db.get("PORT") or 5432
+    return f"postgres://{user}@{host}:{port}/{db['NAME']}"
+
+
+def service_env() -> dict:
+    from django.conf import settings
+
+    return {
+        **os.environ,
+        "DATABASE_URL": _test_database_url(),
+        "MEDIA_ROOT": str(settings.MEDIA_ROOT),
+        "OCR_QUEUE_NAME": settings.OCR_QUEUE_NAME,
+        "OCR_WORKERS": str(settings.OCR_WORKERS),
+        "PYTHONUNBUFFERED": "1",
+    }
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+class Cluster:
+    """A real `manage.py qcluster` (and the deadline sweeper) on the test database."""
+
+    def __init__(self, log_dir: Path) -> None:
+        self.log_path = log_dir / "qcluster.log"
+        self.procs: list[subprocess.Popen] = []
+
+    def start(self) -> None:
+        from django_q.brokers import get_broker
+
+        get_broker().purge_queue()
+        log = open(self.log_path, "ab")
+        for args in (["qcluster"], ["ocr_sweeper", "--interval", "0.2"]):
+            self.procs.append(
+                subprocess.Popen(
+                    [sys.executable, "manage.py", *args],
+                    cwd=ROOT,
+                    env=service_env(),
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            )
+        deadline = time.monotonic() + 30
+        while b"running" not in self.log_path.read_bytes():
+            if time.monotonic() > deadline or self.procs[0].poll() is not None:
+                raise RuntimeError(f"qcluster did not start: {self.log_path.read_text()[-2000:]}")
+            time.sleep(0.1)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            _stop(proc)
+
+
+@pytest.fixture(scope="session")
+def cluster(django_db_setup, django_db_blocker, tmp_path_factory):
+    """Real worker processes; tests that use it need `transaction=True`."""
+    workers = Cluster(tmp_path_factory.mktemp("cluster"))
+    with django_db_blocker.unblock():
+        workers.start()
+    yield workers
+    workers.stop()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def live_daphne(django_db_setup, tmp_path_factory):
+    """A real daphne serving the project on the test database; yields its base URL."""
+    port = _free_port()
+    log_path = tmp_path_factory.mktemp("daphne") / "daphne.log"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "ocrsite.asgi:application"],
+        cwd=ROOT,
+        env=service_env(),
+        stdout=open(log_path, "ab"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            break
+        except OSError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise RuntimeError(f"daphne did not start: {log_path.read_text()[-2000:]}") from None
+            time.sleep(0.1)
+    yield f"http://127.0.0.1:{port}"
+    _stop(proc)
+
+
+def tesseract_pids() -> list[int]:
+    """PIDs of running tesseract processes that read one of our temporary page files."""
+    out = subprocess.run(["pgrep", "-f", r"^tesseract .*\.pgm"], capture_output=True, text=True).stdout
+    return [int(pid) for pid in out.split()]
+
+
+def wait_for(predicate, timeout: float = 30.0, interval: float = 0.02):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout} s")

@@ -1,0 +1,86 @@
+"""Test documents made on the fly with pymupdf and Pillow (no binary fixtures)."""
+
+from __future__ import annotations
+
+import io
+
+import pymupdf
+from PIL import Image
+
+SAMPLE_LINES = [
+    "The quick brown fox jumps over the lazy dog.",
+    "Cancellation that really stops the work.",
+    "Optical character recognition of scanned pages.",
+]
+
+
+def page_lines(number: int) -> list[str]:
+    return [f"Page {number} of the sample document."] + SAMPLE_LINES
+
+
+def text_pdf(pages: int = 2, *, lines=page_lines, fontsize: float = 14) -> bytes:
+    """A PDF whose pages carry a real text layer."""
+    doc = pymupdf.open()
+    for number in range(1, pages + 1):
+        page = doc.new_page()
+        for i, line in enumerate(lines(number)):
+            page.insert_text((72, 100 + i * fontsize * 2), line, fontsize=fontsize)
+    data = doc.tobytes()
+    doc.close()
+    return data
+
+
+def image_pdf(pages: int = 2, *, dpi: int = 150, lines=page_lines, fontsize: float = 14) -> bytes:
+    """An image-only PDF (no text layer): each page is the raster of a text page."""
+    source = pymupdf.open(stream=text_pdf(pages, lines=lines, fontsize=fontsize), filetype="pdf")
+    out = pymupdf.open()
+    for page in source:
+        pix = page.get_pixmap(dpi=dpi, colorspace=pymupdf.csGRAY)
+        new = out.new_page(width=page.rect.width, height=page.rect.height)
+        new.insert_image(new.rect, pixmap=pix)
+    data = out.tobytes()
+    out.close()
+    source.close()
+    return data
+
+
+def dense_lines(number: int) -> list[str]:
+    """About 80 lines of small text: a page tesseract needs seconds for at high dpi."""
+    return [f"Line {i} of page {number}: lorem ipsum dolor sit amet consectetur adipiscing elit." for i in range(80)]
+
+
+def slow_pdf(pages: int = 3) -> bytes:
+    """Image-only pages that keep tesseract busy for several seconds each at 600 dpi."""
+    return image_pdf(pages, dpi=200, lines=dense_lines, fontsize=7)
+
+
+def text_image(text: str = "Hello OCR world", *, format: str = "PNG", size=(900, 200)) -> bytes:
+    page_doc = pymupdf.open()
+    page = page_doc.new_page(width=size[0] / 2, height=size[1] / 2)
+    page.insert_text((20, size[1] / 4), text, fontsize=20)
+    pix = page.get_pixmap(dpi=144, colorspace=pymupdf.csGRAY)
+    image = Image.frombytes("L", (pix.width, pix.height), pix.samples)
+    page_doc.close()
+    buffer = io.BytesIO()
+    image.save(buffer, format=format)
+    return buffer.getvalue()
+
+
+def encrypted_pdf() -> bytes:
+    doc = pymupdf.open(stream=text_pdf(1), filetype="pdf")
+    data = doc.tobytes(encryption=pymupdf.PDF_ENCRYPT_AES_256, user_pw="secret", owner_pw="owner")
+    doc.close()
+    return data
+
+
+def cer(expected: str, actual: str) -> float:
+    """Character error rate: Levenshtein distance over the expected length (whitespace folded)."""
+    a = " ".join(expected.split())
+    b = " ".join(actual.split())
+    previous = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        current = [i]
+        for j, cb in enumerate(b, 1):
+            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (ca != cb)))
+        previous = current
+    return previous[-1] / max(1, len(a))

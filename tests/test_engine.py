@@ -1,0 +1,119 @@
+"""The engine with real tesseract and pymupdf: accuracy, text layer, sniffing, killing."""
+
+import threading
+import time
+
+import pytest
+from PIL import Image
+
+from ocr import engine
+from tests import factories
+from tests.conftest import tesseract_pids, wait_for
+
+
+def ocr_pdf_page(data: bytes, index: int, dpi: int = 300) -> str:
+    doc = engine.open_pdf(data)
+    image = engine.preprocess(engine.render_page(doc, index, dpi), contrast_level=1.3, threshold=500)
+    return engine.run_tesseract(image, lang="eng", dpi=dpi).text
+
+
+def test_image_only_pdf_is_read_with_low_character_error_rate():
+    data = factories.image_pdf(2, dpi=300)
+    doc = engine.open_pdf(data)
+    assert engine.page_text_layer(doc, 0) == ""  # really image-only
+    for index in range(2):
+        expected = "\n".join(factories.page_lines(index + 1))
+        assert factories.cer(expected, ocr_pdf_page(data, index)) < 0.02
+
+
+def test_text_layer_is_read_without_ocr():
+    doc = engine.open_pdf(factories.text_pdf(1))
+    started = time.perf_counter()
+    text = engine.page_text_layer(doc, 0)
+    assert time.perf_counter() - started < 0.5
+    assert factories.cer("\n".join(factories.page_lines(1)), text) < 0.01
+
+
+@pytest.mark.parametrize(
+    "data,kind",
+    [
+        (factories.text_image(format="PNG"), "png"),
+        (factories.text_image(format="JPEG"), "jpeg"),
+        (factories.text_image(format="BMP"), "bmp"),
+        (factories.text_image(format="TIFF"), "tiff"),
+        (factories.text_image(format="WEBP"), "webp"),
+        (b"%PDF-1.7\n", "pdf"),
+        (b"GIF89a....", None),
+        (b"hello world", None),
+    ],
+)
+def test_sniff_kind_judges_by_content(data, kind):
+    assert engine.sniff_kind(data[:2048]) == kind
+
+
+def test_preprocess_contrast_and_threshold():
+    grey = Image.new("L", (4, 1))
+    grey.putdata([0, 100, 140, 255])
+    assert list(engine.preprocess(grey, contrast_level=1.0, threshold=0).tobytes()) == bytes([0, 100, 140, 255])
+    # threshold 512 cuts at 127.5: binarised
+    assert list(engine.preprocess(grey, contrast_level=1.0, threshold=512).tobytes()) == bytes([0, 0, 255, 255])
+    # contrast 2 around 128: 100 -> 72, 140 -> 152
+    assert list(engine.preprocess(grey, contrast_level=2.0, threshold=0).tobytes()) == bytes([0, 72, 152, 255])
+
+
+def test_broken_inputs_raise_engine_errors():
+    with pytest.raises(engine.EngineError, match="could not be opened"):
+        engine.open_pdf(b"%PDF-1.4 garbage")
+    with pytest.raises(engine.EngineError, match="encrypted"):
+        engine.open_pdf(factories.encrypted_pdf())
+    with pytest.raises(engine.EngineError, match="more than the limit"):
+        engine.open_pdf(factories.text_pdf(3), max_pages=2)
+    with pytest.raises(engine.EngineError, match="decoded"):
+        engine.load_image(factories.text_image()[:200])
+
+
+def test_cancel_scope_kills_tesseract_mid_page():
+    data = factories.slow_pdf(1)
+    doc = engine.open_pdf(data)
+    image = engine.preprocess(engine.render_page(doc, 0, 600), contrast_level=1.3, threshold=500)
+    scope = engine.CancelScope()
+    outcome = {}
+
+    def run():
+        try:
+            engine.run_tesseract(image, lang="eng", dpi=600, scope=scope)
+            outcome["result"] = "finished"
+        except engine.Cancelled:
+            outcome["result"] = "cancelled"
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    wait_for(lambda: scope.running() == 1, timeout=10)
+    time.sleep(0.3)
+    started = time.perf_counter()
+    assert scope.cancel() == 1
+    thread.join(5)
+    assert time.perf_counter() - started < 0.25
+    assert outcome["result"] == "cancelled"
+    assert tesseract_pids() == []
+
+
+def test_slots_limit_concurrency(tmp_path):
+    slots = engine.TesseractSlots(str(tmp_path), 2)
+    inside, peak, lock = [0], [0], threading.Lock()
+
+    def hold():
+        with slots.acquire():
+            with lock:
+                inside[0] += 1
+                peak[0] = max(peak[0], inside[0])
+            time.sleep(0.05)
+            with lock:
+                inside[0] -= 1
+
+    threads = [threading.Thread(target=hold) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert peak[0] == 2

@@ -39,4 +39,4 @@ migrate:
 	$(PY) manage.py migrate --noinput -v0
 
 clean:
-	rm -rf $(VENV) .run media test_db.sqlite3*
+	rm -rf $(VENV) .run media test_*.sqlite3*

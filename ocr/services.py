@@ -239,19 +239,21 @@ def task_cancel(
     a completed or failed one. Every call is audited, accepted or refused.
     """
     reason = (reason or "").strip() or DEFAULT_CANCEL_REASON
-    now = timezone.now()
     user = user if getattr(user, "is_authenticated", False) else None
     with transaction.atomic():
         cancelled = _advance(
             task.pk,
             ACTIVE_STATUSES,
             status=TaskStatus.CANCELLED,
-            cancelled_at=now,
             cancellation_reason=reason,
             cancelled_by=by,
             cancelled_by_user=user,
         )
+        # Stamped once the UPDATE holds the row: every page committed before it is older.
+        now = timezone.now()
         if cancelled is not None:
+            cancelled.cancelled_at = now
+            OCRTask.objects.filter(pk=task.pk).update(cancelled_at=now)
             _store_result(cancelled)
             _store_event(cancelled, EventType.CANCELLED)
             current, outcome = cancelled, "cancelled"

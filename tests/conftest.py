@@ -7,18 +7,11 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-# Before Django reads its settings: our own queue, slots and channel prefix, so that a
-# `make run` on the same Redis never takes the tests' jobs.
-os.environ.setdefault("OCR_QUEUE_NAME", f"ocrtest{os.getpid()}")
-os.environ.setdefault("MEDIA_ROOT", tempfile.mkdtemp(prefix="ocrsite-media-"))
-os.environ.setdefault("OCR_WORKERS", "2")
-
-import pytest  # noqa: E402
-import redis  # noqa: E402
+import pytest
+import redis
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -1,0 +1,210 @@
+"""Cancel latency: how fast a cancel over HTTP stops a task's tesseract mid-page.
+
+The queue is kept full (at least `--backlog` tasks more than workers, each a `slow_pdf` of
+`--task-pages` pages OCR'd at 600 dpi, several seconds per page). Each round waits until a
+`processing` task has a tesseract running (its PIDs are the tesseract processes whose parent
+is the task's `worker_pid`, the qcluster worker process), lets it run a random 50-1000 ms
+into the page, reads its tesseract PIDs again and POSTs /v1/ocr/tasks/{id}/cancel. A thread
+polls those PIDs every 1 ms from just before the request.
+
+Figures (milliseconds, p50/p95/p99/max over `--cancels` rounds):
+- `cancel_response`: the cancel request's round trip through daphne (a);
+- `kill_after_cancelled_at`: the task's `cancelled_at` (written in the cancel transaction,
+  with the `cancelled` TaskEvent) -> the last of its tesseract processes dead (killed, reaped
+  or not), on the same wall clock (b);
+- `kill_after_response`: the 200 received -> the same moment (negative when the worker killed
+  tesseract before the response arrived);
+- `reaped_after_cancelled_at`: the same, until the worker also reaped them (gone from /proc).
+Each round also checks that the `cancelled` event is stored and that no page of the task was
+recorded after `cancelled_at`.
+
+Prints one JSON object; logs go to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import threading
+import time
+
+import harness
+from harness import log
+
+
+class PidWatch(threading.Thread):
+    """Polls PIDs every `interval` s; records when each is dead (zombie or gone) and gone."""
+
+    def __init__(self, pids: list[int], interval: float = 0.001, timeout: float = 10) -> None:
+        super().__init__(name="pid-watch", daemon=True)
+        self.pids = pids
+        self.interval = interval
+        self.timeout = timeout
+        self.dead_at: dict[int, float] = {}
+        self.gone_at: dict[int, float] = {}
+
+    def run(self) -> None:
+        deadline = time.monotonic() + self.timeout
+        while len(self.gone_at) < len(self.pids) and time.monotonic() < deadline:
+            now = time.time()
+            for pid in self.pids:
+                if pid in self.gone_at:
+                    continue
+                try:
+                    with open(f"/proc/{pid}/stat", "rb") as handle:
+                        stat = handle.read()
+                except OSError:
+                    self.gone_at[pid] = now
+                    self.dead_at.setdefault(pid, now)
+                    continue
+                if stat[stat.rindex(b")") + 2 : stat.rindex(b")") + 3] == b"Z":
+                    self.dead_at.setdefault(pid, now)
+            time.sleep(self.interval)
+
+
+def task_tesseracts(prefix: str, worker_pid: int | None) -> list[int]:
+    """Live tesseract processes of the task run by the worker process `worker_pid`."""
+    if not worker_pid:
+        return []
+    return [pid for pid in harness.tesseract_pids(prefix) if harness.proc_ppid(pid) == worker_pid]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cancels", type=int, default=30)
+    parser.add_argument("--task-pages", type=int, default=4)
+    parser.add_argument("--dpi", type=int, default=600)
+    parser.add_argument("--backlog", type=int, default=2, help="pending tasks kept beyond the workers")
+    parser.add_argument("--min-delay", type=float, default=0.05, help="seconds of tesseract before the cancel")
+    parser.add_argument("--max-delay", type=float, default=1.0)
+    parser.add_argument("--seed", type=int, default=1)
+    args = parser.parse_args()
+    rng = random.Random(args.seed)
+
+    from tests import factories
+
+    pdf = factories.slow_pdf(args.task_pages)
+    request = {"text_layer": "ocr", "dpi": args.dpi}
+    response_ms: list[float] = []
+    kill_ms: list[float] = []
+    kill_after_response_ms: list[float] = []
+    reaped_ms: list[float] = []
+    pages_after_cancel = 0
+    missing_events = 0
+    tesseracts_per_cancel: list[int] = []
+
+    with harness.Service(http=True) as service:
+        from ocr.models import OCRPage, OCRTask, TaskEvent
+
+        prefix = str(service.tesseract_tmp)
+        workers = service.workers
+        submitted: list[str] = []
+
+        def fill_queue() -> None:
+            active = OCRTask.objects.filter(pk__in=submitted, status__in=("pending", "processing")).count()
+            for _ in range(workers + args.backlog - active):
+                _, body = service.submit_pdf(pdf, request)
+                submitted.append(body["task_id"])
+
+        cancels_done = 0
+        round_started = time.monotonic()
+        while cancels_done < args.cancels:
+            fill_queue()
+            if time.monotonic() - round_started > 120:
+                raise RuntimeError("no task with a running tesseract within 120 s")
+            # A processing task with a tesseract running mid-page.
+            candidates = OCRTask.objects.filter(pk__in=submitted, status="processing").values_list("pk", "worker_pid")
+            chosen = None
+            for task_id, worker_pid in candidates:
+                if task_tesseracts(prefix, worker_pid):
+                    chosen = (str(task_id), worker_pid)
+                    break
+            if chosen is None:
+                time.sleep(0.02)
+                continue
+            task_id, worker_pid = chosen
+            time.sleep(rng.uniform(args.min_delay, args.max_delay))
+            pids = task_tesseracts(prefix, worker_pid)
+            status = OCRTask.objects.filter(pk=task_id).values_list("status", flat=True).first()
+            if not pids or status != "processing":
+                continue  # the page (or the task) ended meanwhile: pick again
+            watch = PidWatch(pids)
+            watch.start()
+            sent = time.perf_counter()
+            code, body = harness.http_request(
+                service.base_url,
+                "POST",
+                f"/v1/ocr/tasks/{task_id}/cancel",
+                json.dumps({"reason": "cancel latency benchmark"}).encode(),
+                {"Content-Type": "application/json"},
+            )
+            answered_perf = time.perf_counter()
+            answered_wall = time.time()
+            if code != 200 or body.get("status") != "cancelled" or body.get("message") == "Task was already cancelled":
+                log("cancel of %s answered %s %s: skipped", task_id, code, body)
+                watch.join()
+                continue
+            watch.join()
+            task = OCRTask.objects.get(pk=task_id)
+            cancelled_at = task.cancelled_at.timestamp()
+            if len(watch.dead_at) < len(pids):
+                raise RuntimeError(f"task {task_id}: tesseract {pids} still running 10 s after the cancel")
+            last_dead = max(watch.dead_at.values())
+            last_gone = max(watch.gone_at.values())
+            response_ms.append((answered_perf - sent) * 1000)
+            kill_ms.append((last_dead - cancelled_at) * 1000)
+            kill_after_response_ms.append((last_dead - answered_wall) * 1000)
+            reaped_ms.append((last_gone - cancelled_at) * 1000)
+            tesseracts_per_cancel.append(len(pids))
+            if not TaskEvent.objects.filter(task_id=task_id, type="cancelled").exists():
+                missing_events += 1
+            late = OCRPage.objects.filter(task_id=task_id, created_at__gt=task.cancelled_at).count()
+            pages_after_cancel += late
+            cancels_done += 1
+            round_started = time.monotonic()
+            log(
+                "cancel %d/%d: task %s, %d tesseract, response %.1f ms, killed %.1f ms after cancelled_at",
+                cancels_done,
+                args.cancels,
+                task_id[:8],
+                len(pids),
+                response_ms[-1],
+                kill_ms[-1],
+            )
+
+        # Stop the remaining tasks so that the workers stop at once.
+        for task_id in OCRTask.objects.filter(pk__in=submitted, status__in=("pending", "processing")).values_list(
+            "pk", flat=True
+        ):
+            harness.http_request(service.base_url, "POST", f"/v1/ocr/tasks/{task_id}/cancel", b"{}")
+        database = "postgresql" if service.pg_name else "sqlite"
+        from django.conf import settings
+
+        poll_seconds = settings.OCR_CANCEL_POLL_SECONDS
+
+    kill = harness.summary_ms(kill_ms)
+    result = {
+        "cancels": len(kill_ms),
+        "dpi": args.dpi,
+        "workers": workers,
+        "database": database,
+        "cancel_response_ms": harness.summary_ms(response_ms),
+        "kill_after_cancelled_at_ms": kill,
+        "kill_after_response_ms": harness.summary_ms(kill_after_response_ms),
+        "reaped_after_cancelled_at_ms": harness.summary_ms(reaped_ms),
+        "tesseracts_per_cancel": {str(n): tesseracts_per_cancel.count(n) for n in sorted(set(tesseracts_per_cancel))},
+        "cancelled_events_missing": missing_events,
+        "pages_recorded_after_cancel": pages_after_cancel,
+        "service_cancel_poll_seconds": poll_seconds,
+        "targets": {
+            "kill_p99_lt_250ms": kill["p99"] is not None and kill["p99"] < 250,
+            "kill_p50_lt_100ms": kill["p50"] is not None and kill["p50"] < 100,
+        },
+    }
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,661 @@
+"""Shared pieces of the benchmark scripts: an isolated service, clients, documents, figures.
+
+`Service` starts the project's own processes (qcluster, the deadline sweeper, optionally daphne)
+on a queue, channel prefix, slot directory, media directory, TMPDIR and database of their own
+(`OCR_QUEUE_NAME=bench<pid>`), so that a running `make run` or test run is never disturbed, and
+stops them all (process groups, plus any tesseract they left) at the end, even on error.
+The benchmark process itself reads the same database through the Django ORM.
+
+HTTP, SSE and WebSocket clients use the standard library only (no extra package to pin).
+Everything logs to stderr; the scripts print one JSON object on stdout.
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from datetime import datetime
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+PYTHON = sys.executable
+CORES = os.cpu_count() or 1
+
+
+def log(message: str, *args: object) -> None:
+    text = message % args if args else message
+    print(f"{time.strftime('%H:%M:%S')} {text}", file=sys.stderr, flush=True)
+
+
+# --- Figures -------------------------------------------------------------------------------
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    """Linear interpolation between closest ranks (numpy's default), q in 0..100."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    position = (len(ordered) - 1) * q / 100
+    low = int(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def summary_ms(values_ms: list[float]) -> dict:
+    """count, p50, p95, p99, max (and min, mean) of a list of milliseconds, rounded to 0.1 ms."""
+
+    def r(value: float | None) -> float | None:
+        return None if value is None else round(value, 1)
+
+    return {
+        "count": len(values_ms),
+        "p50": r(percentile(values_ms, 50)),
+        "p95": r(percentile(values_ms, 95)),
+        "p99": r(percentile(values_ms, 99)),
+        "max": r(max(values_ms) if values_ms else None),
+        "min": r(min(values_ms) if values_ms else None),
+        "mean": r(sum(values_ms) / len(values_ms) if values_ms else None),
+    }
+
+
+def parse_timestamp(value: str) -> float:
+    """An ISO 8601 timestamp with timezone (as the API writes them) as epoch seconds."""
+    return datetime.fromisoformat(value).timestamp()
+
+
+# --- Documents -----------------------------------------------------------------------------
+
+WORDS = (
+    "the of and to in is that for it as was with be by on not he this are or his from at which but have an they "
+    "you were her she there one all we their been has would when if more will about up out them so what its into "
+    "than some could time these two may first then do any like other my now over such our man me even most made "
+    "after also did many before must through back years where much your way well down should because each just "
+    "those people how too little state good very make world still own see men work long get here between both life "
+    "being under never day same another know while last might us great old year off come since against go came "
+    "right used take three states himself few house use during without again place american around however home "
+    "small found thought went say part once general high upon school every does got united left number course war "
+    "until always away something fact though water less public put think almost hand enough far took head yet "
+    "government system better set told nothing night end why called didn't eyes find going look asked later knew "
+    "point next program city business give group toward young days let room president side social present given "
+    "several order national second possible rather per face among form important often things looking early white "
+    "case john become large big need four within felt children along saw best church ever least power development "
+    "light thing seemed family interest want members mind country area others done turned although open problem "
+    "invoice agreement contract payment section clause party shall hereby pursuant amount total balance account"
+).split()
+
+
+def document_text_lines(page_number: int, *, fontsize: float, width: float, height: float) -> list[str]:
+    """Deterministic English-like paragraphs that fill a text block of `width` x `height` points."""
+    import pymupdf
+
+    rng = random.Random(page_number * 7919)
+    line_height = fontsize * 1.25
+    lines: list[str] = [f"Page {page_number}"]
+    line = ""
+    sentence_left = rng.randint(8, 20)
+    capitalize = True
+    while len(lines) * line_height < height:
+        word = rng.choice(WORDS)
+        if capitalize:
+            word, capitalize = word.capitalize(), False
+        sentence_left -= 1
+        if sentence_left == 0:
+            word += rng.choice((".", ".", ".", ";", "?"))
+            sentence_left, capitalize = rng.randint(8, 20), True
+        elif rng.random() < 0.05:
+            word += ","
+        elif rng.random() < 0.03:
+            word = str(rng.randint(1, 99999))
+        candidate = f"{line} {word}".strip()
+        if pymupdf.get_text_length(candidate, fontname="helv", fontsize=fontsize) > width:
+            lines.append(line)
+            line = word
+            if rng.random() < 0.08:
+                lines.append("")  # paragraph break
+        else:
+            line = candidate
+    return lines
+
+
+def document_pdf(pages: int, *, first_page: int = 1, fontsize: float = 10.5, scan_dpi: int = 300) -> bytes:
+    """An image-only PDF like a scanned report: US letter pages of dense `fontsize` pt text,
+    rasterised in greyscale at `scan_dpi` (no text layer, so every page needs OCR)."""
+    import pymupdf
+
+    rect = pymupdf.paper_rect("letter")
+    margin = 72
+    out = pymupdf.open()
+    for page_number in range(first_page, first_page + pages):
+        source = pymupdf.open()
+        page = source.new_page(width=rect.width, height=rect.height)
+        lines = document_text_lines(
+            page_number, fontsize=fontsize, width=rect.width - 2 * margin, height=rect.height - 2 * margin
+        )
+        for i, text in enumerate(lines):
+            if text:
+                page.insert_text((margin, margin + fontsize + i * fontsize * 1.25), text, fontsize=fontsize)
+        pix = page.get_pixmap(dpi=scan_dpi, colorspace=pymupdf.csGRAY)
+        new = out.new_page(width=rect.width, height=rect.height)
+        new.insert_image(new.rect, pixmap=pix)
+        source.close()
+    data = out.tobytes(deflate=True)
+    out.close()
+    return data
+
+
+# --- Processes -----------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _proc_cmdline(pid: str) -> list[bytes] | None:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            return handle.read().split(b"\0")
+    except OSError:
+        return None
+
+
+def proc_ppid(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            stat = handle.read()
+    except OSError:
+        return None
+    return int(stat[stat.rindex(b")") + 2 :].split()[1])
+
+
+def proc_alive(pid: int) -> bool:
+    """True while the process exists and is not a zombie (killed but not yet reaped)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            stat = handle.read()
+    except OSError:
+        return False
+    return stat[stat.rindex(b")") + 2 : stat.rindex(b")") + 3] != b"Z"
+
+
+def tesseract_pids(path_prefix: str = "") -> list[int]:
+    """Live tesseract processes (`pgrep -f '^tesseract '`), only those whose input file is
+    under `path_prefix` when given. Reads /proc directly: one pgrep costs ~8 ms of CPU here."""
+    found = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        argv = _proc_cmdline(pid)
+        if argv and argv[0] == b"tesseract" and len(argv) > 1 and argv[1].decode(errors="replace").startswith(path_prefix):
+            found.append(int(pid))
+    return found
+
+
+class TesseractSampler(threading.Thread):
+    """Counts running tesseract processes every `interval` s, by the directory of their input
+    file (`prefixes`: name -> directory); any other tesseract on the host counts as "foreign".
+
+    Equivalent to `pgrep -f '^tesseract '` but cheap enough to run at 50 Hz on 2 cores: a PID's
+    command line is read once, when it first appears (pgrep itself costs ~8 ms of CPU per call,
+    ~40% of a core at 50 Hz, which would distort the throughput it is meant to watch).
+    """
+
+    def __init__(self, prefixes: dict[str, str], interval: float = 0.02) -> None:
+        super().__init__(name="tesseract-sampler", daemon=True)
+        self.prefixes = {name: prefix.encode() for name, prefix in prefixes.items()}
+        self.interval = interval
+        self._stop_event = threading.Event()
+        self._known: dict[str, str] = {}  # pid -> class name, "" when not a tesseract
+        self.maxima: dict[str, int] = {}
+        self.samples = 0
+        self.reset()
+
+    def reset(self) -> None:
+        self.maxima = {name: 0 for name in [*self.prefixes, "foreign", "meta"]}
+        self.samples = 0
+
+    def _classify(self, argv: list[bytes]) -> str:
+        if argv[0] != b"tesseract":
+            return ""
+        for name, prefix in self.prefixes.items():
+            if len(argv) > 1 and argv[1].startswith(prefix):
+                return name
+        if len(argv) > 1 and argv[1].startswith(b"-"):
+            return "meta"  # tesseract --version / --list-langs: no page, no CPU to speak of
+        return "foreign"
+
+    def sample(self) -> dict[str, int]:
+        pids = [pid for pid in os.listdir("/proc") if pid.isdigit()]
+        counts = dict.fromkeys(self.maxima, 0)
+        for pid in pids:
+            kind = self._known.get(pid)
+            if kind is None:
+                argv = _proc_cmdline(pid)
+                if not argv or argv == [b""]:  # kernel thread, zombie or gone: look again next time
+                    continue
+                kind = self._known[pid] = self._classify(argv)
+            if kind:
+                counts[kind] += 1
+        if len(self._known) > 2 * len(pids) + 100:  # forget PIDs that are gone (PID reuse)
+            alive = set(pids)
+            self._known = {pid: kind for pid, kind in self._known.items() if pid in alive}
+        return counts
+
+    def run(self) -> None:
+        while not self._stop_event.wait(self.interval):
+            counts = self.sample()
+            self.samples += 1
+            for name, count in counts.items():
+                if count > self.maxima[name]:
+                    self.maxima[name] = count
+
+    def stop(self) -> None:
+        self._stop_event.set()
+
+
+def _signal_group(proc: subprocess.Popen, sig: int) -> None:
+    try:
+        os.killpg(proc.pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def stop_groups(procs: list[subprocess.Popen], timeout: float = 10) -> None:
+    """SIGTERM every process group at once, SIGKILL the groups still there after `timeout`."""
+    for proc in procs:
+        if proc.poll() is None:
+            _signal_group(proc, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for proc in procs:
+        try:
+            proc.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            log("service: %s did not stop on SIGTERM, killed", proc.args[2:4])
+        _signal_group(proc, signal.SIGKILL)  # also any child left in the group
+        proc.wait()
+
+
+class Service:
+    """The service on its own queue, media, TMPDIR and database, as subprocesses.
+
+    Database: a fresh SQLite file in the temp dir, or, when DATABASE_URL is set in the
+    environment, a fresh PostgreSQL database `bench_<pid>` on that server (dropped at the end).
+    """
+
+    def __init__(self, *, http: bool = True, workers: int = CORES, extra_env: dict | None = None) -> None:
+        self.http = http
+        self.workers = workers
+        self.extra_env = extra_env or {}
+        self.queue = f"bench{os.getpid()}"
+        self.tmp = Path(tempfile.mkdtemp(prefix=f"{self.queue}-"))
+        self.tesseract_tmp = self.tmp / "tmp"  # TMPDIR of the services: tesseract inputs land here
+        self.procs: list[subprocess.Popen] = []
+        self.pg_admin_url: str | None = None
+        self.pg_name: str | None = None
+        self.base_url = ""
+        self.port = 0
+
+    # -- database
+    def _database_url(self) -> str:
+        configured = os.environ.get("DATABASE_URL")
+        if not configured or configured.startswith("sqlite"):
+            return f"sqlite:///{self.tmp / 'bench.sqlite3'}"
+        import psycopg
+
+        self.pg_admin_url = configured
+        self.pg_name = f"bench_{os.getpid()}"
+        with psycopg.connect(_psycopg_url(configured), autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{self.pg_name}"')
+            conn.execute(f'CREATE DATABASE "{self.pg_name}"')
+        parts = urlsplit(configured)
+        return urlunsplit((parts.scheme, parts.netloc, f"/{self.pg_name}", parts.query, parts.fragment))
+
+    def _drop_database(self) -> None:
+        if not self.pg_name:
+            return
+        import psycopg
+
+        with psycopg.connect(_psycopg_url(self.pg_admin_url), autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{self.pg_name}" WITH (FORCE)')
+
+    # -- lifecycle
+    def __enter__(self) -> Service:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        self.tesseract_tmp.mkdir()
+        (self.tmp / "media").mkdir()
+        self.database_url = self._database_url()
+        self.env = {
+            **os.environ,
+            "DATABASE_URL": self.database_url,
+            "OCR_QUEUE_NAME": self.queue,
+            "MEDIA_ROOT": str(self.tmp / "media"),
+            "TMPDIR": str(self.tesseract_tmp),
+            "OCR_WORKERS": str(self.workers),
+            "RATE_LIMIT_REQUESTS": "100000/m",
+            "OCR_CANCEL_RATE": "100000/m",
+            "PYTHONUNBUFFERED": "1",
+            "DJANGO_SETTINGS_MODULE": "ocrsite.settings",
+            **self.extra_env,
+        }
+        log("service: queue %s, database %s, tmp %s", self.queue, self.database_url, self.tmp)
+        subprocess.run(
+            [PYTHON, "manage.py", "migrate", "--noinput", "-v0"],
+            cwd=ROOT,
+            env=self.env,
+            check=True,
+            stdout=sys.stderr,
+        )
+        self._setup_django()
+        from django_q.brokers import get_broker
+
+        get_broker().purge_queue()
+        self._spawn("qcluster", [PYTHON, "manage.py", "qcluster"])
+        self._spawn("sweeper", [PYTHON, "manage.py", "ocr_sweeper"])
+        if self.http:
+            self.port = free_port()
+            self.base_url = f"http://127.0.0.1:{self.port}"
+            self._spawn(
+                "daphne", [PYTHON, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port), "ocrsite.asgi:application"]
+            )
+        self._wait_ready()
+
+    def _setup_django(self) -> None:
+        """This process reads the same database through the ORM (statuses, PIDs, events)."""
+        for key in ("DATABASE_URL", "OCR_QUEUE_NAME", "MEDIA_ROOT", "OCR_WORKERS", "DJANGO_SETTINGS_MODULE"):
+            os.environ[key] = self.env[key]
+        os.environ["LOG_LEVEL"] = "WARNING"
+        import django
+
+        django.setup()
+
+    def _spawn(self, name: str, argv: list[str]) -> None:
+        log_file = open(self.tmp / f"{name}.log", "ab")
+        self.procs.append(
+            subprocess.Popen(
+                argv, cwd=ROOT, env=self.env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        )
+        log_file.close()
+
+    def log_text(self, name: str) -> str:
+        try:
+            return (self.tmp / f"{name}.log").read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def _wait_ready(self, timeout: float = 60) -> None:
+        from django_q.brokers import get_broker
+        from django_q.status import Stat
+
+        deadline = time.monotonic() + timeout
+        broker = get_broker()
+        while True:
+            for proc in self.procs:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"{proc.args} exited with {proc.returncode}:\n{self._logs()[-3000:]}")
+            workers = sum(len(stat.workers) for stat in Stat.get_all(broker))
+            http_ok = not self.http or _port_open(self.port)
+            if workers >= self.workers and http_ok:
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"service did not start within {timeout} s:\n{self._logs()[-3000:]}")
+            time.sleep(0.1)
+        log("service: ready (%d workers%s)", self.workers, f", {self.base_url}" if self.http else "")
+
+    def _logs(self) -> str:
+        return "\n".join(f"--- {name}\n{self.log_text(name)}" for name in ("qcluster", "sweeper", "daphne"))
+
+    def worker_pids(self) -> set[int]:
+        """PIDs of every process of the qcluster process group (workers included)."""
+        if not self.procs:
+            return set()
+        out = subprocess.run(["pgrep", "-g", str(self.procs[0].pid)], capture_output=True, text=True).stdout
+        return {int(pid) for pid in out.split()}
+
+    def stop(self) -> None:
+        stop_groups(self.procs)
+        # Tesseract runs in its own session: kill any our workers left behind (input under our TMPDIR).
+        for pid in tesseract_pids(str(self.tesseract_tmp)):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        try:
+            self._clean_redis()
+        except Exception as exc:
+            log("service: could not clean Redis keys: %s", exc)
+        try:
+            from django.db import connections
+
+            connections.close_all()
+        except Exception:
+            pass
+        try:
+            self._drop_database()
+        except Exception as exc:
+            log("service: could not drop database %s: %s", self.pg_name, exc)
+        if os.environ.get("BENCH_KEEP_TMP"):
+            log("service: logs kept in %s", self.tmp)
+        else:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+        log("service: stopped")
+
+    def _clean_redis(self) -> None:
+        import redis
+
+        client = redis.Redis.from_url(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
+        keys = list(client.scan_iter(f"*{self.queue}*", count=1000))
+        if keys:
+            client.delete(*keys)
+
+    # -- HTTP
+    def submit_pdf(self, data: bytes, request: dict, *, path: str = "/v1/ocr/process-pdf", name: str = "doc.pdf"):
+        """POST a PDF; returns (wall-clock time before sending, status, JSON body)."""
+        started = time.time()
+        status, body = http_multipart(self.base_url, path, {"request": json.dumps(request)}, {"file": (name, data)})
+        if status != 202:
+            raise RuntimeError(f"submit answered {status}: {body}")
+        return started, body
+
+
+def _psycopg_url(url: str) -> str:
+    parts = urlsplit(url)
+    scheme = "postgresql" if parts.scheme in ("postgres", "postgresql", "pgsql", "psql") else parts.scheme
+    return urlunsplit((scheme, parts.netloc, parts.path, parts.query, parts.fragment))
+
+
+def _port_open(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+        return True
+    except OSError:
+        return False
+
+
+# --- HTTP, SSE and WebSocket clients (standard library) ----------------------------------------
+
+
+def _connection(base_url: str, timeout: float = 60) -> http.client.HTTPConnection:
+    parts = urlsplit(base_url)
+    return http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
+
+
+def http_multipart(base_url: str, path: str, fields: dict[str, str], files: dict[str, tuple[str, bytes]]):
+    boundary = uuid.uuid4().hex
+    chunks: list[bytes] = []
+    for name, value in fields.items():
+        chunks.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode())
+    for name, (filename, data) in files.items():
+        head = (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="{filename}"\r\n'
+            "Content-Type: application/octet-stream\r\n\r\n"
+        )
+        chunks += [head.encode(), data, b"\r\n"]
+    chunks.append(f"--{boundary}--\r\n".encode())
+    return http_request(
+        base_url, "POST", path, b"".join(chunks), {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+    )
+
+
+def http_request(base_url: str, method: str, path: str, body: bytes | None = None, headers: dict | None = None):
+    """One request on a new connection; returns (status, decoded JSON or text)."""
+    conn = _connection(base_url)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        response = conn.getresponse()
+        raw = response.read()
+    finally:
+        conn.close()
+    try:
+        return response.status, json.loads(raw)
+    except ValueError:
+        return response.status, raw.decode(errors="replace")
+
+
+class SSEClient:
+    """GET a text/event-stream; `events()` yields (receive wall time, event dict) as they arrive."""
+
+    def __init__(self, base_url: str, path: str, timeout: float = 120) -> None:
+        self.conn = _connection(base_url, timeout)
+        self.conn.request("GET", path, headers={"Accept": "text/event-stream"})
+        self.response = self.conn.getresponse()
+        if self.response.status != 200:
+            raise RuntimeError(f"SSE {path} answered {self.response.status}: {self.response.read()[:500]!r}")
+        self.connected_at: float | None = None
+
+    def events(self):
+        data: list[str] = []
+        while True:
+            line = self.response.readline()
+            if not line:
+                return
+            line = line.decode().rstrip("\r\n")
+            if line.startswith(":"):
+                if self.connected_at is None:
+                    self.connected_at = time.time()  # the ": connected" comment: subscribed to the group
+                continue
+            if line.startswith("data:"):
+                data.append(line[5:].lstrip())
+            elif not line and data:
+                received = time.time()
+                yield received, json.loads("\n".join(data))
+                data = []
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+class WebSocketClient:
+    """A minimal RFC 6455 client: text frames in, masked frames out, answers pings."""
+
+    def __init__(self, base_url: str, path: str, timeout: float = 120) -> None:
+        parts = urlsplit(base_url)
+        self.sock = socket.create_connection((parts.hostname, parts.port), timeout=timeout)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        key = base64.b64encode(os.urandom(16)).decode()
+        host = f"{parts.hostname}:{parts.port}"
+        request = (
+            f"GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\nOrigin: http://{host}\r\n\r\n"
+        )
+        self.sock.sendall(request.encode())
+        self.buffer = b""
+        while b"\r\n\r\n" not in self.buffer:
+            chunk = self.sock.recv(4096)
+            if not chunk:
+                raise RuntimeError(f"WebSocket {path}: connection closed during the handshake")
+            self.buffer += chunk
+        head, self.buffer = self.buffer.split(b"\r\n\r\n", 1)
+        if b" 101 " not in head.split(b"\r\n", 1)[0]:
+            raise RuntimeError(f"WebSocket {path}: handshake refused: {head[:200]!r}")
+        self.connected_at = time.time()
+        self.close_code: int | None = None
+
+    def _read(self, count: int) -> bytes:
+        while len(self.buffer) < count:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise ConnectionError("WebSocket closed by the server")
+            self.buffer += chunk
+        data, self.buffer = self.buffer[:count], self.buffer[count:]
+        return data
+
+    def _send(self, opcode: int, payload: bytes) -> None:
+        mask = os.urandom(4)
+        length = len(payload)
+        if length < 126:
+            head = struct.pack("!BB", 0x80 | opcode, 0x80 | length)
+        elif length < 65536:
+            head = struct.pack("!BBH", 0x80 | opcode, 0x80 | 126, length)
+        else:
+            head = struct.pack("!BBQ", 0x80 | opcode, 0x80 | 127, length)
+        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+        self.sock.sendall(head + mask + masked)
+
+    def send_json(self, value: dict) -> None:
+        self._send(0x1, json.dumps(value).encode())
+
+    def messages(self):
+        """Yield (receive wall time, decoded JSON) per text message until the server closes."""
+        fragments = b""
+        while True:
+            first, second = self._read(2)
+            opcode, length = first & 0x0F, second & 0x7F
+            if length == 126:
+                (length,) = struct.unpack("!H", self._read(2))
+            elif length == 127:
+                (length,) = struct.unpack("!Q", self._read(8))
+            mask = self._read(4) if second & 0x80 else None
+            payload = self._read(length)
+            if mask:
+                payload = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+            if opcode == 0x8:  # close: answer it and stop
+                self.close_code = struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else None
+                try:
+                    self._send(0x8, payload[:2])
+                except OSError:
+                    pass
+                return
+            if opcode == 0x9:
+                self._send(0xA, payload)
+                continue
+            if opcode in (0x1, 0x2, 0x0):
+                fragments += payload
+                if first & 0x80:
+                    received = time.time()
+                    yield received, json.loads(fragments)
+                    fragments = b""
+
+    def close(self) -> None:
+        try:
+            self.sock.close()
+        except OSError:
+            pass

@@ -1,0 +1,226 @@
+"""Throughput: the service's pages per second against plain tesseract on the same pages.
+
+Raw side: the pages of a generated image-only PDF (US letter, dense 10.5 pt text, scanned at
+300 dpi) are rendered beforehand, untimed, with the engine's own `render_page` + `preprocess`
+(contrast 1.3, threshold 500) into PGM files; then `tesseract FILE stdout -l eng --dpi 300`
+with OMP_THREAD_LIMIT=1 runs over them, `os.cpu_count()` processes at a time: that is the
+physical limit of the machine.
+
+Service side: the same PDF is POSTed to /v1/ocr/process-pdf through daphne with
+{"text_layer": "ocr", "dpi": 300}; the time runs from just before the POST to the task's
+`completed_at` (the worker's own clock, same machine); this process polls the task rows every
+50 ms through the ORM rather than over HTTP, so that polling does not steal CPU from the
+workers. The queue case submits `--tasks` PDFs of `--task-pages` pages at once (concurrent
+POSTs) and runs until the last `completed_at`; its raw side is the same pages.
+
+Fairness on a noisy 2-core machine: the raw and service runs alternate (raw, service for the
+single task, then raw, service for the queue); with `--rounds N` the order flips every round
+(raw first, service first, ...) so that a drift hits both sides alike, and the figures are the
+medians over rounds (ratios are medians of the per-round ratios). A tesseract sampler (every
+20 ms, /proc) records how many tesseract processes the service ran at once, and any foreign
+tesseract (another test run) that would disturb the timings.
+
+Prints one JSON object; logs go to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import harness
+from harness import CORES, log
+
+TERMINAL = ("completed", "failed", "cancelled")
+
+
+def render_pages(pdfs: list[bytes], directory: Path, *, dpi: int, contrast: float, threshold: int) -> list[Path]:
+    """Untimed: the engine's rendering and preprocessing of every page, saved as PGM."""
+    from ocr import engine
+
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for doc_index, data in enumerate(pdfs):
+        doc = engine.open_pdf(data)
+        try:
+            for index in range(doc.page_count):
+                image = engine.preprocess(
+                    engine.render_page(doc, index, dpi), contrast_level=contrast, threshold=threshold
+                )
+                path = directory / f"doc{doc_index}-page{index + 1}.pgm"
+                image.save(path, format="PPM")
+                paths.append(path)
+        finally:
+            doc.close()
+    return paths
+
+
+def run_raw(paths: list[Path], *, dpi: int, lang: str) -> float:
+    """Seconds for plain tesseract over `paths`, CORES processes at a time."""
+    env = {**os.environ, "OMP_THREAD_LIMIT": "1"}
+
+    def one(path: Path) -> None:
+        subprocess.run(
+            ["tesseract", str(path), "stdout", "-l", lang, "--dpi", str(dpi)],
+            env=env,
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=CORES) as pool:
+        list(pool.map(one, paths))
+    return time.perf_counter() - started
+
+
+def run_service(service: harness.Service, pdfs: list[bytes], *, dpi: int, timeout: float) -> dict:
+    """Submit every PDF at once; seconds from the first POST to the last `completed_at`."""
+    from ocr.models import OCRTask
+
+    request = {"text_layer": "ocr", "dpi": dpi}
+    with ThreadPoolExecutor(max_workers=len(pdfs)) as pool:
+        submitted = list(pool.map(lambda data: service.submit_pdf(data, request), pdfs))
+    submit_started = min(started for started, _ in submitted)
+    submit_done = time.time()
+    ids = [body["task_id"] for _, body in submitted]
+    deadline = time.monotonic() + timeout
+    while True:
+        rows = list(OCRTask.objects.filter(pk__in=ids).values("status", "started_at", "completed_at", "error_message"))
+        if len(rows) == len(ids) and all(row["status"] in TERMINAL for row in rows):
+            break
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"tasks not finished after {timeout} s: {[row['status'] for row in rows]}")
+        time.sleep(0.05)
+    bad = [row for row in rows if row["status"] != "completed"]
+    if bad:
+        raise RuntimeError(f"tasks did not complete: {bad}")
+    finished = max(row["completed_at"].timestamp() for row in rows)
+    first_start = min(row["started_at"].timestamp() for row in rows)
+    return {
+        "seconds": finished - submit_started,
+        "submit_seconds": submit_done - submit_started,
+        "first_start_after_submit_seconds": first_start - submit_started,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--pages", type=int, default=20, help="pages of the single-task PDF")
+    parser.add_argument("--tasks", type=int, default=6, help="tasks submitted at once in the queue case")
+    parser.add_argument("--task-pages", type=int, default=5, help="pages per task in the queue case")
+    parser.add_argument("--dpi", type=int, default=300)
+    parser.add_argument("--fontsize", type=float, default=10.5)
+    parser.add_argument("--rounds", type=int, default=1, help="alternating raw/service rounds; medians reported")
+    parser.add_argument("--timeout", type=float, default=600, help="seconds to wait for one service run")
+    args = parser.parse_args()
+
+    log("generating documents: %d pages + %d x %d pages", args.pages, args.tasks, args.task_pages)
+    single_pdf = harness.document_pdf(args.pages, fontsize=args.fontsize)
+    queue_pdfs = [
+        harness.document_pdf(args.task_pages, first_page=1000 + i * args.task_pages, fontsize=args.fontsize)
+        for i in range(args.tasks)
+    ]
+    queue_total = args.tasks * args.task_pages
+
+    with harness.Service(http=True) as service:
+        raw_dir = service.tmp / "raw"
+        log("rendering the raw pages (untimed)")
+        single_paths = render_pages([single_pdf], raw_dir / "single", dpi=args.dpi, contrast=1.3, threshold=500)
+        queue_paths = render_pages(queue_pdfs, raw_dir / "queue", dpi=args.dpi, contrast=1.3, threshold=500)
+
+        sampler = harness.TesseractSampler({"service": str(service.tesseract_tmp), "raw": str(raw_dir)})
+        sampler.start()
+        runs: list[dict] = []
+        max_service_tesseract = 0
+        foreign_max = 0
+        try:
+            for round_index in range(args.rounds):
+                run: dict = {"order": "raw-first" if round_index % 2 == 0 else "service-first"}
+                for case, paths, pdfs in (
+                    ("single", single_paths, [single_pdf]),
+                    ("queue", queue_paths, queue_pdfs),
+                ):
+                    sides = ("raw", "service") if round_index % 2 == 0 else ("service", "raw")
+                    for side in sides:
+                        sampler.reset()
+                        if side == "raw":
+                            seconds = run_raw(paths, dpi=args.dpi, lang="eng")
+                            run[f"{case}_raw_seconds"] = round(seconds, 3)
+                        else:
+                            result = run_service(service, pdfs, dpi=args.dpi, timeout=args.timeout)
+                            seconds = result["seconds"]
+                            run[f"{case}_service_seconds"] = round(seconds, 3)
+                            run[f"{case}_service_submit_seconds"] = round(result["submit_seconds"], 3)
+                            run[f"{case}_service_first_start_seconds"] = round(
+                                result["first_start_after_submit_seconds"], 3
+                            )
+                            max_service_tesseract = max(max_service_tesseract, sampler.maxima["service"])
+                        foreign_max = max(foreign_max, sampler.maxima["foreign"])
+                        log(
+                            "round %d %s %s: %d pages in %.2f s (%.3f pages/s), tesseract at once %s",
+                            round_index + 1,
+                            case,
+                            side,
+                            len(paths),
+                            seconds,
+                            len(paths) / seconds,
+                            sampler.maxima,
+                        )
+                run["single_ratio"] = round(run["single_raw_seconds"] / run["single_service_seconds"], 3)
+                run["queue_ratio"] = round(run["queue_raw_seconds"] / run["queue_service_seconds"], 3)
+                run["loadavg"] = Path("/proc/loadavg").read_text().split()[0]
+                runs.append(run)
+        finally:
+            sampler.stop()
+
+    def median(key: str) -> float:
+        return statistics.median(run[key] for run in runs)
+
+    raw_pps = args.pages / median("single_raw_seconds")
+    service_pps = args.pages / median("single_service_seconds")
+    queue_raw_pps = queue_total / median("queue_raw_seconds")
+    queue_service_pps = queue_total / median("queue_service_seconds")
+    single_ratio = median("single_ratio")
+    queue_ratio = median("queue_ratio")
+    workers = int(service.env["OCR_WORKERS"])
+    result = {
+        "pages": args.pages,
+        "dpi": args.dpi,
+        "cores": CORES,
+        "raw_pages_per_s": round(raw_pps, 3),
+        "service_pages_per_s": round(service_pps, 3),
+        "ratio": single_ratio,
+        "queue": {
+            "tasks": args.tasks,
+            "pages": queue_total,
+            "raw_pages_per_s": round(queue_raw_pps, 3),
+            "service_pages_per_s": round(queue_service_pps, 3),
+            "ratio": queue_ratio,
+        },
+        "max_concurrent_tesseract": max_service_tesseract,
+        "ocr_workers": workers,
+        "rounds": args.rounds,
+        "database": "postgresql" if service.pg_name else "sqlite",
+        "foreign_tesseract_max": foreign_max,
+        "targets": {
+            "single_ratio_ge_0.9": single_ratio >= 0.9,
+            "queue_ratio_ge_0.95": queue_ratio >= 0.95,
+            "tesseract_le_workers": max_service_tesseract <= workers,
+        },
+        "runs": runs,
+    }
+    if foreign_max:
+        log("WARNING: %d foreign tesseract processes ran during the measurement: timings disturbed", foreign_max)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,223 @@
+"""Cancel endpoints (API.md section 4) against real services and Redis, without workers."""
+
+import json
+
+import pytest
+from django.contrib.auth.models import Permission, User
+from rest_framework.test import APIClient
+
+from ocr import services
+from ocr.models import CancelAudit, OCRTask, PageSource, TaskEvent
+from tests import factories
+
+pytestmark = pytest.mark.django_db
+
+KINDS = {
+    "ocr": ("/v1/ocr/tasks/", "OCR task successfully cancelled"),
+    "llm": ("/v1/ocr/llm-tasks/", "LLM task successfully cancelled"),
+    "pdf": ("/v1/ocr/pdf-tasks/", "PDF task successfully cancelled"),
+    "pdf_llm": ("/v1/ocr/pdf-llm-tasks/", "PDF LLM task successfully cancelled"),
+}
+
+
+def make_task(task_type="pdf", *, owner=None, streaming=False, pages=2) -> OCRTask:
+    params = {"threshold": 500, "contrast_level": 1.3, "lang": "eng", "dpi": 300, "text_layer": "auto"}
+    data = factories.text_pdf(pages) if task_type.startswith("pdf") else factories.text_image()
+    return services.task_submit(
+        task_type=task_type,
+        params=params,
+        filename="in",
+        data=data,
+        owner=owner,
+        streaming=streaming,
+        total_pages=pages if task_type.startswith("pdf") else 1,
+    )
+
+
+def cancel(client, path, body=None, content_type="application/json"):
+    if body is None:
+        return client.post(path)
+    raw = body if isinstance(body, str | bytes) else json.dumps(body)
+    return client.generic("POST", path, raw, content_type=content_type)
+
+
+@pytest.fixture
+def client():
+    return APIClient()
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_cancel_each_kind_on_its_typed_path_and_universal_path(client, kind):
+    path, message = KINDS[kind]
+    task = make_task(kind)
+    response = cancel(client, f"{path}{task.pk}/cancel", {"reason": "not needed"})
+    assert response.status_code == 200, response.content
+    body = response.json()
+    assert body["status"] == "cancelled" and body["message"] == message
+    assert body["cancellation_reason"] == "not needed" and body["task_id"] == str(task.pk)
+    task.refresh_from_db()
+    assert task.status == "cancelled" and task.cancelled_at.isoformat() == body["cancelled_at"]
+    assert task.cancelled_by == "user"
+    other = make_task(kind)
+    assert cancel(client, f"/v1/ocr/tasks/{other.pk}/cancel").json()["message"] == message
+
+
+def test_wrong_kind_unknown_and_malformed_ids_are_404(client):
+    task = make_task("pdf")
+    assert cancel(client, f"/v1/ocr/llm-tasks/{task.pk}/cancel").status_code == 404
+    assert cancel(client, f"/v1/ocr/pdf-llm-tasks/{task.pk}/cancel").status_code == 404
+    assert cancel(client, f"/v1/ocr/stream/{task.pk}/cancel").status_code == 404  # not streaming
+    assert cancel(client, "/v1/ocr/tasks/7b0c6a0e-4d57-4b7c-9a55-2f0b5c3f0d11/cancel").status_code == 404
+    assert cancel(client, "/v1/ocr/tasks/12345/cancel").status_code == 404
+    assert OCRTask.objects.get(pk=task.pk).status == "pending"
+
+
+def test_stream_cancel_says_streaming(client):
+    task = make_task("pdf", streaming=True)
+    response = cancel(client, f"/v1/ocr/stream/{task.pk}/cancel")
+    assert response.status_code == 200 and response.json()["message"] == "Streaming task successfully cancelled"
+
+
+@pytest.mark.parametrize("body", [None, "", "{}", "null", {"reason": ""}, {"reason": "   "}, {"reason": None}])
+def test_default_reason(client, body):
+    task = make_task()
+    response = cancel(client, f"/v1/ocr/tasks/{task.pk}/cancel", body)
+    assert response.status_code == 200, response.content
+    assert response.json()["cancellation_reason"] == "User requested cancellation"
+
+
+def test_curl_form_encoded_json_body_is_read(client):
+    task = make_task()
+    response = cancel(
+        client, f"/v1/ocr/tasks/{task.pk}/cancel", '{"reason": "from curl"}', "application/x-www-form-urlencoded"
+    )
+    assert response.json()["cancellation_reason"] == "from curl"
+    other = make_task()
+    response = client.generic("POST", f"/v1/ocr/tasks/{other.pk}/cancel", b'{"reason": "no type"}', content_type="")
+    assert response.json()["cancellation_reason"] == "no type"
+
+
+def test_reason_length_type_and_bad_json(client):
+    task = make_task()
+    assert cancel(client, f"/v1/ocr/tasks/{task.pk}/cancel", {"reason": "x" * 1001}).status_code == 400
+    assert cancel(client, f"/v1/ocr/tasks/{task.pk}/cancel", {"reason": 42}).status_code == 400
+    assert cancel(client, f"/v1/ocr/tasks/{task.pk}/cancel", "{not json").status_code == 400
+    assert cancel(client, f"/v1/ocr/tasks/{task.pk}/cancel", "[1]").status_code == 400
+    assert OCRTask.objects.get(pk=task.pk).status == "pending"
+    response = cancel(client, f"/v1/ocr/tasks/{task.pk}/cancel", {"reason": "y" * 1000})
+    assert response.status_code == 200 and len(response.json()["cancellation_reason"]) == 1000
+
+
+def test_double_cancel_is_idempotent(client):
+    task = make_task()
+    first = cancel(client, f"/v1/ocr/tasks/{task.pk}/cancel", {"reason": "first"}).json()
+    second = cancel(client, f"/v1/ocr/pdf-tasks/{task.pk}/cancel", {"reason": "second"})
+    assert second.status_code == 200
+    body = second.json()
+    assert body["message"] == "Task was already cancelled"
+    assert body["cancelled_at"] == first["cancelled_at"] and body["cancellation_reason"] == "first"
+    assert TaskEvent.objects.filter(task=task, type="cancelled").count() == 1
+    assert list(
+        CancelAudit.objects.filter(task_id=task.pk).order_by("created_at").values_list("outcome", flat=True)
+    ) == [
+        "cancelled",
+        "already_cancelled",
+    ]
+
+
+def finish(task: OCRTask, *, fail: bool = False) -> None:
+    services.task_start(task_id=task.pk, total_pages=1)
+    services.page_record(
+        task_id=task.pk, page_number=1, text="x", source=PageSource.OCR, processing_time=0.1, success=not fail
+    )
+    services.task_finish(task_id=task.pk)
+
+
+@pytest.mark.parametrize("fail,status", [(False, "completed"), (True, "failed")])
+def test_finished_tasks_cannot_be_cancelled(client, fail, status):
+    task = make_task(pages=1)
+    finish(task, fail=fail)
+    response = cancel(client, f"/v1/ocr/tasks/{task.pk}/cancel")
+    assert response.status_code == 400
+    assert response.json() == {"detail": f"Task {task.pk} is already {status}", "status": status}
+    task.refresh_from_db()
+    assert task.status == status and task.cancelled_at is None
+    audit = CancelAudit.objects.get(task_id=task.pk)
+    assert not audit.accepted and audit.outcome == f"already_{status}"
+
+
+def test_cancel_keeps_partial_pages_and_blocks_later_writes(client):
+    task = make_task(pages=3)
+    services.task_start(task_id=task.pk, total_pages=3)
+    services.page_record(task_id=task.pk, page_number=1, text="one", source=PageSource.OCR, processing_time=0.5)
+    response = cancel(client, f"/v1/ocr/tasks/{task.pk}/cancel", {"reason": "enough"})
+    assert response.status_code == 200
+    # the worker's late writes are refused
+    assert not services.page_record(task_id=task.pk, page_number=2, text="two", source="ocr", processing_time=0.5)
+    assert not services.task_finish(task_id=task.pk)
+    assert not services.task_fail(task_id=task.pk, error="late")
+    body = client.get(f"/v1/ocr/pdf-tasks/{task.pk}").json()
+    assert body["status"] == "cancelled" and body["cancellation_reason"] == "enough"
+    assert body["progress"]["processed_pages"] == 1
+    assert [r["extracted_text"] for r in body["result"]["results"]] == ["one"]
+    assert body["result"]["processed_pages"] == 1 and body["result"]["success"] is False
+    events = list(TaskEvent.objects.filter(task=task).values_list("seq", "type"))
+    assert events == [(1, "status"), (2, "status"), (3, "page_completed"), (4, "cancelled")]
+    last = TaskEvent.objects.get(task=task, seq=4).payload
+    assert last["cancellation_reason"] == "enough" and last["processed_pages"] == 1 and last["cancelled_at"]
+    audit = CancelAudit.objects.get(task_id=task.pk)
+    assert audit.accepted and audit.status_before == "processing" and audit.ran_seconds >= 0
+
+
+def test_many_tasks_cancelled_at_once(client):
+    tasks = [make_task(pages=1) for _ in range(10)]
+    for task in tasks:
+        assert cancel(client, f"/v1/ocr/tasks/{task.pk}/cancel").status_code == 200
+    assert OCRTask.objects.filter(status="cancelled").count() == 10
+
+
+def test_cancel_rate_limit_is_429_with_retry_after_and_recovers(client, settings):
+    settings.OCR_CANCEL_RATE = "3/m"
+    tasks = [make_task(pages=1) for _ in range(4)]
+    statuses = [cancel(client, f"/v1/ocr/tasks/{t.pk}/cancel").status_code for t in tasks[:3]]
+    assert statuses == [200, 200, 200]
+    limited = cancel(client, f"/v1/ocr/pdf-tasks/{tasks[3].pk}/cancel")  # shared by all cancel paths
+    assert limited.status_code == 429
+    assert int(limited["Retry-After"]) >= 1 and "detail" in limited.json()
+    assert OCRTask.objects.get(pk=tasks[3].pk).status == "pending"
+    # another client (user) has its own budget
+    user = User.objects.create_user("carol")
+    other = APIClient()
+    other.force_authenticate(user)
+    assert cancel(other, f"/v1/ocr/tasks/{tasks[3].pk}/cancel").status_code == 200
+    # recovery: a new window (the counters expire with it)
+    import redis
+
+    r = redis.Redis.from_url(settings.REDIS_URL)
+    for key in r.scan_iter(f"{settings.CACHES['default']['KEY_PREFIX']}*"):
+        r.delete(key)
+    fresh = make_task(pages=1)
+    assert cancel(client, f"/v1/ocr/tasks/{fresh.pk}/cancel").status_code == 200
+
+
+def test_ownership(client):
+    alice = User.objects.create_user("alice")
+    bob = User.objects.create_user("bob")
+    staff = User.objects.create_user("staff", is_staff=True)
+    staff.user_permissions.add(Permission.objects.get(codename="cancel_any_task"))
+    staff_without = User.objects.create_user("staff2", is_staff=True)
+    task = make_task(owner=alice)
+    for user in (bob, staff_without, None):
+        other = APIClient()
+        if user:
+            other.force_authenticate(user)
+        assert cancel(other, f"/v1/ocr/tasks/{task.pk}/cancel").status_code == 404
+    admin_client = APIClient()
+    admin_client.force_authenticate(staff)
+    assert admin_client.get(f"/v1/ocr/tasks/{task.pk}").status_code == 200
+    assert cancel(admin_client, f"/v1/ocr/tasks/{task.pk}/cancel").status_code == 200
+    # anonymous tasks: anyone holding the UUID
+    anon = make_task()
+    bob_client = APIClient()
+    bob_client.force_authenticate(bob)
+    assert cancel(bob_client, f"/v1/ocr/tasks/{anon.pk}/cancel").status_code == 200

@@ -1,0 +1,148 @@
+"""WebSocket consumer through Channels' communicator and the real Redis channel layer."""
+
+import pytest
+from asgiref.sync import sync_to_async
+from channels.routing import URLRouter
+from channels.security.websocket import OriginValidator
+from channels.testing import WebsocketCommunicator
+from django.contrib.auth.models import AnonymousUser, User
+
+from ocr import services
+from ocr.models import PageSource
+from ocr.routing import websocket_urlpatterns
+from tests import factories
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+ORIGIN = [(b"origin", b"http://testserver")]
+
+
+def make_task(owner=None):
+    return services.task_submit(
+        task_type="pdf",
+        params={"threshold": 500, "contrast_level": 1.3, "lang": "eng", "dpi": 150, "text_layer": "ocr"},
+        filename="a.pdf",
+        data=factories.text_pdf(1),
+        owner=owner,
+        total_pages=3,
+    )
+
+
+def record(task, page):
+    services.page_record(
+        task_id=task.pk, page_number=page, text=f"text {page}", source=PageSource.OCR, processing_time=0.1
+    )
+
+
+def connect_to(task_id, after=None, user=None, headers=ORIGIN):
+    path = f"/ws/ocr/tasks/{task_id}/" + (f"?after={after}" if after is not None else "")
+    communicator = WebsocketCommunicator(URLRouter(websocket_urlpatterns), path, headers=headers)
+    communicator.scope["user"] = user or AnonymousUser()
+    return communicator
+
+
+async def receive_all(communicator, count):
+    return [await communicator.receive_json_from(timeout=5) for _ in range(count)]
+
+
+async def test_replay_then_close_after_terminal():
+    task = await sync_to_async(make_task)()
+    await sync_to_async(services.task_start)(task_id=task.pk, total_pages=3)
+    await sync_to_async(record)(task, 1)
+    await sync_to_async(services.task_cancel)(task=task, reason="enough")
+    communicator = connect_to(task.pk)
+    connected, _ = await communicator.connect()
+    assert connected
+    events = await receive_all(communicator, 4)
+    assert [e["seq"] for e in events] == [1, 2, 3, 4]
+    assert [e["type"] for e in events] == ["status", "status", "page_completed", "cancelled"]
+    assert events[2]["latest_page_result"]["extracted_text"] == "text 1"
+    assert events[3]["cancellation_reason"] == "enough" and events[3]["processed_pages"] == 1
+    assert (await communicator.receive_output(timeout=5))["code"] == 1000
+
+
+async def test_after_skips_seen_events_and_live_events_follow_without_gap():
+    task = await sync_to_async(make_task)()
+    await sync_to_async(services.task_start)(task_id=task.pk, total_pages=3)
+    await sync_to_async(record)(task, 1)
+    communicator = connect_to(task.pk, after=2)
+    assert (await communicator.connect())[0]
+    assert (await communicator.receive_json_from(timeout=5))["seq"] == 3
+    assert await communicator.receive_nothing(timeout=0.2)
+    await sync_to_async(record)(task, 2)
+    live = await communicator.receive_json_from(timeout=5)
+    assert live["seq"] == 4 and live["type"] == "page_completed" and live["processed_pages"] == 2
+    # reconnect in the middle: events stored while away come first, no gap, no duplicate
+    await communicator.disconnect()
+    await sync_to_async(record)(task, 3)
+    await sync_to_async(services.task_finish)(task_id=task.pk)
+    again = connect_to(task.pk, after=4)
+    assert (await again.connect())[0]
+    events = await receive_all(again, 2)
+    assert [(e["seq"], e["type"]) for e in events] == [(5, "page_completed"), (6, "completed")]
+    assert (await again.receive_output(timeout=5))["code"] == 1000
+
+
+async def test_cancel_over_the_socket():
+    task = await sync_to_async(make_task)()
+    communicator = connect_to(task.pk)
+    assert (await communicator.connect())[0]
+    assert (await communicator.receive_json_from(timeout=5))["type"] == "status"
+    await communicator.send_json_to({"action": "cancel", "reason": "from the socket"})
+    answer = await communicator.receive_json_from(timeout=5)
+    assert answer["type"] == "cancel_result" and answer["status"] == "cancelled"
+    assert answer["message"] == "PDF task successfully cancelled"
+    assert answer["cancellation_reason"] == "from the socket"
+    event = await communicator.receive_json_from(timeout=5)
+    assert event["type"] == "cancelled" and event["cancelled_by"] == "websocket"
+    assert (await communicator.receive_output(timeout=5))["code"] == 1000
+
+
+async def test_bad_frames_get_error_frames_not_a_crash():
+    task = await sync_to_async(make_task)()
+    communicator = connect_to(task.pk)
+    assert (await communicator.connect())[0]
+    await communicator.receive_json_from(timeout=5)
+    await communicator.send_to(text_data="not json")
+    assert (await communicator.receive_json_from(timeout=5))["type"] == "error"
+    await communicator.send_json_to({"action": "dance"})
+    assert (await communicator.receive_json_from(timeout=5))["type"] == "error"
+    await communicator.send_json_to({"action": "cancel", "reason": 5})
+    answer = await communicator.receive_json_from(timeout=5)
+    assert answer["type"] == "cancel_result" and answer["status_code"] == 400
+    await communicator.send_json_to({"action": "cancel"})
+    answer = await communicator.receive_json_from(timeout=5)
+    assert answer["cancellation_reason"] == "User requested cancellation"
+    await communicator.disconnect()
+
+
+async def test_permissions_and_unknown_tasks():
+    alice = await sync_to_async(User.objects.create_user)("alice")
+    bob = await sync_to_async(User.objects.create_user)("bob")
+    task = await sync_to_async(make_task)(owner=alice)
+    for user in (bob, None):
+        communicator = connect_to(task.pk, user=user)
+        connected, code = await communicator.connect()
+        assert not connected and code == 4404
+    communicator = connect_to(task.pk, user=alice)
+    assert (await communicator.connect())[0]
+    await communicator.disconnect()
+    communicator = connect_to("not-a-uuid")
+    assert (await communicator.connect()) == (False, 4404)
+
+
+async def test_anonymous_refused_when_not_allowed(settings):
+    settings.OCR_ALLOW_ANONYMOUS = False
+    task = await sync_to_async(make_task)()
+    assert (await connect_to(task.pk).connect()) == (False, 4403)
+
+
+async def test_bad_origin_is_rejected():
+    task = await sync_to_async(make_task)()
+    app = OriginValidator(URLRouter(websocket_urlpatterns), ["good.example"])
+    communicator = WebsocketCommunicator(
+        app, f"/ws/ocr/tasks/{task.pk}/", headers=[(b"origin", b"http://evil.example")]
+    )
+    communicator.scope["user"] = AnonymousUser()
+    connected, _ = await communicator.connect()
+    assert not connected

@@ -1,0 +1,84 @@
+"""Cancel racing completion, from threads on real database connections: one winner each time."""
+
+import random
+import threading
+import time
+
+import pytest
+from django.db import connection
+
+from ocr import services
+from ocr.exceptions import TaskNotCancellable
+from ocr.models import OCRPage, OCRTask, PageSource, TaskEvent
+from tests import factories
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+ROUNDS = 60
+
+
+def new_processing_task() -> OCRTask:
+    task = services.task_submit(
+        task_type="pdf",
+        params={"threshold": 500, "contrast_level": 1.3, "lang": "eng", "dpi": 150, "text_layer": "ocr"},
+        filename="race.pdf",
+        data=factories.text_pdf(1),
+        total_pages=2,
+    )
+    services.task_start(task_id=task.pk, total_pages=2)
+    services.page_record(task_id=task.pk, page_number=1, text="one", source=PageSource.OCR, processing_time=0.1)
+    return task
+
+
+def test_cancel_and_completion_fired_together_have_exactly_one_winner(settings):
+    outcomes = {"cancelled": 0, "completed": 0}
+    for round_number in range(ROUNDS):
+        task = new_processing_task()
+        # half the rounds race the last page and the finish, half the finish alone; jitter
+        # of a few ms on both sides lets each side win some rounds
+        last_page_done = round_number % 2 == 0
+        if last_page_done:
+            services.page_record(task_id=task.pk, page_number=2, text="two", source=PageSource.OCR, processing_time=0.1)
+        barrier = threading.Barrier(2)
+        results = {}
+
+        def cancel():
+            barrier.wait()
+            time.sleep(random.uniform(0, 0.003))
+            try:
+                results["cancel"] = services.task_cancel(task=task, reason="race").newly_cancelled
+            except TaskNotCancellable:
+                results["cancel"] = False
+            finally:
+                connection.close()
+
+        def complete():
+            barrier.wait()
+            time.sleep(random.uniform(0, 0.003))
+            try:
+                recorded = last_page_done or services.page_record(
+                    task_id=task.pk, page_number=2, text="two", source=PageSource.OCR, processing_time=0.1
+                )
+                results["complete"] = services.task_finish(task_id=task.pk) if recorded else False
+            finally:
+                connection.close()
+
+        threads = [threading.Thread(target=cancel), threading.Thread(target=complete)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        task.refresh_from_db()
+        assert results["cancel"] != results["complete"], results  # exactly one winner
+        assert task.status == ("cancelled" if results["cancel"] else "completed")
+        outcomes[task.status] += 1
+        events = list(TaskEvent.objects.filter(task=task).order_by("seq").values_list("seq", "type"))
+        assert [seq for seq, _ in events] == list(range(1, len(events) + 1))
+        terminal = [kind for _, kind in events if kind in ("completed", "failed", "cancelled")]
+        assert terminal == [task.status] and events[-1][1] == task.status
+        pages = OCRPage.objects.filter(task=task).count()
+        assert len(task.result["results"]) == pages == task.processed_pages
+        if task.status == "cancelled":
+            assert not OCRPage.objects.filter(task=task, created_at__gt=task.cancelled_at).exists()
+    # both sides must have won sometimes, or the test did not race
+    assert outcomes["cancelled"] > 0 and outcomes["completed"] > 0, outcomes

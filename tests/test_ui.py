@@ -1,0 +1,207 @@
+"""The browser UI in headless Chromium, against a live daphne and real workers.
+
+Screenshots of each state land in tests/artifacts/ (git-ignored) for a human look.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from tests import factories
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
+DESKTOP = {"width": 1100, "height": 900}
+PHONE = {"width": 375, "height": 812}
+
+# Records every WebSocket the page opens, so that a test can drop one and watch the reconnect.
+RECORD_SOCKETS = """
+(() => {
+  const Native = window.WebSocket;
+  window.__sockets = [];
+  window.WebSocket = class extends Native {
+    constructor(...args) { super(...args); window.__sockets.push(this); }
+  };
+})();
+"""
+
+pytestmark = [
+    pytest.mark.skipif(not CHROMIUM.exists(), reason=f"{CHROMIUM} is missing (Debian package `chromium`)"),
+    pytest.mark.django_db(transaction=True),
+]
+
+
+@pytest.fixture
+def browser_context():
+    """A fresh headless Chromium context (its own session cookie) per test.
+
+    Function-scoped on purpose: Playwright's sync API runs an event loop, and Django refuses
+    ORM calls (the transactional flush at teardown included) while one is running.
+    """
+    from playwright.sync_api import sync_playwright
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        context = browser.new_context(viewport=DESKTOP)
+        context.set_default_timeout(15_000)
+        context.add_init_script(RECORD_SOCKETS)
+        try:
+            yield context
+        finally:
+            context.close()
+            browser.close()
+
+
+def shot(page, name: str) -> None:
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+def fits_width(page) -> bool:
+    return page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+
+
+def page_numbers_shown(page) -> list[int]:
+    return [int(n) for n in page.locator("#pages .page").evaluate_all("nodes => nodes.map(n => n.dataset.page)")]
+
+
+def submit_upload(page, base_url: str, path: Path, *, fill=None) -> str:
+    """Fill the upload form, submit it, return the task id from the task page's URL."""
+    page.goto(f"{base_url}/")
+    page.set_input_files("#file", str(path))
+    page.wait_for_function("document.getElementById('file-info').textContent.length > 0")
+    if fill:
+        fill(page)
+    page.click("#submit")
+    page.wait_for_url(re.compile(r"/tasks/[0-9a-f-]{36}/$"))
+    return page.url.rstrip("/").rsplit("/", 1)[-1]
+
+
+def assert_pdf_options_hidden(page) -> None:
+    assert page.is_hidden("#pdf-options")
+
+
+def test_cancel_a_streaming_pdf_in_the_browser(live_daphne, cluster, browser_context, tmp_path):
+    pdf = tmp_path / "slow-scan.pdf"
+    pdf.write_bytes(factories.slow_pdf(6))
+    reason = "Enough pages for the UI test"
+    page = browser_context.new_page()
+
+    def fill(page):
+        assert page.is_visible("#pdf-options")
+        assert page.is_checked("input[name=streaming]")
+        page.fill("input[name=dpi]", "600")
+        page.select_option("select[name=text_layer]", "ocr")
+        shot(page, "upload-pdf-desktop")
+
+    task_id = submit_upload(page, live_daphne, pdf, fill=fill)
+
+    # Pages arrive live over the WebSocket.
+    page.wait_for_selector("#pages .page pre", timeout=30_000)
+    first_text = page.locator("#pages .page pre").first.inner_text()
+    assert "lorem" in first_text.lower(), first_text
+    assert page.locator("#status").inner_text() == "processing"
+    assert re.match(r"\d+ / 6", page.locator("#pages-done").inner_text())
+    assert "pages/s" in page.locator("#speed").inner_text()
+
+    # Drop the socket: the page reconnects with ?after=<last seq> and shows no page twice.
+    page.evaluate("window.__sockets.at(-1).close(4000, 'test drop')")
+    page.wait_for_function("window.__sockets.length === 2 && window.__sockets[1].readyState === 1")
+    after = int(page.evaluate("new URL(window.__sockets[1].url).searchParams.get('after')"))
+    assert after >= 3  # pending, processing, at least one page
+    page.wait_for_function("document.getElementById('connection').textContent === 'live'")
+    shot(page, "task-processing-desktop")
+
+    page.click("#cancel-open")
+    page.fill("#cancel-reason", reason)
+    page.click("#cancel-confirm")
+    page.wait_for_function("document.getElementById('status').textContent === 'cancelled'")
+    notice = page.locator("#notice")
+    notice.get_by_text(reason).wait_for()
+    page.wait_for_function("document.getElementById('connection').textContent === 'finished'")
+    assert page.is_hidden("#cancel-open")
+
+    shown = page_numbers_shown(page)
+    assert shown and len(shown) == len(set(shown)) and len(shown) < 6, shown
+    shot(page, "task-cancelled-desktop")
+
+    # The API agrees, and the partial pages shown are exactly the stored partial result.
+    task = browser_context.request.get(f"{live_daphne}/v1/ocr/tasks/{task_id}").json()
+    assert task["status"] == "cancelled"
+    assert task["cancellation_reason"] == reason
+    stored = sorted(r["page_number"] for r in task["result"]["results"])
+    assert stored == sorted(shown)
+    assert f"Partial result: {task['progress']['processed_pages']} of 6 pages" in notice.inner_text()
+
+    # A terminal task still shows its final state after a reload, on a phone too.
+    page.set_viewport_size(PHONE)
+    page.reload()
+    page.wait_for_function("document.getElementById('connection').textContent === 'finished'")
+    assert page.locator("#status").inner_text() == "cancelled"
+    assert reason in page.locator("#notice").inner_text()
+    assert sorted(page_numbers_shown(page)) == stored
+    assert fits_width(page)
+    shot(page, "task-cancelled-phone")
+
+
+def test_a_completed_image_shows_its_text_and_is_listed(live_daphne, cluster, browser_context, tmp_path):
+    image = tmp_path / "hello.png"
+    image.write_bytes(factories.text_image("Hello OCR world"))
+    page = browser_context.new_page()
+
+    task_id = submit_upload(page, live_daphne, image, fill=assert_pdf_options_hidden)
+    page.wait_for_function("document.getElementById('status').textContent === 'completed'", timeout=30_000)
+    page.locator("#pages .page pre").get_by_text("Hello OCR world").wait_for()
+    assert page.locator("#pages-done").inner_text() == "1 / 1"
+    assert page.is_hidden("#cancel-open")
+    shot(page, "task-completed-desktop")
+
+    page.goto(f"{live_daphne}/tasks/")
+    row = page.locator(f"a.task-row[data-task-id='{task_id}']")
+    row.wait_for()
+    assert "completed" in row.inner_text()
+    shot(page, "task-list-desktop")
+
+    page.set_viewport_size(PHONE)
+    assert fits_width(page)
+    shot(page, "task-list-phone")
+    row.click()
+    page.wait_for_function("document.getElementById('status').textContent === 'completed'")
+    assert fits_width(page)
+    shot(page, "task-completed-phone")
+    page.goto(f"{live_daphne}/")
+    assert fits_width(page)
+    shot(page, "upload-phone")
+
+    task = browser_context.request.get(f"{live_daphne}/v1/ocr/tasks/{task_id}").json()
+    assert task["status"] == "completed"
+    assert "Hello OCR world" in task["result"]["extracted_text"]
+
+
+def test_the_upload_form_reports_api_errors(live_daphne, browser_context, tmp_path):
+    """A request the API refuses (here: a page out of range) is explained on the form."""
+    pdf = tmp_path / "two-pages.pdf"
+    pdf.write_bytes(factories.text_pdf(2))
+    page = browser_context.new_page()
+    page.goto(f"{live_daphne}/")
+    page.set_input_files("#file", str(pdf))
+    page.fill("input[name=page_select]", "1, 5")
+    page.click("#submit")
+    error = page.locator("#form-error")
+    error.get_by_text("page 5 is out of range").wait_for()
+    assert page.url == f"{live_daphne}/"
+    page.fill("input[name=page_select]", "1-")
+    page.click("#submit")
+    error.get_by_text('"1-" is not a page number').wait_for()

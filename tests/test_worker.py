@@ -1,0 +1,161 @@
+"""End to end with real qcluster workers and real tesseract: results, cancels, deadlines."""
+
+import json
+import time
+
+import pytest
+from django.core.files.uploadedfile import SimpleUploadedFile
+from rest_framework.test import APIClient
+
+from ocr.models import OCRPage, OCRTask, TaskEvent
+from tests import factories
+from tests.conftest import tesseract_pids, wait_for
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def api(cluster):
+    return APIClient()
+
+
+def submit(api, path: str, data: bytes, request: dict | None = None, name: str = "doc.pdf") -> str:
+    body = {"file": SimpleUploadedFile(name, data)}
+    if request is not None:
+        body["request"] = json.dumps(request)
+    response = api.post(path, body, format="multipart")
+    assert response.status_code == 202, response.content
+    return response.json()["task_id"]
+
+
+def status_of(task_id: str) -> str:
+    return OCRTask.objects.values_list("status", flat=True).get(pk=task_id)
+
+
+def wait_status(task_id: str, statuses, timeout: float = 60) -> OCRTask:
+    wait_for(lambda: status_of(task_id) in statuses, timeout=timeout)
+    return OCRTask.objects.get(pk=task_id)
+
+
+def assert_event_log(task_id: str, terminal: str) -> list[dict]:
+    events = list(TaskEvent.objects.filter(task_id=task_id).order_by("seq").values_list("payload", flat=True))
+    assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+    terminals = [e for e in events if e["type"] in ("completed", "failed", "cancelled")]
+    assert [e["type"] for e in terminals] == [terminal] and events[-1]["type"] == terminal
+    return events
+
+
+def wait_mid_page(task_id: str, min_pages: int = 0) -> None:
+    """Until the task is processing, has `min_pages` done, and a tesseract is running."""
+
+    def ready():
+        task = OCRTask.objects.get(pk=task_id)
+        return task.status == "processing" and task.processed_pages >= min_pages and tesseract_pids()
+
+    wait_for(ready, timeout=60, interval=0.01)
+    time.sleep(0.2)
+
+
+def test_pdf_is_ocrd_page_by_page(api):
+    task_id = submit(api, "/v1/ocr/process-pdf", factories.image_pdf(3, dpi=200), {"dpi": 200})
+    task = wait_status(task_id, ["completed"])
+    body = api.get(f"/v1/ocr/pdf-tasks/{task_id}").json()
+    assert body["progress"] == {"total_pages": 3, "processed_pages": 3, "failed_pages": 0, "percentage": 100.0}
+    result = body["result"]
+    assert result["success"] and result["dpi_used"] == 200 and result["total_pages"] == 3
+    for number, page in enumerate(result["results"], 1):
+        assert page["page_number"] == number and page["source"] == "ocr" and page["success"]
+        assert page["threshold_used"] == 500 and page["contrast_level_used"] == 1.3
+        assert factories.cer("\n".join(factories.page_lines(number)), page["extracted_text"]) < 0.02
+    assert task.started_at and task.completed_at and task.completed_at >= task.started_at
+    events = assert_event_log(task_id, "completed")
+    assert [e["type"] for e in events].count("page_completed") == 3
+
+
+def test_text_layer_pages_skip_ocr_and_image_tasks_complete(api):
+    task_id = submit(api, "/v1/ocr/process-pdf", factories.text_pdf(2))
+    wait_status(task_id, ["completed"], timeout=20)
+    assert set(OCRPage.objects.filter(task_id=task_id).values_list("source", flat=True)) == {"text_layer"}
+    image_id = submit(api, "/v1/ocr/process", factories.text_image("Hello OCR world"), name="a.png")
+    task = wait_status(image_id, ["completed"], timeout=30)
+    assert "Hello OCR world" in task.result["extracted_text"]
+    assert task.result["threshold_used"] == 500 and task.result["success"] is True
+
+
+def test_cancel_mid_page_kills_tesseract_and_keeps_partial_pages(api):
+    task_id = submit(api, "/v1/ocr/process-pdf", factories.slow_pdf(4), {"dpi": 600, "text_layer": "ocr"})
+    wait_mid_page(task_id)
+    running = tesseract_pids()
+    assert 1 <= len(running) <= 2  # never more than OCR_WORKERS
+    response = api.post(f"/v1/ocr/tasks/{task_id}/cancel", {"reason": "mid page"}, format="json")
+    assert response.status_code == 200 and response.json()["message"] == "PDF task successfully cancelled"
+    accepted = time.monotonic()
+    wait_for(lambda: not tesseract_pids(), timeout=2, interval=0.005)
+    assert time.monotonic() - accepted < 0.5
+    task = OCRTask.objects.get(pk=task_id)
+    assert task.status == "cancelled" and task.cancellation_reason == "mid page"
+    time.sleep(0.5)  # nothing may be written after the cancel, even late
+    assert not OCRPage.objects.filter(task_id=task_id, created_at__gt=task.cancelled_at).exists()
+    assert OCRTask.objects.get(pk=task_id).result == task.result
+    assert_event_log(task_id, "cancelled")
+    # the worker is free for the next task at once
+    quick = submit(api, "/v1/ocr/process", factories.text_image(), name="a.png")
+    wait_status(quick, ["completed"], timeout=15)
+
+
+def test_cancel_during_last_page_keeps_the_earlier_ones(api):
+    task_id = submit(api, "/v1/ocr/process-pdf", factories.slow_pdf(3), {"dpi": 600, "text_layer": "ocr"})
+    wait_mid_page(task_id, min_pages=2)
+    assert api.post(f"/v1/ocr/pdf-tasks/{task_id}/cancel").status_code == 200
+    wait_for(lambda: not tesseract_pids(), timeout=2, interval=0.005)
+    body = api.get(f"/v1/ocr/tasks/{task_id}").json()
+    assert body["status"] == "cancelled" and body["cancellation_reason"] == "User requested cancellation"
+    kept = body["result"]["results"]
+    assert len(kept) == body["progress"]["processed_pages"] >= 2
+    assert all(page["extracted_text"] for page in kept)
+    last = assert_event_log(task_id, "cancelled")[-1]
+    assert last["processed_pages"] == len(kept) and last["cancellation_reason"] == "User requested cancellation"
+
+
+def test_pending_task_cancelled_before_pickup_is_skipped(api, cluster):
+    busy = [
+        submit(api, "/v1/ocr/process-pdf", factories.slow_pdf(2), {"dpi": 600, "text_layer": "ocr"}) for _ in range(2)
+    ]
+    queued = submit(api, "/v1/ocr/process-pdf", factories.slow_pdf(1), {"dpi": 600, "text_layer": "ocr"})
+    wait_for(lambda: all(status_of(t) == "processing" for t in busy), timeout=30)
+    assert status_of(queued) == "pending"
+    assert api.post(f"/v1/ocr/tasks/{queued}/cancel").status_code == 200
+    for task_id in busy:
+        api.post(f"/v1/ocr/tasks/{task_id}/cancel")
+    wait_for(lambda: f"task {queued}: cancelled before start, skipped" in cluster.log(), timeout=20)
+    task = OCRTask.objects.get(pk=queued)
+    assert task.status == "cancelled" and task.started_at is None and task.result["results"] == []
+    assert_event_log(queued, "cancelled")
+
+
+def test_deadline_cancels_running_and_queued_tasks(api):
+    running = submit(
+        api, "/v1/ocr/process-pdf", factories.slow_pdf(3), {"dpi": 600, "text_layer": "ocr", "deadline_seconds": 2}
+    )
+    blocker = submit(api, "/v1/ocr/process-pdf", factories.slow_pdf(2), {"dpi": 600, "text_layer": "ocr"})
+    queued = submit(api, "/v1/ocr/process-pdf", factories.slow_pdf(1), {"dpi": 600, "deadline_seconds": 1})
+    task = wait_status(running, ["cancelled"], timeout=10)
+    assert task.cancellation_reason == "Deadline of 2 s exceeded" and task.cancelled_by == "deadline"
+    assert (task.cancelled_at - task.created_at).total_seconds() < 3.5
+    late = wait_status(queued, ["cancelled"], timeout=10)
+    assert late.cancellation_reason == "Deadline of 1 s exceeded" and late.started_at is None
+    api.post(f"/v1/ocr/tasks/{blocker}/cancel")
+    wait_for(lambda: not tesseract_pids(), timeout=3)
+
+
+def test_damaged_page_fails_alone(api):
+    import pymupdf
+
+    doc = pymupdf.open(stream=factories.text_pdf(2), filetype="pdf")
+    # page 2 gets a content stream that the renderer cannot parse into anything useful
+    xref = doc[1].get_contents()[0]
+    doc.update_stream(xref, b"BT /F9 99 Tf (broken) Tj ET q 1 0 0 1 0 0 cm /Im9 Do Q")
+    task_id = submit(api, "/v1/ocr/process-pdf", doc.tobytes(), {"dpi": 150})
+    task = wait_status(task_id, ["completed", "failed"], timeout=30)
+    assert task.processed_pages + task.failed_pages == 2
+    assert task.processed_pages >= 1

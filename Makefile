@@ -1,5 +1,4 @@
 # Two commands for a newcomer: `make run` and `make test` (see README.md).
-PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 export PYTHON := $(PY)
@@ -27,7 +26,6 @@ system:
 venv: $(VENV)/.installed
 
 $(VENV)/.installed: requirements.txt
-	@$(PYTHON) -c "import sys" 2>/dev/null || true
 	@test -x $(PY) || python3 -m venv $(VENV) || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then apt-get update -qq && apt-get install -y -qq python3-venv >/dev/null && python3 -m venv $(VENV); \
 	  else echo "python3 -m venv failed: install python3-venv (sudo apt-get install python3-venv)"; exit 1; fi; }

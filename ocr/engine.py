@@ -17,7 +17,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -148,18 +148,23 @@ def tesseract_languages() -> tuple[str, ...]:
 
 
 class CancelScope:
-    """Tracks the tesseract processes of one task so that a cancel can kill them at once."""
+    """Tracks the tesseract processes (and other closable work, such as an LLM's HTTP stream)
+    of one task so that a cancel can stop them at once."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._procs: set[subprocess.Popen] = set()
+        self._closers: set[Callable[[], None]] = set()
         self.cancelled = threading.Event()
 
     def cancel(self) -> int:
-        """Mark cancelled and kill every running process group; return how many were killed."""
+        """Mark cancelled, run the closers, kill every running process group; return how many were killed."""
         with self._lock:
             self.cancelled.set()
             procs = list(self._procs)
+            closers = list(self._closers)
+        for closer in closers:
+            _run_closer(closer)
         for proc in procs:
             _kill_group(proc)
         return len(procs)
@@ -184,6 +189,27 @@ class CancelScope:
         finally:
             with self._lock:
                 self._procs.discard(proc)
+
+    @contextmanager
+    def on_cancel(self, closer: Callable[[], None]) -> Iterator[None]:
+        """Call `closer` (from the cancelling thread) if the scope is cancelled while the block runs."""
+        with self._lock:
+            self._closers.add(closer)
+            cancelled = self.cancelled.is_set()
+        if cancelled:
+            _run_closer(closer)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._closers.discard(closer)
+
+
+def _run_closer(closer: Callable[[], None]) -> None:
+    try:
+        closer()
+    except Exception:  # a closer must never stop the others or the process kills
+        logger.warning("cancel closer %r failed", closer, exc_info=True)
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
@@ -261,3 +287,35 @@ def run_tesseract(
         message = stderr.decode(errors="replace").strip().splitlines()
         raise OCRFailed(f"tesseract exited with {proc.returncode}: {message[-1] if message else ''}")
     return OCRText(text=stdout.decode(errors="replace").strip(), seconds=time.perf_counter() - started)
+
+
+def kill_orphans(pages_dir: str) -> int:
+    """Kill tesseract processes reading a page from `pages_dir` whose worker is gone.
+
+    A worker killed with SIGKILL leaves its tesseract running (it has its own session): its
+    parent becomes init or a subreaper, no longer a Python process."""
+    killed = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                argv = handle.read().split(b"\0")
+            if len(argv) < 2 or os.path.basename(argv[0]) != b"tesseract":
+                continue
+            if not argv[1].decode(errors="replace").startswith(pages_dir):
+                continue
+            with open(f"/proc/{entry}/stat") as handle:
+                parent = int(handle.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{parent}/cmdline", "rb") as handle:
+                parent_program = handle.read().split(b"\0")[0]
+        except (OSError, ValueError, IndexError):
+            continue
+        if parent == 1 or b"python" not in os.path.basename(parent_program):
+            try:
+                os.killpg(int(entry), signal.SIGKILL)
+                killed += 1
+                logger.warning("killed orphan tesseract %s (%s)", entry, argv[1].decode(errors="replace"))
+            except (ProcessLookupError, PermissionError):
+                pass
+    return killed

@@ -105,6 +105,10 @@ class OCRTask(models.Model):
     event_seq = models.PositiveIntegerField(default=0)
     worker_host = models.CharField(max_length=255, blank=True, default="")
     worker_pid = models.PositiveIntegerField(null=True, blank=True)
+    # Each start takes a new attempt; writes of an earlier attempt (a worker thought lost) are refused.
+    attempt = models.PositiveSmallIntegerField(default=0)
+    heartbeat_at = models.DateTimeField(null=True, blank=True, help_text="Last sign of life of its worker")
+    enqueued_at = models.DateTimeField(null=True, blank=True, help_text="Last time its job was put on the queue")
 
     class Meta:
         ordering = ["-created_at"]

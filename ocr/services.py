@@ -17,7 +17,8 @@ from datetime import timedelta
 
 from django.core.files.base import ContentFile
 from django.db import IntegrityError, transaction
-from django.db.models import Case, F, Value, When
+from django.db.models import Case, F, Q, Value, When
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from . import progress
@@ -39,11 +40,14 @@ DEFAULT_CANCEL_REASON = "User requested cancellation"
 DISCONNECT_REASON = "Client disconnected"
 
 
-def _advance(task_id: uuid.UUID | str, from_statuses, **fields) -> OCRTask | None:
-    """Conditional UPDATE that also takes the next event seq; the row after it, or None."""
-    changed = OCRTask.objects.filter(pk=task_id, status__in=from_statuses).update(
-        event_seq=F("event_seq") + 1, **fields
-    )
+def _advance(task_id: uuid.UUID | str, from_statuses, *, only_attempt: int | None = None, **fields) -> OCRTask | None:
+    """Conditional UPDATE that also takes the next event seq; the row after it, or None.
+
+    With `only_attempt`, only that attempt's worker may make the change."""
+    rows = OCRTask.objects.filter(pk=task_id, status__in=from_statuses)
+    if only_attempt is not None:
+        rows = rows.filter(attempt=only_attempt)
+    changed = rows.update(event_seq=F("event_seq") + 1, **fields)
     if not changed:
         return None
     return OCRTask.objects.get(pk=task_id)
@@ -109,23 +113,28 @@ def task_submit(
 
 
 def _enqueue(task_id: uuid.UUID) -> None:
+    """Put the task's job on the queue. A duplicate job is harmless: only one start wins."""
     from django_q.tasks import async_task
 
     try:
         async_task("ocr.tasks.process_task", str(task_id), task_name=f"ocr-{task_id}")
+        OCRTask.objects.filter(pk=task_id).update(enqueued_at=timezone.now())
     except Exception as exc:  # the broker is down: fail the task rather than leave it pending
         logger.exception("task %s: could not be queued", task_id)
         task_fail(task_id=task_id, error=f"Could not queue the task: {exc}")
 
 
 def task_start(*, task_id: uuid.UUID | str, total_pages: int) -> OCRTask | None:
-    """pending -> processing; None when the task is no longer pending (cancelled before start)."""
+    """pending -> processing as a new attempt; None when no longer pending (cancelled before start)."""
+    now = timezone.now()
     with transaction.atomic():
         task = _advance(
             task_id,
             [TaskStatus.PENDING],
             status=TaskStatus.PROCESSING,
-            started_at=timezone.now(),
+            started_at=Coalesce("started_at", Value(now)),
+            heartbeat_at=now,
+            attempt=F("attempt") + 1,
             total_pages=total_pages,
             worker_host=socket.gethostname()[:255],
             worker_pid=os.getpid(),
@@ -133,6 +142,15 @@ def task_start(*, task_id: uuid.UUID | str, total_pages: int) -> OCRTask | None:
         if task is not None:
             _store_event(task, EventType.STATUS)
     return task
+
+
+def task_heartbeat(*, task_id: uuid.UUID | str, attempt: int) -> bool:
+    """The worker of `attempt` is alive; False when the task is no longer its to run."""
+    return bool(
+        OCRTask.objects.filter(pk=task_id, status=TaskStatus.PROCESSING, attempt=attempt).update(
+            heartbeat_at=timezone.now()
+        )
+    )
 
 
 # --- Pages --------------------------------------------------------------------------------
@@ -148,11 +166,13 @@ def page_record(
     success: bool = True,
     error: str | None = None,
     extra: dict | None = None,
+    attempt: int | None = None,
 ) -> bool:
-    """Record one page and its event, only while the task is processing; False otherwise."""
+    """Record one page and its event, only while the task is processing (in `attempt`, when
+    given); False otherwise."""
     counter = "processed_pages" if success else "failed_pages"
     with transaction.atomic():
-        task = _advance(task_id, [TaskStatus.PROCESSING], **{counter: F(counter) + 1})
+        task = _advance(task_id, [TaskStatus.PROCESSING], only_attempt=attempt, **{counter: F(counter) + 1})
         if task is None:
             return False
         page = OCRPage.objects.create(
@@ -177,12 +197,13 @@ def page_record(
 # --- Terminal transitions -------------------------------------------------------------------
 
 
-def task_finish(*, task_id: uuid.UUID | str) -> bool:
+def task_finish(*, task_id: uuid.UUID | str, attempt: int | None = None) -> bool:
     """processing -> completed, or failed when no page succeeded; False if something else won."""
     with transaction.atomic():
         task = _advance(
             task_id,
             [TaskStatus.PROCESSING],
+            only_attempt=attempt,
             status=Case(When(processed_pages=0, then=Value(TaskStatus.FAILED)), default=Value(TaskStatus.COMPLETED)),
             completed_at=timezone.now(),
         )
@@ -205,11 +226,16 @@ def _all_pages_failed_message(task: OCRTask) -> str:
     return f"All {task.failed_pages} pages failed{first}"
 
 
-def task_fail(*, task_id: uuid.UUID | str, error: str) -> bool:
+def task_fail(*, task_id: uuid.UUID | str, error: str, attempt: int | None = None) -> bool:
     """pending|processing -> failed with `error`, keeping the pages done so far."""
     with transaction.atomic():
         task = _advance(
-            task_id, ACTIVE_STATUSES, status=TaskStatus.FAILED, completed_at=timezone.now(), error_message=error
+            task_id,
+            ACTIVE_STATUSES,
+            only_attempt=attempt,
+            status=TaskStatus.FAILED,
+            completed_at=timezone.now(),
+            error_message=error,
         )
         if task is None:
             return False
@@ -302,3 +328,55 @@ def expire_deadlines() -> int:
     """Cancel every active task whose deadline has passed; returns how many were cancelled."""
     expired = OCRTask.objects.filter(status__in=ACTIVE_STATUSES, deadline_at__lte=timezone.now())
     return sum(task_cancel_if_expired(task=task) for task in expired)
+
+
+# --- Lost work ------------------------------------------------------------------------------
+
+WORKER_LOST_MESSAGE = "Worker lost"
+
+
+def reap_lost_tasks(*, lost_after: float, max_attempts: int = 2, requeue_pending_after: float = 60.0) -> dict:
+    """Find work whose worker died and put it right; safe to run anywhere, any number of times.
+
+    - processing without a heartbeat for `lost_after` s: back to pending and re-queued (the
+      pages already done are kept and skipped) while attempts remain, else failed "Worker lost";
+    - pending for `requeue_pending_after` s and not on the queue (the Redis broker does not
+      acknowledge, so a job taken by a dying worker is gone): queued again.
+    """
+    from .queue import queued_task_ids
+
+    now = timezone.now()
+    cutoff = now - timedelta(seconds=lost_after)
+    report = {"requeued": 0, "failed": 0, "pending_requeued": 0}
+    stale = OCRTask.objects.filter(status=TaskStatus.PROCESSING, heartbeat_at__lt=cutoff)
+    for task in stale.only("id", "attempt"):
+        if task.attempt < max_attempts:
+            with transaction.atomic():
+                requeued = _advance(
+                    task.pk,
+                    [TaskStatus.PROCESSING],
+                    only_attempt=task.attempt,
+                    status=TaskStatus.PENDING,
+                    worker_pid=None,
+                )
+                if requeued is not None:
+                    _store_event(requeued, EventType.STATUS)
+                    transaction.on_commit(lambda pk=task.pk: _enqueue(pk))
+            if requeued is not None:
+                report["requeued"] += 1
+                logger.warning("task %s: worker lost (attempt %d), re-queued", task.pk, task.attempt)
+        elif task_fail(task_id=task.pk, error=WORKER_LOST_MESSAGE, attempt=task.attempt):
+            report["failed"] += 1
+    waiting_since = now - timedelta(seconds=requeue_pending_after)
+    waiting = OCRTask.objects.filter(status=TaskStatus.PENDING, created_at__lt=waiting_since).filter(
+        Q(enqueued_at__isnull=True) | Q(enqueued_at__lt=waiting_since)
+    )
+    waiting_ids = list(waiting.values_list("pk", flat=True)[:1000])
+    if waiting_ids:
+        on_queue = queued_task_ids()
+        for task_id in waiting_ids:
+            if str(task_id) not in on_queue:
+                logger.warning("task %s: pending but not on the queue, queued again", task_id)
+                _enqueue(task_id)
+                report["pending_requeued"] += 1
+    return report

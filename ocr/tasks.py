@@ -3,11 +3,14 @@
 A watcher thread polls the task's status (the database is the truth) every
 OCR_CANCEL_POLL_SECONDS and, once the task is no longer `processing` (cancelled by anyone) or
 its deadline passed, kills the task's tesseract processes through the CancelScope.
+LLM kinds: each page's text then goes to the model (ocr/llm.py) in the same pool thread; its
+HTTP stream is registered with the same CancelScope, so a cancel closes it at once.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -16,8 +19,8 @@ from django.conf import settings
 from django.db import close_old_connections, connection
 from django.utils import timezone
 
-from . import engine, services
-from .models import OCRTask, PageSource, TaskStatus
+from . import engine, llm, services
+from .models import OCRPage, OCRTask, PageSource, TaskStatus, TaskType
 
 logger = logging.getLogger(__name__)
 
@@ -38,16 +41,19 @@ class CancelWatcher(threading.Thread):
 
     def run(self) -> None:
         poll = settings.OCR_CANCEL_POLL_SECONDS
+        next_beat = time.monotonic() + settings.OCR_HEARTBEAT_SECONDS
+        deadline = self.task.deadline_at
         try:
             while not self.stopped.wait(poll):
-                status = OCRTask.objects.filter(pk=self.task.pk).values_list("status", flat=True).first()
-                if (
-                    status == TaskStatus.PROCESSING
-                    and self.task.deadline_at
-                    and timezone.now() >= self.task.deadline_at
-                ):
+                row = OCRTask.objects.filter(pk=self.task.pk).values_list("status", "attempt").first()
+                # a task re-queued as lost and taken by another worker is no longer ours either
+                status = row[0] if row and row[1] == self.task.attempt else "taken over"
+                if status == TaskStatus.PROCESSING and deadline and timezone.now() >= deadline:
                     services.task_cancel_if_expired(task=self.task)
                     continue  # the next poll sees the cancel
+                if status == TaskStatus.PROCESSING and time.monotonic() >= next_beat:
+                    services.task_heartbeat(task_id=self.task.pk, attempt=self.task.attempt)
+                    next_beat = time.monotonic() + settings.OCR_HEARTBEAT_SECONDS
                 if status != TaskStatus.PROCESSING and not self.stopped.is_set():
                     self.detected_at = time.monotonic()
                     killed = self.scope.cancel()
@@ -82,6 +88,11 @@ def process_task(task_id: str) -> None:
     except Exception as exc:  # never leave a task processing behind
         logger.exception("task %s: unexpected error", task_id)
         services.task_fail(task_id=task_id, error=f"Internal error: {exc}")
+    except BaseException:  # django-q2's timeout (SIGALRM -> SystemExit), a worker shutdown
+        message = f"Job interrupted (timeout of {settings.OCR_JOB_TIMEOUT} s, or worker shutdown)"
+        logger.error("task %s: %s", task_id, message)
+        services.task_fail(task_id=task_id, error=message)
+        raise
 
 
 def _run(task: OCRTask) -> None:
@@ -102,17 +113,20 @@ def _run(task: OCRTask) -> None:
     if started is None:
         logger.info("task %s: cancelled before start, skipped without work", task.pk)
         return
-    logger.info("task %s: started, %d pages", task.pk, len(page_numbers))
+    done = set(OCRPage.objects.filter(task_id=task.pk).values_list("page_number", flat=True))
+    page_numbers = [number for number in page_numbers if number not in done]  # kept from a lost attempt
+    logger.info("task %s: started (attempt %d), %d pages to do", task.pk, started.attempt, len(page_numbers))
     scope = engine.CancelScope()
     watcher = CancelWatcher(started, scope)
     watcher.start()
     try:
         if doc is None:
-            _run_image(started, data, scope)
+            if page_numbers:
+                _run_image(started, data, scope)
         else:
             _run_pdf(started, doc, page_numbers, scope)
         watcher.stop()
-        services.task_finish(task_id=task.pk)  # guarded: a no-op when a cancel won
+        services.task_finish(task_id=task.pk, attempt=started.attempt)  # guarded: a no-op when a cancel won
     except engine.Cancelled:
         pass
     finally:
@@ -125,9 +139,40 @@ def _run(task: OCRTask) -> None:
         logger.info("task %s: work stopped %.0f ms after the cancel was detected", task.pk, stopped_ms)
 
 
+def pages_dir() -> str:
+    """Where page images for tesseract go: under the slot folder, so orphans can be told apart."""
+    path = os.path.join(settings.OCR_SLOT_DIR, "pages")
+    os.makedirs(path, exist_ok=True)
+    return path
+
+
 def _ocr(image, params: dict, dpi: int, scope: engine.CancelScope) -> engine.OCRText:
     with _slots().acquire(scope):
-        return engine.run_tesseract(image, lang=params["lang"], dpi=dpi, scope=scope)
+        return engine.run_tesseract(image, lang=params["lang"], dpi=dpi, scope=scope, tmpdir=pages_dir())
+
+
+LLM_KINDS = (TaskType.LLM, TaskType.PDF_LLM)
+
+
+def _refine(task: OCRTask, text: str, source: str, image, scope: engine.CancelScope) -> llm.PageText:
+    """LLM kinds: the model corrects the page's text (cancellable, falls back to `text`); others: as is."""
+    if task.task_type not in LLM_KINDS:
+        return llm.PageText(text=text, source=source)
+    params = task.params
+    return llm.refine_page(
+        text,
+        source=source,
+        image=image,
+        prompt=params.get("prompt"),
+        model=params.get("model"),
+        config=llm.config_from_settings(),
+        scope=scope,
+    )
+
+
+def _ocr_page(task: OCRTask, prepared, image, params: dict, dpi: int, scope: engine.CancelScope) -> llm.PageText:
+    """One page in a pool thread: tesseract, then (LLM kinds) the model's refinement of its text."""
+    return _refine(task, _ocr(prepared, params, dpi, scope).text, PageSource.OCR, image, scope)
 
 
 def _run_image(task: OCRTask, data: bytes, scope: engine.CancelScope) -> None:
@@ -137,12 +182,20 @@ def _run_image(task: OCRTask, data: bytes, scope: engine.CancelScope) -> None:
         image = engine.load_image(data)
         dpi = _image_dpi(image)
         prepared = engine.preprocess(image, contrast_level=params["contrast_level"], threshold=params["threshold"])
-        text = _ocr(prepared, params, dpi, scope).text
+        page = _ocr_page(task, prepared, image, params, dpi, scope)
     except (engine.EngineError, engine.OCRFailed) as exc:
         _record_failure(task, 1, exc, started)
         return
     services.page_record(
-        task_id=task.pk, page_number=1, text=text, source=PageSource.OCR, processing_time=time.perf_counter() - started
+        task_id=task.pk,
+        page_number=1,
+        text=page.text,
+        source=page.source,
+        processing_time=time.perf_counter() - started,
+        error=page.error,
+        # a one-page result has no page list: it says itself where its text came from, and why
+        extra={**page.extra, "source": page.source, "error_message": page.error} if page.extra else {},
+        attempt=task.attempt,
     )
 
 
@@ -165,6 +218,7 @@ def _record_failure(task: OCRTask, page_number: int, exc: Exception, started: fl
         processing_time=time.perf_counter() - started,
         success=False,
         error=str(exc),
+        attempt=task.attempt,
     )
 
 
@@ -180,7 +234,7 @@ def _run_pdf(task: OCRTask, doc, page_numbers: list[int], scope: engine.CancelSc
         for future in done:
             page_number, started = in_flight.pop(future)
             try:
-                text = future.result().text
+                page = future.result()
             except engine.Cancelled:
                 raise
             except Exception as exc:
@@ -189,9 +243,12 @@ def _run_pdf(task: OCRTask, doc, page_numbers: list[int], scope: engine.CancelSc
             services.page_record(
                 task_id=task.pk,
                 page_number=page_number,
-                text=text,
-                source=PageSource.OCR,
+                text=page.text,
+                source=page.source,
                 processing_time=time.perf_counter() - started,
+                error=page.error,
+                extra=page.extra,
+                attempt=task.attempt,
             )
 
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"ocr-{task.pk}") as pool:
@@ -206,6 +263,12 @@ def _run_pdf(task: OCRTask, doc, page_numbers: list[int], scope: engine.CancelSc
                 try:
                     if params["text_layer"] == "auto":
                         text = engine.page_text_layer(doc, page_number - 1)
+                        if text and task.task_type in LLM_KINDS:  # the model refines text layers too
+                            in_flight[pool.submit(_refine, task, text, PageSource.TEXT_LAYER, None, scope)] = (
+                                page_number,
+                                started,
+                            )
+                            continue
                         if text:
                             services.page_record(
                                 task_id=task.pk,
@@ -213,6 +276,7 @@ def _run_pdf(task: OCRTask, doc, page_numbers: list[int], scope: engine.CancelSc
                                 text=text,
                                 source=PageSource.TEXT_LAYER,
                                 processing_time=time.perf_counter() - started,
+                                attempt=task.attempt,
                             )
                             continue
                     image = engine.render_page(doc, page_number - 1, dpi)
@@ -222,7 +286,7 @@ def _run_pdf(task: OCRTask, doc, page_numbers: list[int], scope: engine.CancelSc
                 except Exception as exc:  # a damaged page fails alone
                     _record_failure(task, page_number, exc, started)
                     continue
-                in_flight[pool.submit(_ocr, prepared, params, dpi, scope)] = (page_number, started)
+                in_flight[pool.submit(_ocr_page, task, prepared, image, params, dpi, scope)] = (page_number, started)
             while in_flight:
                 collect(block=True)
         except engine.Cancelled:
@@ -232,3 +296,12 @@ def _run_pdf(task: OCRTask, doc, page_numbers: list[int], scope: engine.CancelSc
             if scope.cancelled.is_set():
                 for future in in_flight:
                     future.cancel()
+
+
+def reap() -> dict:
+    """Scheduled (django-q2 schedule and `ocr_sweeper`): lost tasks, and orphan tesseracts here."""
+    report = services.reap_lost_tasks(
+        lost_after=settings.OCR_WORKER_LOST_SECONDS, requeue_pending_after=settings.OCR_PENDING_REQUEUE_SECONDS
+    )
+    report["orphans_killed"] = engine.kill_orphans(pages_dir())
+    return report

@@ -21,7 +21,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from . import engine, selectors, services
+from . import engine, llm, selectors, services
 from .exceptions import DomainError, InvalidInput, NotAuthenticated, RateLimited, ServiceUnavailable, error_json
 from .models import ACTIVE_STATUSES, TERMINAL_STATUSES, CancelSource, OCRTask, TaskStatus, TaskType
 from .serializers import PARAMETER_RANGES, TaskSerializer, parse_params, read_upload
@@ -332,9 +332,12 @@ def health(request: Request) -> Response:
         checks["tesseract"] = {"ok": False, "error": str(exc)}
     queue = _queue_info() if ok else {"queue_depth": None, "workers": 0}
     checks["workers"] = {"ok": queue["workers"] > 0, "live": queue["workers"], "queue_depth": queue["queue_depth"]}
+    llm_info = llm.probe(llm.config_from_settings())  # optional: only a configured, unreachable one degrades
+    checks["llm"] = {"ok": llm_info["reachable"] or not llm_info["configured"], **llm_info}
     essential = all(checks[name]["ok"] for name in ("database", "redis", "tesseract"))
+    optional = checks["workers"]["ok"] and checks["llm"]["ok"]
     body = {
-        "status": "ok" if essential and checks["workers"]["ok"] else ("degraded" if essential else "down"),
+        "status": "ok" if essential and optional else ("degraded" if essential else "down"),
         **checks,
     }
     return Response(body, status=200 if essential else 503)
@@ -351,6 +354,7 @@ def service_info(request: Request) -> Response:
             "tesseract_version": engine.tesseract_version(),
             "languages": engine.tesseract_languages(),
             "llm_configured": bool(settings.OCR_LLM_BASE_URL),
+            "llm": llm.probe(llm.config_from_settings()),
             "limits": {
                 "max_image_bytes": settings.OCR_MAX_IMAGE_BYTES,
                 "max_pdf_bytes": settings.OCR_MAX_PDF_BYTES,

@@ -27,10 +27,21 @@ env = environ.Env(
     OCR_LLM_BASE_URL=(str, ""),
     OCR_LLM_API_KEY=(str, ""),
     OCR_LLM_MODEL=(str, ""),
+    OCR_LLM_VISION=(bool, False),
+    OCR_LLM_CONNECT_TIMEOUT=(float, 5.0),
+    OCR_LLM_READ_TIMEOUT=(float, 120.0),
+    OCR_LLM_PAGE_TIMEOUT=(float, 600.0),
+    OCR_LLM_MAX_RETRIES=(int, 2),
+    OCR_LLM_MAX_TOKENS=(int, 0),
+    OCR_LLM_TEMPERATURE=(float, 0.0),
+    OCR_LLM_MAX_CHANGE=(float, 0.5),
     OCR_QUEUE_NAME=(str, "ocrsite"),
     OCR_JOB_TIMEOUT=(int, 3600),
     OCR_CANCEL_POLL_SECONDS=(float, 0.05),
     OCR_SYNC_TIMEOUT=(int, 3600),
+    OCR_HEARTBEAT_SECONDS=(float, 2.0),
+    OCR_WORKER_LOST_SECONDS=(float, 30.0),
+    OCR_PENDING_REQUEUE_SECONDS=(float, 60.0),
 )
 
 SECRET_KEY = env("SECRET_KEY", default="dev-insecure-change-me-in-production")
@@ -164,8 +175,24 @@ OCR_RETENTION_DAYS = env("OCR_RETENTION_DAYS")
 OCR_LLM_BASE_URL = env("OCR_LLM_BASE_URL")
 OCR_LLM_API_KEY = env("OCR_LLM_API_KEY")
 OCR_LLM_MODEL = env("OCR_LLM_MODEL")
+# LLM refinement (ocr/llm.py): send the page image too (vision models); timeouts in seconds
+# (read: longest silence in the stream; page: longest answer); retries on connection errors,
+# 408/429/5xx; max_tokens 0 = from the page length; answers changing more than MAX_CHANGE of the
+# OCR text's characters (edit distance / length) are not used (0 turns that check off).
+OCR_LLM_VISION = env("OCR_LLM_VISION")
+OCR_LLM_CONNECT_TIMEOUT = env("OCR_LLM_CONNECT_TIMEOUT")
+OCR_LLM_READ_TIMEOUT = env("OCR_LLM_READ_TIMEOUT")
+OCR_LLM_PAGE_TIMEOUT = env("OCR_LLM_PAGE_TIMEOUT")
+OCR_LLM_MAX_RETRIES = env("OCR_LLM_MAX_RETRIES")
+OCR_LLM_MAX_TOKENS = env("OCR_LLM_MAX_TOKENS")
+OCR_LLM_TEMPERATURE = env("OCR_LLM_TEMPERATURE")
+OCR_LLM_MAX_CHANGE = env("OCR_LLM_MAX_CHANGE")
 OCR_CANCEL_POLL_SECONDS = env("OCR_CANCEL_POLL_SECONDS")
 OCR_SYNC_TIMEOUT = env("OCR_SYNC_TIMEOUT")
+# A processing task whose worker sent no heartbeat for this long is re-queued once, then failed.
+OCR_HEARTBEAT_SECONDS = env("OCR_HEARTBEAT_SECONDS")
+OCR_WORKER_LOST_SECONDS = env("OCR_WORKER_LOST_SECONDS")
+OCR_PENDING_REQUEUE_SECONDS = env("OCR_PENDING_REQUEUE_SECONDS")
 # Host-wide tesseract slots (flock files): never more tesseract processes than OCR_WORKERS.
 OCR_SLOT_DIR = env("OCR_SLOT_DIR", default=os.path.join(tempfile.gettempdir(), f"{OCR_QUEUE_NAME}-slots"))
 

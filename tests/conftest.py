@@ -26,6 +26,15 @@ def _clean_rate_limits(settings):
     yield
 
 
+@pytest.fixture
+def no_worker(monkeypatch) -> list:
+    """For tests that play the worker themselves through the services: their jobs are not put
+    on the queue (a running test cluster would race them); returns the ids that would be."""
+    queued: list = []
+    monkeypatch.setattr("ocr.services._enqueue", lambda task_id: queued.append(str(task_id)))
+    return queued
+
+
 def _test_database_url() -> str:
     from django.db import connection
 
@@ -47,6 +56,7 @@ def service_env() -> dict:
         "MEDIA_ROOT": str(settings.MEDIA_ROOT),
         "OCR_QUEUE_NAME": settings.OCR_QUEUE_NAME,
         "OCR_WORKERS": str(settings.OCR_WORKERS),
+        "OCR_LLM_BASE_URL": LLM_TEST_URL,
         "PYTHONUNBUFFERED": "1",
     }
 
@@ -73,7 +83,7 @@ class Cluster:
 
         get_broker().purge_queue()
         log = open(self.log_path, "ab")
-        for args in (["qcluster"], ["ocr_sweeper", "--interval", "0.2"]):
+        for args in (["qcluster"], ["ocr_sweeper", "--interval", "0.2", "--reap-interval", "0.5"]):
             self.procs.append(
                 subprocess.Popen(
                     [sys.executable, "manage.py", *args],
@@ -114,6 +124,13 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+# Where workers and daphne find their OpenAI-compatible server, whichever module starts them
+# first: tests/test_llm.py serves a fake one on this port (tests/test_llm_real.py the real model).
+# The test process's own settings keep OCR_LLM_BASE_URL unset (the 503 checks).
+LLM_TEST_PORT = _free_port()
+LLM_TEST_URL = f"http://127.0.0.1:{LLM_TEST_PORT}/v1"
+
+
 @pytest.fixture(scope="session")
 def live_daphne(django_db_setup, tmp_path_factory):
     """A real daphne serving the project on the test database; yields its base URL."""
@@ -140,10 +157,17 @@ def live_daphne(django_db_setup, tmp_path_factory):
     _stop(proc)
 
 
-def tesseract_pids() -> list[int]:
-    """PIDs of running tesseract processes that read one of our temporary page files."""
-    out = subprocess.run(["pgrep", "-f", r"^tesseract .*\.pgm"], capture_output=True, text=True).stdout
-    return [int(pid) for pid in out.split()]
+def tesseract_pids(pages_dir: str | None = None) -> list[int]:
+    """PIDs of running tesseract processes reading a page file of this test run's workers."""
+    from django.conf import settings
+
+    prefix = pages_dir or settings.OCR_SLOT_DIR
+    out = subprocess.run(["pgrep", "-af", "^tesseract "], capture_output=True, text=True).stdout
+    return [
+        int(line.split()[0])
+        for line in out.splitlines()
+        if len(line.split()) > 2 and line.split()[2].startswith(prefix)
+    ]
 
 
 def wait_for(predicate, timeout: float = 30.0, interval: float = 0.02):

@@ -12,7 +12,7 @@ from ocr.models import PageSource
 from ocr.routing import websocket_urlpatterns
 from tests import factories
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("no_worker")]
 
 ORIGIN = [(b"origin", b"http://testserver")]
 

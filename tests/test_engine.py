@@ -54,11 +54,11 @@ def test_sniff_kind_judges_by_content(data, kind):
 def test_preprocess_contrast_and_threshold():
     grey = Image.new("L", (4, 1))
     grey.putdata([0, 100, 140, 255])
-    assert list(engine.preprocess(grey, contrast_level=1.0, threshold=0).tobytes()) == bytes([0, 100, 140, 255])
+    assert engine.preprocess(grey, contrast_level=1.0, threshold=0).tobytes() == bytes([0, 100, 140, 255])
     # threshold 512 cuts at 127.5: binarised
-    assert list(engine.preprocess(grey, contrast_level=1.0, threshold=512).tobytes()) == bytes([0, 0, 255, 255])
+    assert engine.preprocess(grey, contrast_level=1.0, threshold=512).tobytes() == bytes([0, 0, 255, 255])
     # contrast 2 around 128: 100 -> 72, 140 -> 152
-    assert list(engine.preprocess(grey, contrast_level=2.0, threshold=0).tobytes()) == bytes([0, 72, 152, 255])
+    assert engine.preprocess(grey, contrast_level=2.0, threshold=0).tobytes() == bytes([0, 72, 152, 255])
 
 
 def test_broken_inputs_raise_engine_errors():
@@ -72,7 +72,7 @@ def test_broken_inputs_raise_engine_errors():
         engine.load_image(factories.text_image()[:200])
 
 
-def test_cancel_scope_kills_tesseract_mid_page():
+def test_cancel_scope_kills_tesseract_mid_page(tmp_path):
     data = factories.slow_pdf(1)
     doc = engine.open_pdf(data)
     image = engine.preprocess(engine.render_page(doc, 0, 600), contrast_level=1.3, threshold=500)
@@ -81,7 +81,7 @@ def test_cancel_scope_kills_tesseract_mid_page():
 
     def run():
         try:
-            engine.run_tesseract(image, lang="eng", dpi=600, scope=scope)
+            engine.run_tesseract(image, lang="eng", dpi=600, scope=scope, tmpdir=str(tmp_path))
             outcome["result"] = "finished"
         except engine.Cancelled:
             outcome["result"] = "cancelled"
@@ -95,7 +95,7 @@ def test_cancel_scope_kills_tesseract_mid_page():
     thread.join(5)
     assert time.perf_counter() - started < 0.25
     assert outcome["result"] == "cancelled"
-    assert tesseract_pids() == []
+    assert tesseract_pids(str(tmp_path)) == []
 
 
 def test_slots_limit_concurrency(tmp_path):

@@ -12,7 +12,7 @@ from ocr.exceptions import TaskNotCancellable
 from ocr.models import OCRPage, OCRTask, PageSource, TaskEvent
 from tests import factories
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("no_worker")]
 
 ROUNDS = 60
 
@@ -30,44 +30,48 @@ def new_processing_task() -> OCRTask:
     return task
 
 
-def test_cancel_and_completion_fired_together_have_exactly_one_winner(settings):
+def race(task: OCRTask, *, last_page_done: bool) -> dict:
+    """Fire a cancel and a completion (with or without the last page) together."""
+    barrier = threading.Barrier(2)
+    results = {}
+
+    def cancel():
+        barrier.wait()
+        time.sleep(random.uniform(0, 0.003))  # jitter so that each side wins some rounds
+        try:
+            results["cancel"] = services.task_cancel(task=task, reason="race").newly_cancelled
+        except TaskNotCancellable:
+            results["cancel"] = False
+        finally:
+            connection.close()
+
+    def complete():
+        barrier.wait()
+        time.sleep(random.uniform(0, 0.003))
+        try:
+            recorded = last_page_done or services.page_record(
+                task_id=task.pk, page_number=2, text="two", source=PageSource.OCR, processing_time=0.1
+            )
+            results["complete"] = services.task_finish(task_id=task.pk) if recorded else False
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=cancel), threading.Thread(target=complete)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    return results
+
+
+def test_cancel_and_completion_fired_together_have_exactly_one_winner():
     outcomes = {"cancelled": 0, "completed": 0}
     for round_number in range(ROUNDS):
         task = new_processing_task()
-        # half the rounds race the last page and the finish, half the finish alone; jitter
-        # of a few ms on both sides lets each side win some rounds
         last_page_done = round_number % 2 == 0
         if last_page_done:
             services.page_record(task_id=task.pk, page_number=2, text="two", source=PageSource.OCR, processing_time=0.1)
-        barrier = threading.Barrier(2)
-        results = {}
-
-        def cancel():
-            barrier.wait()
-            time.sleep(random.uniform(0, 0.003))
-            try:
-                results["cancel"] = services.task_cancel(task=task, reason="race").newly_cancelled
-            except TaskNotCancellable:
-                results["cancel"] = False
-            finally:
-                connection.close()
-
-        def complete():
-            barrier.wait()
-            time.sleep(random.uniform(0, 0.003))
-            try:
-                recorded = last_page_done or services.page_record(
-                    task_id=task.pk, page_number=2, text="two", source=PageSource.OCR, processing_time=0.1
-                )
-                results["complete"] = services.task_finish(task_id=task.pk) if recorded else False
-            finally:
-                connection.close()
-
-        threads = [threading.Thread(target=cancel), threading.Thread(target=complete)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(30)
+        results = race(task, last_page_done=last_page_done)
         task.refresh_from_db()
         assert results["cancel"] != results["complete"], results  # exactly one winner
         assert task.status == ("cancelled" if results["cancel"] else "completed")

@@ -11,7 +11,7 @@ from ocr.models import PageSource
 from tests import factories
 from tests.live import connection
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("no_worker")]
 
 
 def make_processing_task(streaming=True):

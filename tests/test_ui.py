@@ -66,7 +66,7 @@ def browser_context():
 
 
 def shot(page, name: str) -> None:
-    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True, animations="disabled")
 
 
 def fits_width(page) -> bool:
@@ -75,6 +75,10 @@ def fits_width(page) -> bool:
 
 def page_numbers_shown(page) -> list[int]:
     return [int(n) for n in page.locator("#pages .page").evaluate_all("nodes => nodes.map(n => n.dataset.page)")]
+
+
+def upload(name: str, data: bytes) -> dict:
+    return {"name": name, "mimeType": "application/octet-stream", "buffer": data}
 
 
 def submit_upload(page, base_url: str, path: Path, *, fill=None) -> str:
@@ -98,6 +102,8 @@ def test_cancel_a_streaming_pdf_in_the_browser(live_daphne, cluster, browser_con
     pdf.write_bytes(factories.slow_pdf(6))
     reason = "Enough pages for the UI test"
     page = browser_context.new_page()
+    page.on("console", lambda m: print("console:", m.text))
+    page.on("websocket", lambda ws: (print("ws open", ws.url), ws.on("close", lambda w: print("ws closed", w.url))))
 
     def fill(page):
         assert page.is_visible("#pdf-options")
@@ -118,7 +124,22 @@ def test_cancel_a_streaming_pdf_in_the_browser(live_daphne, cluster, browser_con
 
     # Drop the socket: the page reconnects with ?after=<last seq> and shows no page twice.
     page.evaluate("window.__sockets.at(-1).close(4000, 'test drop')")
-    page.wait_for_function("window.__sockets.length === 2 && window.__sockets[1].readyState === 1")
+    import time
+
+    t0 = time.monotonic()
+    try:
+        page.wait_for_function("window.__sockets.length === 2 && window.__sockets[1].readyState === 1")
+    except Exception:
+        for _ in range(20):
+            print(
+                round(time.monotonic() - t0, 1),
+                page.evaluate("window.__sockets.map(s => [s.url, s.readyState])"),
+                page.locator("#connection").inner_text(),
+                page.locator("#status").inner_text(),
+            )
+            time.sleep(1)
+        raise
+    print("reconnected after", time.monotonic() - t0)
     after = int(page.evaluate("new URL(window.__sockets[1].url).searchParams.get('after')"))
     assert after >= 3  # pending, processing, at least one page
     page.wait_for_function("document.getElementById('connection').textContent === 'live'")
@@ -168,10 +189,21 @@ def test_a_completed_image_shows_its_text_and_is_listed(live_daphne, cluster, br
     assert page.is_hidden("#cancel-open")
     shot(page, "task-completed-desktop")
 
+    # Two more tasks of this browser session, through the API: a PDF, and one cancelled at once.
+    api = browser_context.request
+    pdf = api.post(f"{live_daphne}/v1/ocr/process-pdf", multipart={"file": upload("text.pdf", factories.text_pdf(2))})
+    slow = api.post(f"{live_daphne}/v1/ocr/process-pdf", multipart={"file": upload("slow.pdf", factories.slow_pdf(2))})
+    assert pdf.status == slow.status == 202
+    cancel = api.post(f"{live_daphne}/v1/ocr/tasks/{slow.json()['task_id']}/cancel", data={"reason": "Not needed"})
+    assert cancel.status == 200
+
     page.goto(f"{live_daphne}/tasks/")
     row = page.locator(f"a.task-row[data-task-id='{task_id}']")
     row.wait_for()
     assert "completed" in row.inner_text()
+    cancelled_row = page.locator(f"a.task-row[data-task-id='{slow.json()['task_id']}']")
+    assert "cancelled" in cancelled_row.inner_text() and "Not needed" in cancelled_row.inner_text()
+    assert page.locator("a.task-row").count() == 3
     shot(page, "task-list-desktop")
 
     page.set_viewport_size(PHONE)

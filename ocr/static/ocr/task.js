@@ -1,7 +1,7 @@
 // Task page: the task's state from the REST API, live events from the WebSocket (replayed
 // after the last seq seen when the socket reconnects), pages keyed by number, cancel.
 
-import { TERMINAL, el, errorText, formatDateTime, formatDuration, formatTime, requestJson, setBadge } from "./common.js";
+import { TERMINAL, el, errorText, formatDateTime, formatDuration, requestJson, setBadge } from "./common.js";
 
 const root = document.getElementById("task-page");
 const { taskId, taskType, apiUrl, cancelUrl } = root.dataset;
@@ -171,9 +171,16 @@ async function loadTask() {
 // --- Rendering -------------------------------------------------------------------------------
 
 function showNotice(kind, ...content) {
+  const parts = content.filter(Boolean);
   ui.notice.className = `alert alert-${kind}`;
-  ui.notice.replaceChildren(...content);
-  ui.notice.hidden = content.length === 0;
+  ui.notice.replaceChildren(...parts);
+  ui.notice.hidden = parts.length === 0;
+}
+
+function runSeconds() {
+  if (!state.startedAt) return null;
+  const end = state.endedAt ? Date.parse(state.endedAt) : Date.now();
+  return Math.max(0, (end - Date.parse(state.startedAt)) / 1000);
 }
 
 function renderNotice() {
@@ -183,7 +190,7 @@ function renderNotice() {
     const by = state.cancelledBy && state.cancelledBy !== "user" ? ` (${state.cancelledBy})` : "";
     showNotice(
       "warning",
-      el("strong", {}, `Cancelled at ${formatTime(state.endedAt)}${by}`),
+      el("strong", {}, `Cancelled at ${formatDateTime(state.endedAt)}${by}`),
       el("span", { class: "reason" }, `Reason: ${state.reason || "none given"}`),
       pages ? el("span", {}, `Partial result: ${pages} read before the cancel.`) : null,
     );
@@ -191,7 +198,9 @@ function renderNotice() {
     showNotice("error", el("strong", {}, "Failed"), el("span", {}, state.error || "No error message."));
   } else if (state.status === "completed") {
     const failed = state.failed ? `, ${state.failed} failed` : "";
-    showNotice("success", el("strong", {}, "Completed"), pages ? el("span", {}, `${pages}${failed}.`) : null);
+    const seconds = runSeconds();
+    const took = seconds === null ? "" : ` in ${formatDuration(seconds)}`;
+    showNotice("success", el("strong", {}, `Completed${took}`), pages ? el("span", {}, `${pages} read${failed}.`) : null);
   } else if (state.status === "pending") {
     showNotice("info", el("span", {}, done ? "Starting…" : "Waiting for a free worker…"));
   } else {
@@ -201,13 +210,12 @@ function renderNotice() {
 
 function tick() {
   const done = state.processed + state.failed;
-  if (!state.startedAt) {
+  const seconds = runSeconds();
+  if (seconds === null) {
     ui.elapsed.textContent = state.status === "pending" ? "queued" : "–";
     ui.speed.textContent = "–";
     return;
   }
-  const end = state.endedAt ? Date.parse(state.endedAt) : Date.now();
-  const seconds = Math.max(0, (end - Date.parse(state.startedAt)) / 1000);
   ui.elapsed.textContent = formatDuration(seconds);
   ui.speed.textContent = done && seconds > 0 ? `${(done / seconds).toFixed(2)} pages/s` : "–";
 }

@@ -1,0 +1,117 @@
+"""Lost work: a worker killed with SIGKILL, a job lost by the broker, orphan tesseracts."""
+
+import os
+import signal
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from ocr import services
+from ocr.models import OCRPage, OCRTask, PageSource, TaskEvent
+from ocr.queue import queued_task_ids
+from tests import factories
+from tests.conftest import tesseract_pids, wait_for
+from tests.test_worker import assert_event_log, submit, wait_mid_page
+
+PARAMS = {"threshold": 500, "contrast_level": 1.3, "lang": "eng", "dpi": 150, "text_layer": "ocr"}
+
+
+def started_task(pages=2) -> OCRTask:
+    task = services.task_submit(
+        task_type="pdf", params=PARAMS, filename="a.pdf", data=factories.text_pdf(1), total_pages=pages
+    )
+    return services.task_start(task_id=task.pk, total_pages=pages)
+
+
+def age_heartbeat(task: OCRTask, seconds: float = 60) -> None:
+    OCRTask.objects.filter(pk=task.pk).update(heartbeat_at=timezone.now() - timedelta(seconds=seconds))
+
+
+@pytest.mark.django_db
+def test_lost_task_is_requeued_once_then_failed(django_capture_on_commit_callbacks, no_worker):
+    task = started_task()
+    services.page_record(
+        task_id=task.pk, page_number=1, text="one", source=PageSource.OCR, processing_time=0.1, attempt=1
+    )
+    age_heartbeat(task)
+    with django_capture_on_commit_callbacks(execute=True):
+        report = services.reap_lost_tasks(lost_after=30)
+    assert report["requeued"] == 1
+    task.refresh_from_db()
+    assert task.status == "pending" and task.attempt == 1 and task.processed_pages == 1
+    assert no_worker == [str(task.pk)]  # queued again
+    # the lost worker, if it still runs, can no longer write; the next attempt can
+    again = services.task_start(task_id=task.pk, total_pages=2)
+    assert again.attempt == 2
+    assert not services.page_record(
+        task_id=task.pk, page_number=2, text="old", source="ocr", processing_time=0.1, attempt=1
+    )
+    # lost a second time: failed, with its one terminal event and the page kept
+    age_heartbeat(task)
+    assert services.reap_lost_tasks(lost_after=30)["failed"] == 1
+    task.refresh_from_db()
+    assert task.status == "failed" and task.error_message == "Worker lost"
+    assert [r["extracted_text"] for r in task.result["results"]] == ["one"]
+    assert TaskEvent.objects.filter(task=task, type="failed").count() == 1
+
+
+@pytest.mark.django_db
+def test_live_heartbeat_is_left_alone(no_worker):
+    task = started_task()
+    assert services.task_heartbeat(task_id=task.pk, attempt=1)
+    assert services.reap_lost_tasks(lost_after=30) == {"requeued": 0, "failed": 0, "pending_requeued": 0}
+    assert not services.task_heartbeat(task_id=task.pk, attempt=7)
+
+
+@pytest.mark.django_db
+def test_pending_job_lost_by_the_broker_is_queued_again():
+    from django_q.brokers import get_broker
+
+    task = services.task_submit(
+        task_type="pdf", params=PARAMS, filename="a.pdf", data=factories.text_pdf(1), total_pages=1
+    )
+    get_broker().purge_queue()  # as if a dying worker had taken the job
+    OCRTask.objects.filter(pk=task.pk).update(created_at=timezone.now() - timedelta(seconds=120), enqueued_at=None)
+    assert services.reap_lost_tasks(lost_after=30, requeue_pending_after=60)["pending_requeued"] == 1
+    assert str(task.pk) in queued_task_ids()
+    # already on the queue: not queued twice
+    OCRTask.objects.filter(pk=task.pk).update(enqueued_at=timezone.now() - timedelta(seconds=120))
+    assert services.reap_lost_tasks(lost_after=30, requeue_pending_after=60)["pending_requeued"] == 0
+    get_broker().purge_queue()
+
+
+def worker_pid_of(task_id) -> int:
+    return wait_for(lambda: OCRTask.objects.get(pk=task_id).worker_pid)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_worker_killed_mid_task_is_recovered_and_leaves_no_tesseract(cluster):
+    from rest_framework.test import APIClient
+
+    api = APIClient()
+    task_id = submit(api, "/v1/ocr/process-pdf", factories.slow_pdf(4), {"dpi": 600, "text_layer": "ocr"})
+    wait_mid_page(task_id, min_pages=1)  # page 3 has just started: seconds of work left for it
+    os.kill(worker_pid_of(task_id), signal.SIGKILL)
+    # the reaper (ocr_sweeper) kills the orphan tesseract and re-queues; a new worker finishes
+    task = wait_for(lambda: OCRTask.objects.filter(pk=task_id, status="completed").first(), timeout=90)
+    assert task.attempt == 2 and task.processed_pages == 4
+    assert sorted(OCRPage.objects.filter(task_id=task_id).values_list("page_number", flat=True)) == [1, 2, 3, 4]
+    assert_event_log(task_id, "completed")
+    assert "orphan tesseract" in cluster.log() and "re-queued" in cluster.log()
+    wait_for(lambda: not tesseract_pids(), timeout=5)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_cancel_of_a_task_whose_worker_died(cluster):
+    from rest_framework.test import APIClient
+
+    api = APIClient()
+    task_id = submit(api, "/v1/ocr/process-pdf", factories.slow_pdf(2), {"dpi": 600, "text_layer": "ocr"})
+    wait_mid_page(task_id)
+    os.kill(worker_pid_of(task_id), signal.SIGKILL)
+    response = api.post(f"/v1/ocr/tasks/{task_id}/cancel", {"reason": "dead worker"}, format="json")
+    assert response.status_code == 200
+    assert_event_log(task_id, "cancelled")
+    wait_for(lambda: not tesseract_pids(), timeout=10)  # the orphan is killed by the reaper
+    assert OCRTask.objects.get(pk=task_id).status == "cancelled"

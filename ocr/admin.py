@@ -2,17 +2,57 @@
 
 from __future__ import annotations
 
+import logging
+
 from django import forms
+from django.conf import settings
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.http import HttpResponseRedirect
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
+from django.utils.html import escape
+from django.utils.http import url_has_allowed_host_and_scheme
+from django.utils.safestring import mark_safe
 
-from . import services
+from . import metrics, services
 from .exceptions import TaskNotCancellable
-from .models import CancelAudit, CancelSource, OCRPage, OCRTask, TaskEvent
+from .models import ACTIVE_STATUSES, CancelAudit, CancelSource, OCRPage, OCRTask, TaskEvent
+
+logger = logging.getLogger(__name__)
+
+
+def histogram_rows(hist: dict) -> list[tuple[str, int]]:
+    """Cumulative buckets as per-bucket counts, labelled '≤ bound'."""
+    rows, previous = [], 0
+    for bound, cumulative in hist["buckets"].items():
+        rows.append((f"≤ {bound}", cumulative - previous))
+        previous = cumulative
+    rows.append(("more", hist["count"] - previous))
+    return rows
+
+
+def bars(rows: list[tuple[str, int]], width: int = 420, row_height: int = 22) -> str:
+    """A horizontal bar chart as inline SVG (escaped labels, no JavaScript)."""
+    top = max([n for _, n in rows] + [1])
+    label_width = 170
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="100%" viewBox="0 0 {width} {max(1, len(rows)) * row_height}" '
+        'role="img" class="ocr-chart">'
+    ]
+    for i, (label, n) in enumerate(rows):
+        y = i * row_height
+        length = (width - label_width - 50) * n / top
+        parts.append(
+            f'<text x="0" y="{y + 15}" font-size="12">{escape(str(label))[:28]}</text>'
+            f'<rect x="{label_width}" y="{y + 4}" width="{length:.1f}" height="{row_height - 8}" fill="#417690"/>'
+            f'<text x="{label_width + length + 4:.1f}" y="{y + 15}" font-size="12">{n}</text>'
+        )
+    if not rows:
+        parts.append('<text x="0" y="15" font-size="12">no data</text>')
+    parts.append("</svg>")
+    return mark_safe("".join(parts))
 
 
 class CancelReasonForm(forms.Form):
@@ -86,6 +126,7 @@ class OCRTaskAdmin(admin.ModelAdmin):
     inlines = [OCRPageInline, TaskEventInline]
     actions = ["cancel_selected"]
     change_form_template = "admin/ocr/ocrtask/change_form.html"
+    change_list_template = "admin/ocr/ocrtask/change_list.html"
 
     def has_add_permission(self, request) -> bool:
         return False
@@ -117,9 +158,57 @@ class OCRTaskAdmin(admin.ModelAdmin):
 
     def get_urls(self):
         return [
+            path("dashboard/", self.admin_site.admin_view(self.dashboard), name="ocr_dashboard"),
             path("<path:object_id>/cancel/", self.admin_site.admin_view(self.cancel_one), name="ocr_ocrtask_cancel"),
             *super().get_urls(),
         ]
+
+    def dashboard(self, request):
+        """Figures over a window, charts as server-drawn SVG, running tasks with cancel buttons."""
+        if not request.user.is_staff:
+            raise PermissionDenied
+        try:
+            window = max(1, min(int(request.GET.get("window", 60)), 60 * 24 * 90))
+        except ValueError:
+            window = 60
+        data = metrics.snapshot(window)
+        rate, finished = metrics.recent_cancellation_rate(settings.OCR_CANCEL_ALERT_MINUTES)
+        alert = finished >= settings.OCR_CANCEL_ALERT_MIN_TASKS and rate > settings.OCR_CANCEL_ALERT_RATE
+        if alert:
+            logger.warning(
+                "cancellation rate %.0f%% over the last %d min (%d tasks) exceeds OCR_CANCEL_ALERT_RATE %.0f%%",
+                rate * 100,
+                settings.OCR_CANCEL_ALERT_MINUTES,
+                finished,
+                settings.OCR_CANCEL_ALERT_RATE * 100,
+            )
+        charts = [
+            ("Cancellation reasons (top 10)", bars([(r["reason"], r["count"]) for r in data["cancellation_reasons"]])),
+            ("Time from start to cancel (s)", bars(histogram_rows(data["time_to_cancel_seconds"]))),
+            ("Cancel latency, accepted to work stopped (s)", bars(histogram_rows(data["cancel_latency_seconds"]))),
+            ("OCR time per page (s)", bars(histogram_rows(data["ocr_page_seconds"]))),
+            ("Tasks by kind", bars([(kind, n) for kind, n in data["tasks"]["submitted"].items()])),
+        ]
+        running = OCRTask.objects.filter(status__in=ACTIVE_STATUSES).order_by("created_at")[:200]
+        return TemplateResponse(
+            request,
+            "admin/ocr/dashboard.html",
+            {
+                **self.admin_site.each_context(request),
+                "title": "OCR dashboard",
+                "data": data,
+                "window": window,
+                "windows": [15, 60, 360, 1440, 10080],
+                "charts": charts,
+                "running": running,
+                "alert": alert,
+                "alert_rate": rate,
+                "alert_minutes": settings.OCR_CANCEL_ALERT_MINUTES,
+                "alert_threshold": settings.OCR_CANCEL_ALERT_RATE,
+                "may_cancel_any": request.user.has_perm("ocr.cancel_any_task"),
+                "opts": self.model._meta,
+            },
+        )
 
     def cancel_one(self, request, object_id: str):
         task = get_object_or_404(OCRTask, pk=object_id)
@@ -129,7 +218,10 @@ class OCRTaskAdmin(admin.ModelAdmin):
         if request.method == "POST" and form.is_valid():
             cancelled, _ = cancel_tasks(request, [task], form.cleaned_data["reason"])
             self.message_user(request, "Task cancelled" if cancelled else f"Task was already {task.status}")
-            return HttpResponseRedirect(reverse("admin:ocr_ocrtask_change", args=[task.pk]))
+            back = request.POST.get("next", "")
+            if not url_has_allowed_host_and_scheme(back, allowed_hosts={request.get_host()}):
+                back = reverse("admin:ocr_ocrtask_change", args=[task.pk])
+            return HttpResponseRedirect(back)
         return TemplateResponse(
             request,
             "admin/ocr/ocrtask/cancel_confirmation.html",

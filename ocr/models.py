@@ -109,6 +109,9 @@ class OCRTask(models.Model):
     attempt = models.PositiveSmallIntegerField(default=0)
     heartbeat_at = models.DateTimeField(null=True, blank=True, help_text="Last sign of life of its worker")
     enqueued_at = models.DateTimeField(null=True, blank=True, help_text="Last time its job was put on the queue")
+    work_stopped_at = models.DateTimeField(
+        null=True, blank=True, help_text="When its worker had killed its processes after a cancel (for metrics)"
+    )
 
     class Meta:
         ordering = ["-created_at"]

@@ -310,6 +310,14 @@ def task_cancel(
     return CancelResult(task=current, newly_cancelled=cancelled is not None)
 
 
+def task_work_stopped(*, task_id: uuid.UUID | str) -> None:
+    """The worker of a cancelled task has stopped (processes killed): the cancel latency's end.
+    Bookkeeping only: result, pages and events stay as the cancel left them."""
+    OCRTask.objects.filter(pk=task_id, status=TaskStatus.CANCELLED, work_stopped_at__isnull=True).update(
+        work_stopped_at=timezone.now()
+    )
+
+
 def deadline_reason(task: OCRTask) -> str:
     return f"Deadline of {task.params.get('deadline_seconds')} s exceeded"
 
@@ -379,4 +387,31 @@ def reap_lost_tasks(*, lost_after: float, max_attempts: int = 2, requeue_pending
                 logger.warning("task %s: pending but not on the queue, queued again", task_id)
                 _enqueue(task_id)
                 report["pending_requeued"] += 1
+    return report
+
+
+# --- Retention --------------------------------------------------------------------------------
+
+
+def purge_expired(*, retention_days: int, audit_retention_days: int | None = None, dry_run: bool = False) -> dict:
+    """Delete terminal tasks older than `retention_days` (their input files, pages and events
+    with them), and cancel audits older than `audit_retention_days`. Active tasks are kept."""
+    now = timezone.now()
+    cutoff = now - timedelta(days=retention_days)
+    old = OCRTask.objects.exclude(status__in=ACTIVE_STATUSES).filter(created_at__lt=cutoff)
+    audit_cutoff = now - timedelta(days=audit_retention_days or retention_days)
+    audits = CancelAudit.objects.filter(created_at__lt=audit_cutoff)
+    report = {"tasks": old.count(), "files": 0, "audits": audits.count(), "dry_run": dry_run}
+    if dry_run:
+        return report
+    for task in old.only("id", "input_file").iterator():
+        if task.input_file:
+            try:
+                task.input_file.delete(save=False)
+                report["files"] += 1
+            except OSError:
+                logger.warning("task %s: input file could not be deleted", task.pk)
+    old.delete()
+    audits.delete()
+    logger.info("retention: deleted %s", report)
     return report

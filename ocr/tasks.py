@@ -136,6 +136,7 @@ def _run(task: OCRTask) -> None:
             doc.close()
     if watcher.detected_at is not None:
         stopped_ms = (time.monotonic() - watcher.detected_at) * 1000
+        services.task_work_stopped(task_id=task.pk)
         logger.info("task %s: work stopped %.0f ms after the cancel was detected", task.pk, stopped_ms)
 
 
@@ -305,3 +306,10 @@ def reap() -> dict:
     )
     report["orphans_killed"] = engine.kill_orphans(pages_dir())
     return report
+
+
+def cleanup() -> dict:
+    """Scheduled daily: retention of finished tasks and cancel audits."""
+    return services.purge_expired(
+        retention_days=settings.OCR_RETENTION_DAYS, audit_retention_days=settings.OCR_AUDIT_RETENTION_DAYS
+    )

@@ -13,15 +13,17 @@ from django.db import connection
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from django_ratelimit.core import get_usage
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import generics
 from rest_framework.authentication import SessionAuthentication, TokenAuthentication
 from rest_framework.decorators import api_view
+from rest_framework.exceptions import PermissionDenied
 from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from . import engine, llm, selectors, services
+from . import engine, llm, metrics, schema, selectors, services
 from .exceptions import DomainError, InvalidInput, NotAuthenticated, RateLimited, ServiceUnavailable, error_json
 from .models import ACTIVE_STATUSES, TERMINAL_STATUSES, CancelSource, OCRTask, TaskStatus, TaskType
 from .serializers import PARAMETER_RANGES, TaskSerializer, parse_params, read_upload
@@ -113,6 +115,12 @@ class SubmitView(APIView):
     task_type: str = TaskType.OCR
     streaming: bool = False
 
+    @extend_schema(
+        request={"multipart/form-data": schema.UploadSerializer},
+        responses=schema.SUBMIT_RESPONSES,
+        description="Queue an OCR task; poll it, stream its events, or cancel it. Streaming submits also "
+        "answer `stream_url` (SSE) and `ws_url` (WebSocket).",
+    )
     def post(self, request: Request) -> Response:
         task = accept_submission(request, task_type=self.task_type, streaming=self.streaming)
         return Response(TaskSerializer(task, context={"request": request}).data, status=202)
@@ -204,12 +212,20 @@ def _cancel_sync_timeout(task_id) -> None:
 
 class TaskDetailView(generics.GenericAPIView):
     task_type: str | None = None
+    serializer_class = TaskSerializer
 
+    @extend_schema(responses={200: TaskSerializer, 404: schema.ErrorSerializer})
     def get(self, request: Request, task_id: str) -> Response:
         task = selectors.task_get_for(user=request.user, task_id=task_id, task_type=self.task_type)
         return Response(TaskSerializer(task, context={"request": request}).data)
 
 
+@extend_schema(
+    parameters=[
+        OpenApiParameter("status", enum=TaskStatus.values, required=False),
+        OpenApiParameter("task_type", enum=TaskType.values, required=False),
+    ]
+)
 class TaskListView(generics.ListAPIView):
     serializer_class = TaskSerializer
 
@@ -274,6 +290,12 @@ class CancelView(APIView):
     task_type: str | None = None
     streaming_only: bool = False
 
+    @extend_schema(
+        request=schema.CancelRequestSerializer,
+        responses=schema.CANCEL_RESPONSES,
+        description="Cancel a pending or processing task: its worker stops within a fraction of a second "
+        "(mid-page), pages finished before are kept. Missing or blank reason: `User requested cancellation`.",
+    )
     def post(self, request: Request, task_id: str) -> Response:
         enforce_rate(request, group="ocr-cancel", rate=settings.OCR_CANCEL_RATE)
         task = selectors.task_get_for(
@@ -286,6 +308,31 @@ class CancelView(APIView):
         )
         body = cancel_response(outcome.task, newly_cancelled=outcome.newly_cancelled, via_stream=self.streaming_only)
         return Response(body, status=200)
+
+    def finalize_response(self, request, response, *args, **kwargs):
+        metrics.count_cancel_request(response.status_code)
+        return super().finalize_response(request, response, *args, **kwargs)
+
+
+class CleanupView(APIView):
+    """DELETE /v1/ocr/tasks/cleanup (staff): apply the retention now."""
+
+    @extend_schema(
+        parameters=[OpenApiParameter("days", int, description="Override OCR_RETENTION_DAYS")],
+        responses={200: dict, 403: schema.ErrorSerializer},
+    )
+    def delete(self, request: Request) -> Response:
+        if not (request.user.is_authenticated and request.user.is_staff):
+            raise PermissionDenied("Staff only")
+        try:
+            days = int(request.query_params.get("days", settings.OCR_RETENTION_DAYS))
+        except ValueError:
+            raise InvalidInput("days: must be a whole number") from None
+        if days < 0:
+            raise InvalidInput("days: must be 0 or more")
+        return Response(
+            services.purge_expired(retention_days=days, audit_retention_days=settings.OCR_AUDIT_RETENTION_DAYS)
+        )
 
 
 # --- Service information ----------------------------------------------------------------------
@@ -312,6 +359,7 @@ def _queue_info() -> dict:
         return {"queue_depth": None, "workers": 0, "error": str(exc)}
 
 
+@extend_schema(responses={200: dict})
 @api_view(["GET"])
 def health(request: Request) -> Response:
     checks: dict[str, dict] = {}
@@ -343,6 +391,7 @@ def health(request: Request) -> Response:
     return Response(body, status=200 if essential else 503)
 
 
+@extend_schema(responses={200: dict})
 @api_view(["GET"])
 def service_info(request: Request) -> Response:
     return Response(
@@ -367,6 +416,7 @@ def service_info(request: Request) -> Response:
     )
 
 
+@extend_schema(responses={200: dict})
 @api_view(["GET"])
 def parameters(request: Request) -> Response:
     return Response(
@@ -377,6 +427,27 @@ def parameters(request: Request) -> Response:
             "pdf_types": ["pdf"],
         }
     )
+
+
+@extend_schema(
+    parameters=[OpenApiParameter("window", int, description="Only tasks created in the last N minutes")],
+    responses={200: dict},
+)
+@api_view(["GET"])
+def metrics_json(request: Request) -> Response:
+    try:
+        window = int(request.query_params.get("window") or 0) or None
+    except ValueError:
+        raise InvalidInput("window: must be a number of minutes") from None
+    return Response(metrics.snapshot(window))
+
+
+def metrics_prometheus(request: HttpRequest):
+    """GET /metrics in Prometheus text format."""
+    from django.http import HttpResponse
+    from prometheus_client import CONTENT_TYPE_LATEST
+
+    return HttpResponse(metrics.prometheus_text(), content_type=CONTENT_TYPE_LATEST)
 
 
 # --- Server-sent events ---------------------------------------------------------------------

@@ -42,6 +42,10 @@ env = environ.Env(
     OCR_HEARTBEAT_SECONDS=(float, 2.0),
     OCR_WORKER_LOST_SECONDS=(float, 30.0),
     OCR_PENDING_REQUEUE_SECONDS=(float, 60.0),
+    OCR_CANCEL_ALERT_RATE=(float, 0.5),
+    OCR_CANCEL_ALERT_MINUTES=(int, 15),
+    OCR_CANCEL_ALERT_MIN_TASKS=(int, 5),
+    OCR_AUDIT_RETENTION_DAYS=(int, 0),
 )
 
 SECRET_KEY = env("SECRET_KEY", default="dev-insecure-change-me-in-production")
@@ -60,6 +64,8 @@ INSTALLED_APPS = [
     "rest_framework.authtoken",
     "channels",
     "django_q",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
     "ocr",
 ]
 
@@ -161,7 +167,24 @@ REST_FRAMEWORK = {
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
     "PAGE_SIZE": 20,
     "EXCEPTION_HANDLER": "ocr.exceptions.exception_handler",
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
+}
+
+SPECTACULAR_SETTINGS = {
+    "TITLE": "ocrsite OCR API",
+    "DESCRIPTION": "Images and PDFs in, text out: async, sync or streamed, with real cancellation. "
+    "Live events: WebSocket ws://HOST/ws/ocr/tasks/{task_id}/?after=SEQ (same JSON as the SSE stream).",
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "COMPONENT_SPLIT_REQUEST": True,
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "ocr.schema.add_async_views",
+    ],
 }
 
 # --- OCR limits and behaviour -----------------------------------------------------------
@@ -172,6 +195,12 @@ OCR_MAX_IMAGE_BYTES = env("OCR_MAX_IMAGE_BYTES")
 OCR_MAX_PDF_BYTES = env("OCR_MAX_PDF_BYTES")
 OCR_MAX_PDF_PAGES = env("OCR_MAX_PDF_PAGES")
 OCR_RETENTION_DAYS = env("OCR_RETENTION_DAYS")
+# Cancel audits are kept this long (0: as long as OCR_RETENTION_DAYS).
+OCR_AUDIT_RETENTION_DAYS = env("OCR_AUDIT_RETENTION_DAYS") or OCR_RETENTION_DAYS
+# Dashboard banner and WARNING log when cancelled / finished over the last N minutes exceeds this.
+OCR_CANCEL_ALERT_RATE = env("OCR_CANCEL_ALERT_RATE")
+OCR_CANCEL_ALERT_MINUTES = env("OCR_CANCEL_ALERT_MINUTES")
+OCR_CANCEL_ALERT_MIN_TASKS = env("OCR_CANCEL_ALERT_MIN_TASKS")
 OCR_LLM_BASE_URL = env("OCR_LLM_BASE_URL")
 OCR_LLM_API_KEY = env("OCR_LLM_API_KEY")
 OCR_LLM_MODEL = env("OCR_LLM_MODEL")

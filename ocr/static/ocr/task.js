@@ -81,7 +81,7 @@ function pagesOfResult(task) {
 }
 
 function pageNode(page) {
-  const title = SINGLE_PAGE_KINDS.has(taskType) ? "Text" : `Page ${page.page_number}`;
+  const title = SINGLE_PAGE_KINDS.has(taskType) ? "Image" : `Page ${page.page_number}`;
   const seconds = Number(page.processing_time);
   const header = el(
     "header",

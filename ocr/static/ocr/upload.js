@@ -30,7 +30,7 @@ async function onFileChosen() {
     return;
   }
   const pdf = await isPdf(file);
-  fileInfo.textContent = `${file.name} · ${formatBytes(file.size)} · ${pdf ? "PDF" : "image"}`;
+  fileInfo.textContent = `${pdf ? "PDF" : "Image"} · ${formatBytes(file.size)}`;
   pdfOptions.hidden = !pdf;
 }
 

@@ -1,0 +1,130 @@
+"""OpenAPI documentation shapes (drf-spectacular) and the hook that documents the async views
+(sync submit, SSE), which are plain Django views the generator cannot see."""
+
+from __future__ import annotations
+
+import copy
+
+from drf_spectacular.utils import OpenApiExample, OpenApiResponse, inline_serializer
+from rest_framework import serializers
+
+from .serializers import TaskSerializer
+
+
+class UploadSerializer(serializers.Serializer):
+    file = serializers.FileField(help_text="The image (jpg, png, bmp, tiff, webp) or PDF, judged by content")
+    request = serializers.CharField(
+        required=False,
+        help_text='JSON object with parameters, e.g. {"threshold": 500, "contrast_level": 1.3, "lang": "eng", '
+        '"dpi": 300, "page_select": [1, 3], "text_layer": "auto", "deadline_seconds": 60}. '
+        "Ranges: GET /v1/ocr/parameters.",
+    )
+
+
+class ErrorSerializer(serializers.Serializer):
+    detail = serializers.CharField()
+
+
+class CancelRequestSerializer(serializers.Serializer):
+    reason = serializers.CharField(required=False, allow_null=True, max_length=1000)
+
+
+class CancelResponseSerializer(serializers.Serializer):
+    task_id = serializers.UUIDField()
+    status = serializers.CharField()
+    message = serializers.CharField()
+    cancelled_at = serializers.DateTimeField()
+    cancellation_reason = serializers.CharField()
+
+
+def error(description: str, example: str) -> OpenApiResponse:
+    return OpenApiResponse(ErrorSerializer, description, examples=[OpenApiExample(description, {"detail": example})])
+
+
+SUBMIT_RESPONSES = {
+    202: TaskSerializer,
+    400: error("Bad file or parameters", "request.threshold: Ensure this value is less than or equal to 1024."),
+    401: error("Anonymous calls refused (OCR_ALLOW_ANONYMOUS=false)", "Authentication credentials were not provided."),
+    409: error("task_id exists", "Task 7b0c6a0e-4d57-4b7c-9a55-2f0b5c3f0d11 already exists"),
+    413: error("File too large", "file: 20971520 bytes is larger than the limit of 10485760 bytes"),
+    415: error("Unsupported type", "file: expected a PDF, got a png image; images go to /v1/ocr/process"),
+    429: error("Too many submits", "Rate limit of 100/m exceeded for ocr-submit; retry in 12 s"),
+    503: error("LLM not configured or server busy", "LLM OCR is not configured: set OCR_LLM_BASE_URL"),
+}
+
+CANCEL_RESPONSES = {
+    200: OpenApiResponse(
+        CancelResponseSerializer,
+        "Cancelled (or already cancelled: idempotent, original time and reason)",
+        examples=[
+            OpenApiExample(
+                "cancelled",
+                {
+                    "task_id": "7b0c6a0e-4d57-4b7c-9a55-2f0b5c3f0d11",
+                    "status": "cancelled",
+                    "message": "PDF task successfully cancelled",
+                    "cancelled_at": "2026-11-26T17:37:22.135078+00:00",
+                    "cancellation_reason": "User requested cancellation",
+                },
+            )
+        ],
+    ),
+    400: OpenApiResponse(
+        inline_serializer("CancelRefused", {"detail": serializers.CharField(), "status": serializers.CharField()}),
+        "Already completed or failed, reason too long or not a string, body not JSON",
+        examples=[
+            OpenApiExample(
+                "finished",
+                {"detail": "Task 7b0c6a0e-4d57-4b7c-9a55-2f0b5c3f0d11 is already completed", "status": "completed"},
+            )
+        ],
+    ),
+    404: error("Unknown, malformed, wrong kind or someone else's task", "Task not found"),
+    429: error("More than OCR_CANCEL_RATE cancels (Retry-After header)", "Rate limit of 20/m exceeded"),
+}
+
+SYNC_PATHS = {
+    "/v1/ocr/process-sync": "/v1/ocr/process",
+    "/v1/ocr/process-with-llm-sync": "/v1/ocr/process-with-llm",
+    "/v1/ocr/process-pdf-sync": "/v1/ocr/process-pdf",
+    "/v1/ocr/process-pdf-with-llm-sync": "/v1/ocr/process-pdf-with-llm",
+}
+
+
+def add_async_views(result: dict, generator, request, public) -> dict:
+    """Document the sync submit endpoints and the SSE stream next to what DRF generated."""
+    paths = result.setdefault("paths", {})
+    for sync_path, async_path in SYNC_PATHS.items():
+        operation = copy.deepcopy(paths.get(async_path, {}).get("post"))
+        if not operation:
+            continue
+        operation["operationId"] = operation["operationId"] + "_sync"
+        operation["description"] = (
+            "Waits and answers 200 with the task once it is terminal (completed, failed or cancelled). "
+            "Put a `task_id` (UUID) in `request` so that another client can cancel the call; a client that "
+            "disconnects cancels its task (reason `Client disconnected`)."
+        )
+        operation["responses"]["200"] = operation["responses"].pop("202")
+        paths[sync_path] = {"post": operation}
+    paths["/v1/ocr/stream/{task_id}"] = {
+        "get": {
+            "operationId": "stream_events",
+            "summary": "Server-sent events of a task",
+            "description": "Stored events after `Last-Event-ID` (or `?after=`), then live ones; `id:` is the event "
+            "seq; a comment keep-alive every 15 s; ends after the one terminal event.",
+            "tags": ["v1"],
+            "parameters": [
+                {"name": "task_id", "in": "path", "required": True, "schema": {"type": "string", "format": "uuid"}},
+                {"name": "Last-Event-ID", "in": "header", "required": False, "schema": {"type": "integer"}},
+                {"name": "after", "in": "query", "required": False, "schema": {"type": "integer"}},
+            ],
+            "responses": {
+                "200": {
+                    "description": "text/event-stream of task events",
+                    "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                },
+                "404": {"description": "Unknown task, or not yours"},
+            },
+        }
+    }
+    return result

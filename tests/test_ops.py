@@ -1,0 +1,210 @@
+"""Operations: metrics (JSON, Prometheus, across processes), OpenAPI, retention, dashboard."""
+
+import json
+import logging
+import os
+from datetime import timedelta
+
+import pytest
+from django.contrib.auth.models import Permission, User
+from django.test import Client
+from django.utils import timezone
+from rest_framework.test import APIClient
+
+from ocr import metrics, services
+from ocr.models import CancelAudit, OCRTask, PageSource
+from tests import factories
+from tests.live import post_json
+
+PARAMS = {"threshold": 500, "contrast_level": 1.3, "lang": "eng", "dpi": 150, "text_layer": "ocr"}
+
+
+def make_task(task_type="pdf") -> OCRTask:
+    data = factories.text_pdf(1) if task_type == "pdf" else factories.text_image()
+    return services.task_submit(task_type=task_type, params=PARAMS, filename="a", data=data, total_pages=1)
+
+
+def complete(task: OCRTask, seconds: float = 0.4) -> None:
+    services.task_start(task_id=task.pk, total_pages=1)
+    services.page_record(task_id=task.pk, page_number=1, text="x", source=PageSource.OCR, processing_time=seconds)
+    services.task_finish(task_id=task.pk)
+
+
+@pytest.fixture
+def clean_metric_counters(settings):
+    import redis
+
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    client.delete(f"{settings.OCR_QUEUE_NAME}:{metrics.CANCEL_REQUESTS_KEY}")
+    yield
+    client.delete(f"{settings.OCR_QUEUE_NAME}:{metrics.CANCEL_REQUESTS_KEY}")
+
+
+@pytest.mark.django_db
+def test_metrics_after_a_known_sequence(no_worker, clean_metric_counters):
+    for _ in range(2):
+        complete(make_task("pdf"), seconds=0.4)
+    running = make_task("pdf")
+    services.task_start(task_id=running.pk, total_pages=1)
+    services.task_cancel(task=running, reason="Deadline of 5 s exceeded", by="deadline")
+    services.task_work_stopped(task_id=running.pk)
+    services.task_cancel(task=make_task("ocr"), reason="deadline of 10 s  exceeded")
+    api = APIClient()
+    assert api.post(f"/v1/ocr/tasks/{running.pk}/cancel").status_code == 200  # already cancelled
+    assert api.post("/v1/ocr/tasks/7b0c6a0e-4d57-4b7c-9a55-2f0b5c3f0d11/cancel").status_code == 404
+    done = OCRTask.objects.filter(status="completed").first()
+    assert api.post(f"/v1/ocr/tasks/{done.pk}/cancel").status_code == 400
+
+    data = api.get("/v1/ocr/metrics").json()
+    assert data["tasks"]["by_kind"]["pdf"] == {
+        "pending": 0,
+        "processing": 0,
+        "completed": 2,
+        "failed": 0,
+        "cancelled": 1,
+    }
+    assert data["tasks"]["submitted"] == {"ocr": 1, "llm": 0, "pdf": 3, "pdf_llm": 0}
+    assert data["cancellation_rate"]["pdf"] == round(1 / 3, 4) and data["cancellation_rate"]["ocr"] == 1.0
+    assert data["cancellation_reasons"] == [{"reason": "deadline of N s exceeded", "count": 2}]
+    assert data["time_to_cancel_seconds"]["count"] == 1
+    assert data["cancel_latency_seconds"]["count"] == 1
+    assert data["cancel_requests"]["by_status"] == {"200": 1, "404": 1, "400": 1}
+    assert data["cancel_requests"]["error_rate"]["404"] == round(1 / 3, 4)
+    assert data["ocr_page_seconds"]["count"] == 2 and data["ocr_page_seconds"]["buckets"]["0.5"] == 2
+    assert data["pages_per_second"] == round(2 / 60, 3)
+    assert data["running_tasks"] == 0 and data["pending_tasks"] == 0
+
+    text = Client().get("/metrics").content.decode()
+    assert 'ocr_tasks_total{status="completed",task_type="pdf"} 2.0' in text
+    assert 'ocr_cancel_requests_total{code="404"} 1.0' in text
+    assert 'ocr_cancellation_reasons{reason="deadline of N s exceeded"} 2.0' in text
+    assert "ocr_cancel_latency_seconds_count 1.0" in text
+
+
+@pytest.mark.django_db(transaction=True)
+def test_metrics_are_right_across_processes(live_daphne, no_worker, clean_metric_counters):
+    task = make_task("pdf")
+    # another process (the live daphne) answers cancel requests: the counts are shared
+    assert post_json(live_daphne, f"/v1/ocr/tasks/{task.pk}/cancel")[0] == 200
+    assert post_json(live_daphne, "/v1/ocr/tasks/not-a-task/cancel")[0] == 404
+    snapshot = metrics.snapshot()
+    assert snapshot["cancel_requests"]["by_status"] == {200: 1, 404: 1}
+    assert snapshot["tasks"]["by_kind"]["pdf"]["cancelled"] == 1
+
+
+def test_openapi_schema_validates_and_docs_are_local():
+    from drf_spectacular.generators import SchemaGenerator
+    from drf_spectacular.validation import validate_schema
+
+    schema = SchemaGenerator().get_schema(request=None, public=True)
+    validate_schema(schema)
+    paths = schema["paths"]
+    for path in (
+        "/v1/ocr/process",
+        "/v1/ocr/process-sync",
+        "/v1/ocr/process-pdf",
+        "/v1/ocr/process-pdf-sync",
+        "/v1/ocr/process-pdf-stream",
+        "/v1/ocr/tasks/{task_id}/cancel",
+        "/v1/ocr/stream/{task_id}",
+        "/v1/ocr/stream/{task_id}/cancel",
+        "/v1/ocr/tasks",
+        "/v1/ocr/health",
+    ):
+        assert path in paths, path
+    upload = paths["/v1/ocr/process-pdf"]["post"]
+    assert "multipart/form-data" in upload["requestBody"]["content"]
+    assert {"202", "400", "413", "415", "429"} <= set(upload["responses"])
+    assert {"200", "400", "404", "429"} <= set(paths["/v1/ocr/tasks/{task_id}/cancel"]["post"]["responses"])
+    assert "200" in paths["/v1/ocr/process-pdf-sync"]["post"]["responses"]
+
+
+@pytest.mark.django_db
+def test_schema_and_docs_endpoints():
+    client = Client()
+    assert client.get("/api/schema/").status_code == 200
+    docs = client.get("/api/docs/")
+    assert docs.status_code == 200
+    html = docs.content.decode()
+    assert "swagger-ui" in html and "cdn" not in html.lower() and "/static/drf_spectacular_sidecar/" in html
+    asset = html.split('src="')[1].split('"')[0]
+    assert client.get(asset).status_code == 200
+
+
+@pytest.mark.django_db
+def test_retention_deletes_old_finished_tasks_with_their_files(no_worker, settings):
+    old_done = make_task()
+    complete(old_done)
+    old_active = make_task()
+    recent = make_task()
+    complete(recent)
+    services.task_cancel(task=make_task(), reason="kept audit")
+    path = old_done.input_file.path
+    assert os.path.exists(path)
+    long_ago = timezone.now() - timedelta(days=40)
+    OCRTask.objects.filter(pk__in=[old_done.pk, old_active.pk]).update(created_at=long_ago)
+    CancelAudit.objects.update(created_at=long_ago)
+    report = services.purge_expired(retention_days=30, audit_retention_days=90)
+    assert report == {"tasks": 1, "files": 1, "audits": 0, "dry_run": False}
+    assert not OCRTask.objects.filter(pk=old_done.pk).exists() and not os.path.exists(path)
+    assert OCRTask.objects.filter(pk=old_active.pk).exists() and OCRTask.objects.filter(pk=recent.pk).exists()
+    assert CancelAudit.objects.count() == 1  # the audit is kept longer
+    assert services.purge_expired(retention_days=30, audit_retention_days=30)["audits"] == 1
+
+
+@pytest.mark.django_db
+def test_cleanup_endpoint_is_for_staff(no_worker):
+    anonymous = APIClient()
+    assert anonymous.delete("/v1/ocr/tasks/cleanup").status_code == 403
+    staff = APIClient()
+    staff.force_authenticate(User.objects.create_user("op", is_staff=True))
+    response = staff.delete("/v1/ocr/tasks/cleanup?days=30")
+    assert response.status_code == 200 and response.json()["tasks"] == 0
+    assert staff.delete("/v1/ocr/tasks/cleanup?days=x").status_code == 400
+
+
+@pytest.mark.django_db
+def test_cleanup_command(no_worker, capsys):
+    from django.core.management import call_command
+
+    call_command("ocr_cleanup", "--days", "30", "--dry-run")
+    assert json.loads(capsys.readouterr().out) == {"tasks": 0, "files": 0, "audits": 0, "dry_run": True}
+
+
+def staff_client() -> Client:
+    user = User.objects.create_user("operator", password="pw", is_staff=True)
+    for codename in ("view_ocrtask", "change_ocrtask", "cancel_any_task"):
+        user.user_permissions.add(Permission.objects.get(codename=codename))
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+@pytest.mark.django_db
+def test_dashboard_shows_figures_running_tasks_and_alerts(no_worker, settings, caplog):
+    settings.OCR_CANCEL_ALERT_RATE = 0.5
+    settings.OCR_CANCEL_ALERT_MIN_TASKS = 3
+    client = staff_client()
+    running = make_task()
+    services.task_start(task_id=running.pk, total_pages=1)
+    complete(make_task())
+    page = client.get("/admin/ocr/ocrtask/dashboard/?window=60")
+    assert page.status_code == 200
+    html = page.content.decode()
+    assert "<svg" in html and str(running.pk) in html and 'role="alert"' not in html
+    for _ in range(3):
+        services.task_cancel(task=make_task(), reason="user gave up")
+    with caplog.at_level(logging.WARNING, logger="ocr.admin"):
+        html = client.get("/admin/ocr/ocrtask/dashboard/").content.decode()
+    assert 'role="alert"' in html and "user gave up" in html
+    assert any("exceeds OCR_CANCEL_ALERT_RATE" in r.message for r in caplog.records)
+    assert "Dashboard" in client.get("/admin/ocr/ocrtask/").content.decode()
+    # the cancel button of a running task goes back to the dashboard
+    response = client.post(
+        f"/admin/ocr/ocrtask/{running.pk}/cancel/",
+        {"reason": "from dashboard", "next": "/admin/ocr/ocrtask/dashboard/"},
+    )
+    assert response.status_code == 302 and response["Location"] == "/admin/ocr/ocrtask/dashboard/"
+    running.refresh_from_db()
+    assert running.status == "cancelled" and running.cancelled_by == "admin"
+    assert Client().get("/admin/ocr/ocrtask/dashboard/").status_code == 302  # login first

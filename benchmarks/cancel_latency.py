@@ -99,6 +99,7 @@ def main() -> None:
         from ocr.models import OCRPage, OCRTask, TaskEvent
 
         prefix = str(service.tesseract_tmp)
+        meter = service.cpu_meter()
         workers = service.workers
         submitted: list[str] = []
 
@@ -180,6 +181,7 @@ def main() -> None:
         ):
             harness.http_request(service.base_url, "POST", f"/v1/ocr/tasks/{task_id}/cancel", b"{}")
         database = "postgresql" if service.pg_name else "sqlite"
+        foreign_cpu_cores = round(meter.foreign_cores(), 2)
         from django.conf import settings
 
         poll_seconds = settings.OCR_CANCEL_POLL_SECONDS
@@ -190,6 +192,7 @@ def main() -> None:
         "dpi": args.dpi,
         "workers": workers,
         "database": database,
+        "foreign_cpu_cores": foreign_cpu_cores,
         "cancel_response_ms": harness.summary_ms(response_ms),
         "kill_after_cancelled_at_ms": kill,
         "kill_after_response_ms": harness.summary_ms(kill_after_response_ms),

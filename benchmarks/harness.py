@@ -204,7 +204,12 @@ def tesseract_pids(path_prefix: str = "") -> list[int]:
         if not pid.isdigit():
             continue
         argv = _proc_cmdline(pid)
-        if argv and argv[0] == b"tesseract" and len(argv) > 1 and argv[1].decode(errors="replace").startswith(path_prefix):
+        if (
+            argv
+            and argv[0] == b"tesseract"
+            and len(argv) > 1
+            and argv[1].decode(errors="replace").startswith(path_prefix)
+        ):
             found.append(int(pid))
     return found
 
@@ -223,14 +228,20 @@ class TesseractSampler(threading.Thread):
         self.prefixes = {name: prefix.encode() for name, prefix in prefixes.items()}
         self.interval = interval
         self._stop_event = threading.Event()
-        self._known: dict[str, str] = {}  # pid -> class name, "" when not a tesseract
+        self._known: dict[str, tuple[str, int]] = {}  # pid -> (class name or "", times read)
         self.maxima: dict[str, int] = {}
+        self.sums: dict[str, int] = {}
         self.samples = 0
         self.reset()
 
     def reset(self) -> None:
         self.maxima = {name: 0 for name in [*self.prefixes, "foreign", "meta"]}
+        self.sums = dict.fromkeys(self.maxima, 0)
         self.samples = 0
+
+    def mean(self, name: str) -> float:
+        """Mean number of `name` tesseract processes running since the last reset."""
+        return self.sums[name] / self.samples if self.samples else 0.0
 
     def _classify(self, argv: list[bytes]) -> str:
         if argv[0] != b"tesseract":
@@ -243,20 +254,21 @@ class TesseractSampler(threading.Thread):
         return "foreign"
 
     def sample(self) -> dict[str, int]:
-        pids = [pid for pid in os.listdir("/proc") if pid.isdigit()]
+        pids = {pid for pid in os.listdir("/proc") if pid.isdigit()}
         counts = dict.fromkeys(self.maxima, 0)
+        known = self._known
+        for pid in known.keys() - pids:  # gone: its PID may be reused by the next process
+            del known[pid]
         for pid in pids:
-            kind = self._known.get(pid)
-            if kind is None:
+            entry = known.get(pid)
+            if entry is None or (not entry[0] and entry[1] < 3):
+                # A new process is read 3 times: between fork and exec it still shows its parent's command.
                 argv = _proc_cmdline(pid)
                 if not argv or argv == [b""]:  # kernel thread, zombie or gone: look again next time
                     continue
-                kind = self._known[pid] = self._classify(argv)
-            if kind:
-                counts[kind] += 1
-        if len(self._known) > 2 * len(pids) + 100:  # forget PIDs that are gone (PID reuse)
-            alive = set(pids)
-            self._known = {pid: kind for pid, kind in self._known.items() if pid in alive}
+                entry = known[pid] = (self._classify(argv), (entry[1] + 1) if entry else 1)
+            if entry[0]:
+                counts[entry[0]] += 1
         return counts
 
     def run(self) -> None:
@@ -264,11 +276,48 @@ class TesseractSampler(threading.Thread):
             counts = self.sample()
             self.samples += 1
             for name, count in counts.items():
+                self.sums[name] += count
                 if count > self.maxima[name]:
                     self.maxima[name] = count
 
     def stop(self) -> None:
         self._stop_event.set()
+
+
+class CpuMeter:
+    """CPU used on the host by others than us (`pids_of_ours` and this process, with reaped children).
+
+    `foreign_cores()` since the last `mark()`: busy CPU time of the host (/proc/stat) minus ours,
+    per second of wall time, so 1.0 means another program kept one core busy meanwhile.
+    """
+
+    def __init__(self, pids_of_ours) -> None:
+        self.pids_of_ours = pids_of_ours
+        self.tick = os.sysconf("SC_CLK_TCK")
+        self.mark()
+
+    def _snapshot(self) -> tuple[float, float, float]:
+        with open("/proc/stat") as handle:
+            fields = [int(value) for value in handle.readline().split()[1:]]
+        busy = sum(fields) - fields[3] - fields[4]  # all but idle and iowait
+        ours = 0
+        for pid in {os.getpid(), *self.pids_of_ours()}:
+            try:
+                with open(f"/proc/{pid}/stat", "rb") as handle:
+                    stat = handle.read()
+            except OSError:
+                continue
+            values = stat[stat.rindex(b")") + 2 :].split()
+            ours += sum(int(value) for value in values[11:15])  # utime stime cutime cstime
+        return time.monotonic(), busy / self.tick, ours / self.tick
+
+    def mark(self) -> None:
+        self._start = self._snapshot()
+
+    def foreign_cores(self) -> float:
+        now, busy, ours = self._snapshot()
+        start, busy0, ours0 = self._start
+        return max(0.0, ((busy - busy0) - (ours - ours0)) / max(1e-9, now - start))
 
 
 def _signal_group(proc: subprocess.Popen, sig: int) -> None:
@@ -279,10 +328,12 @@ def _signal_group(proc: subprocess.Popen, sig: int) -> None:
 
 
 def stop_groups(procs: list[subprocess.Popen], timeout: float = 10) -> None:
-    """SIGTERM every process group at once, SIGKILL the groups still there after `timeout`."""
+    """SIGTERM each leader, then SIGKILL its whole group (children left behind, or all of it
+    after `timeout`). SIGTERM to the leader only: a qcluster whose whole group gets SIGTERM
+    never stops (its sentinel waits for workers that died of the signal), measured here."""
     for proc in procs:
         if proc.poll() is None:
-            _signal_group(proc, signal.SIGTERM)
+            proc.send_signal(signal.SIGTERM)
     deadline = time.monotonic() + timeout
     for proc in procs:
         try:
@@ -433,12 +484,17 @@ class Service:
     def _logs(self) -> str:
         return "\n".join(f"--- {name}\n{self.log_text(name)}" for name in ("qcluster", "sweeper", "daphne"))
 
-    def worker_pids(self) -> set[int]:
-        """PIDs of every process of the qcluster process group (workers included)."""
+    def pids(self) -> set[int]:
+        """PIDs of every process of our services' process groups (qcluster workers included)."""
         if not self.procs:
             return set()
-        out = subprocess.run(["pgrep", "-g", str(self.procs[0].pid)], capture_output=True, text=True).stdout
+        groups = ",".join(str(proc.pid) for proc in self.procs)
+        out = subprocess.run(["pgrep", "-g", groups], capture_output=True, text=True).stdout
         return {int(pid) for pid in out.split()}
+
+    def cpu_meter(self) -> CpuMeter:
+        """Foreign CPU meter: ours are the service processes, their tesseracts and this process."""
+        return CpuMeter(lambda: self.pids() | set(tesseract_pids(str(self.tmp))))
 
     def stop(self) -> None:
         stop_groups(self.procs)

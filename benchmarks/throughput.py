@@ -138,6 +138,7 @@ def main() -> None:
 
         sampler = harness.TesseractSampler({"service": str(service.tesseract_tmp), "raw": str(raw_dir)})
         sampler.start()
+        meter = service.cpu_meter()
         runs: list[dict] = []
         max_service_tesseract = 0
         foreign_max = 0
@@ -151,6 +152,7 @@ def main() -> None:
                     sides = ("raw", "service") if round_index % 2 == 0 else ("service", "raw")
                     for side in sides:
                         sampler.reset()
+                        meter.mark()
                         if side == "raw":
                             seconds = run_raw(paths, dpi=args.dpi, lang="eng")
                             run[f"{case}_raw_seconds"] = round(seconds, 3)
@@ -164,8 +166,12 @@ def main() -> None:
                             )
                             max_service_tesseract = max(max_service_tesseract, sampler.maxima["service"])
                         foreign_max = max(foreign_max, sampler.maxima["foreign"])
+                        run[f"{case}_{side}_foreign_cpu_cores"] = round(meter.foreign_cores(), 2)
+                        # Share of the run during which all `cores` tesseract slots were busy, on average.
+                        run[f"{case}_{side}_tesseract_busy"] = round(sampler.mean(side) / CORES, 3)
                         log(
-                            "round %d %s %s: %d pages in %.2f s (%.3f pages/s), tesseract at once %s",
+                            "round %d %s %s: %d pages in %.2f s (%.3f pages/s), tesseract at once %s, "
+                            "slots busy %.3f, foreign CPU %.2f cores",
                             round_index + 1,
                             case,
                             side,
@@ -173,10 +179,11 @@ def main() -> None:
                             seconds,
                             len(paths) / seconds,
                             sampler.maxima,
+                            run[f"{case}_{side}_tesseract_busy"],
+                            run[f"{case}_{side}_foreign_cpu_cores"],
                         )
                 run["single_ratio"] = round(run["single_raw_seconds"] / run["single_service_seconds"], 3)
                 run["queue_ratio"] = round(run["queue_raw_seconds"] / run["queue_service_seconds"], 3)
-                run["loadavg"] = Path("/proc/loadavg").read_text().split()[0]
                 runs.append(run)
         finally:
             sampler.stop()
@@ -210,6 +217,7 @@ def main() -> None:
         "rounds": args.rounds,
         "database": "postgresql" if service.pg_name else "sqlite",
         "foreign_tesseract_max": foreign_max,
+        "foreign_cpu_cores_max": max(value for run in runs for key, value in run.items() if "foreign_cpu" in key),
         "targets": {
             "single_ratio_ge_0.9": single_ratio >= 0.9,
             "queue_ratio_ge_0.95": queue_ratio >= 0.95,
@@ -217,8 +225,12 @@ def main() -> None:
         },
         "runs": runs,
     }
-    if foreign_max:
-        log("WARNING: %d foreign tesseract processes ran during the measurement: timings disturbed", foreign_max)
+    if foreign_max or result["foreign_cpu_cores_max"] > 0.2:
+        log(
+            "WARNING: other programs ran meanwhile (%d foreign tesseract, up to %.2f cores): timings disturbed",
+            foreign_max,
+            result["foreign_cpu_cores_max"],
+        )
     print(json.dumps(result))
 
 

@@ -249,14 +249,14 @@ def _stream_once(config: LLMConfig, body: dict, model: str, scope: engine.Cancel
                     if content:
                         parts.append(content)
                     finish_reason = choice.get("finish_reason") or finish_reason
-    except httpx.HTTPError as exc:
+    except (httpx.HTTPError, httpx.InvalidURL) as exc:
         if scope.cancelled.is_set():
             raise engine.Cancelled() from None
         if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout) or (
             isinstance(exc, httpx.RemoteProtocolError) and not parts
         ):
             raise _Retryable(f"LLM server unreachable at {config.base_url}: {exc or type(exc).__name__}") from None
-        raise LLMError(f"LLM stream broke off: {exc or type(exc).__name__}") from None
+        raise LLMError(f"LLM request failed: {exc or type(exc).__name__}") from None
     scope.check()  # a shut-down socket may also look like a clean end of the stream
     return Completion(
         text="".join(parts), finish_reason=finish_reason, model=reported_model, seconds=time.perf_counter() - started
@@ -305,20 +305,28 @@ def _retry_after(response: httpx.Response) -> float | None:
         return None
 
 
-@functools.lru_cache(maxsize=8)
-def _served_model(base_url: str, api_key: str, timeout: float) -> str:
-    """The first model the server lists, for servers that need a name when none is configured."""
-    config = LLMConfig(base_url=base_url, api_key=api_key)
-    try:
-        response = httpx.get(_url(config, "/models"), headers=_headers(config), timeout=timeout, verify=_ssl_context())
-        data = response.json().get("data") or []
-        return str(data[0].get("id") or "") if data else ""
-    except Exception:  # a server without /models still answers chat requests
-        return ""
+_served_models: dict[str, str] = {}
+
+
+def _served_model(config: LLMConfig) -> str:
+    """The first model the server lists (remembered once found), for when none is configured."""
+    if config.base_url not in _served_models:
+        try:
+            response = httpx.get(
+                _url(config, "/models"), headers=_headers(config), timeout=config.connect_timeout, verify=_ssl_context()
+            )
+            data = response.json().get("data") or []
+            name = str(data[0].get("id") or "") if data else ""
+        except Exception:  # a server without /models still answers chat requests
+            return ""
+        if not name:
+            return ""
+        _served_models[config.base_url] = name
+    return _served_models[config.base_url]
 
 
 def resolve_model(config: LLMConfig, requested: str | None) -> str:
-    return requested or config.model or _served_model(config.base_url, config.api_key, config.connect_timeout)
+    return requested or config.model or _served_model(config)
 
 
 def probe(config: LLMConfig, timeout: float = 2.0) -> dict:

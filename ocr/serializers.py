@@ -197,6 +197,7 @@ class TaskSerializer(serializers.ModelSerializer):
     """The task representation of API.md section 3."""
 
     task_id = serializers.UUIDField(source="id", read_only=True)
+    file_name = serializers.CharField(source="input_name", read_only=True)
     progress = serializers.SerializerMethodField()
 
     class Meta:
@@ -205,6 +206,7 @@ class TaskSerializer(serializers.ModelSerializer):
             "task_id",
             "task_type",
             "streaming",
+            "file_name",
             "status",
             "created_at",
             "started_at",

@@ -452,8 +452,6 @@ def metrics_prometheus(request: HttpRequest):
 
 # --- Server-sent events ---------------------------------------------------------------------
 
-SSE_KEEPALIVE_SECONDS = 15
-
 
 def _sse_frame(event: dict) -> bytes:
     return f"id: {event['seq']}\nevent: {event['type']}\ndata: {json.dumps(event)}\n\n".encode()
@@ -498,7 +496,7 @@ async def stream_events(request: HttpRequest, task_id: str):
                     if event["type"] in TERMINAL_EVENTS:
                         return
                 try:
-                    message = await asyncio.wait_for(layer.receive(channel), timeout=SSE_KEEPALIVE_SECONDS)
+                    message = await asyncio.wait_for(layer.receive(channel), timeout=settings.OCR_SSE_KEEPALIVE_SECONDS)
                 except TimeoutError:
                     yield b": keep-alive\n\n"
                     continue

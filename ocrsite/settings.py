@@ -46,6 +46,7 @@ env = environ.Env(
     OCR_CANCEL_ALERT_MINUTES=(int, 15),
     OCR_CANCEL_ALERT_MIN_TASKS=(int, 5),
     OCR_AUDIT_RETENTION_DAYS=(int, 0),
+    OCR_SSE_KEEPALIVE_SECONDS=(float, 15.0),
 )
 
 SECRET_KEY = env("SECRET_KEY", default="dev-insecure-change-me-in-production")
@@ -132,7 +133,9 @@ CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "channels_redis.core.RedisChannelLayer",
         "CONFIG": {
-            "hosts": [REDIS_URL],
+            # redis-py 8 defaults to a 5 s socket timeout, which breaks channels-redis's 5 s
+            # blocking reads: every quiet WebSocket or SSE stream would die after 5 s.
+            "hosts": [{"address": REDIS_URL, "socket_timeout": None}],
             "prefix": f"{OCR_QUEUE_NAME}:asgi",
             # Events are stored; the layer only wakes listeners, so a roomy buffer is enough.
             "capacity": 1000,
@@ -218,6 +221,7 @@ OCR_LLM_TEMPERATURE = env("OCR_LLM_TEMPERATURE")
 OCR_LLM_MAX_CHANGE = env("OCR_LLM_MAX_CHANGE")
 OCR_CANCEL_POLL_SECONDS = env("OCR_CANCEL_POLL_SECONDS")
 OCR_SYNC_TIMEOUT = env("OCR_SYNC_TIMEOUT")
+OCR_SSE_KEEPALIVE_SECONDS = env("OCR_SSE_KEEPALIVE_SECONDS")
 # A processing task whose worker sent no heartbeat for this long is re-queued once, then failed.
 OCR_HEARTBEAT_SECONDS = env("OCR_HEARTBEAT_SECONDS")
 OCR_WORKER_LOST_SECONDS = env("OCR_WORKER_LOST_SECONDS")
@@ -252,5 +256,5 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env("LOG_LEVEL", default="INFO")},
-    "loggers": {"django_q": {"level": "WARNING"}},
+    "loggers": {"django_q": {"level": "WARNING"}, "httpx": {"level": "WARNING"}},
 }

@@ -58,6 +58,7 @@ def service_env() -> dict:
         "OCR_WORKERS": str(settings.OCR_WORKERS),
         "OCR_LLM_BASE_URL": LLM_TEST_URL,
         "PYTHONUNBUFFERED": "1",
+        "OCR_SSE_KEEPALIVE_SECONDS": "6",  # longer than channels-redis's 5 s blocking read
     }
 
 

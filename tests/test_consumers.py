@@ -146,3 +146,15 @@ async def test_bad_origin_is_rejected():
     communicator.scope["user"] = AnonymousUser()
     connected, _ = await communicator.connect()
     assert not connected
+
+
+async def test_quiet_socket_survives_the_layer_read_timeout():
+    """Quiet for longer than channels-redis's 5 s blocking read: the next event still arrives."""
+    task = await sync_to_async(make_task)()
+    communicator = connect_to(task.pk)
+    assert (await communicator.connect())[0]
+    assert (await communicator.receive_json_from(timeout=5))["seq"] == 1
+    assert await communicator.receive_nothing(timeout=6)
+    await sync_to_async(services.task_cancel)(task=task, reason="late")
+    assert (await communicator.receive_json_from(timeout=5))["type"] == "cancelled"
+    assert (await communicator.receive_output(timeout=5))["code"] == 1000

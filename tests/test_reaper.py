@@ -81,6 +81,18 @@ def test_pending_job_lost_by_the_broker_is_queued_again():
     get_broker().purge_queue()
 
 
+def process_age(pid: int) -> float:
+    """Seconds since the process started (from /proc)."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            start_ticks = int(handle.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/uptime") as handle:
+            uptime = float(handle.read().split()[0])
+    except (OSError, ValueError):
+        return 9.0
+    return uptime - start_ticks / os.sysconf("SC_CLK_TCK")
+
+
 def worker_pid_of(task_id) -> int:
     return wait_for(lambda: OCRTask.objects.get(pk=task_id).worker_pid)
 
@@ -91,7 +103,9 @@ def test_worker_killed_mid_task_is_recovered_and_leaves_no_tesseract(cluster):
 
     api = APIClient()
     task_id = submit(api, "/v1/ocr/process-pdf", factories.slow_pdf(4), {"dpi": 600, "text_layer": "ocr"})
-    wait_mid_page(task_id, min_pages=1)  # page 3 has just started: seconds of work left for it
+    wait_mid_page(task_id, min_pages=1)
+    # kill when a tesseract has just started: it has seconds of work left, so only a kill ends it early
+    wait_for(lambda: min(map(process_age, tesseract_pids()), default=9) < 0.3, timeout=30, interval=0.005)
     os.kill(worker_pid_of(task_id), signal.SIGKILL)
     # the reaper (ocr_sweeper) kills the orphan tesseract and re-queues; a new worker finishes
     task = wait_for(lambda: OCRTask.objects.filter(pk=task_id, status="completed").first(), timeout=90)

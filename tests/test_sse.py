@@ -85,3 +85,29 @@ def test_sse_unknown_task_is_404(live_daphne):
     conn = connection(live_daphne, timeout=20)
     conn.request("GET", "/v1/ocr/stream/7b0c6a0e-4d57-4b7c-9a55-2f0b5c3f0d11")
     assert conn.getresponse().status == 404
+
+
+def test_quiet_stream_gets_keep_alives_and_survives_redis_read_timeouts(live_daphne):
+    """Quiet for longer than channels-redis's 5 s blocking read (the daphne under test sends a
+    keep-alive every 6 s), then a live event still arrives and the stream ends."""
+    # a pending task: no worker heartbeat is expected of it, so the reaper leaves it alone
+    task = services.task_submit(
+        task_type="pdf",
+        params={"threshold": 500, "contrast_level": 1.3, "lang": "eng", "dpi": 150, "text_layer": "ocr"},
+        filename="a.pdf",
+        data=factories.text_pdf(1),
+        streaming=True,
+        total_pages=1,
+    )
+    conn = connection(live_daphne, timeout=30)
+    conn.request("GET", f"/v1/ocr/stream/{task.pk}", headers={"Last-Event-ID": "1"})
+    response = conn.getresponse()
+    keep_alives = 0
+    started = time.monotonic()
+    while time.monotonic() - started < 6.5 and not keep_alives:
+        line = response.readline()
+        keep_alives += line.startswith(b": keep-alive")
+    services.task_cancel(task=task, reason="after a quiet spell")
+    events = read_events(response)
+    assert keep_alives == 1
+    assert [e["type"] for e in events] == ["cancelled"]

@@ -6,6 +6,7 @@ Screenshots of each state land in tests/artifacts/ (git-ignored) for a human loo
 from __future__ import annotations
 
 import re
+import uuid
 from pathlib import Path
 
 import pytest
@@ -37,14 +38,22 @@ RECORD_SOCKETS = """
 })();
 """
 
-pytestmark = [
-    pytest.mark.skipif(not CHROMIUM.exists(), reason=f"{CHROMIUM} is missing (Debian package `chromium`)"),
-    pytest.mark.django_db(transaction=True),
-]
+pytestmark = pytest.mark.django_db(transaction=True)
+needs_chromium = pytest.mark.skipif(
+    not CHROMIUM.exists(), reason=f"browser test: {CHROMIUM} is missing (Debian package `chromium`)"
+)
+
+
+def test_pages_render_and_unknown_tasks_are_404(client):
+    index = client.get("/")
+    assert index.status_code == 200 and "csrftoken" in index.cookies
+    assert client.get("/tasks/").status_code == 200
+    assert client.get(f"/tasks/{uuid.uuid4()}/").status_code == 404
+    assert client.get("/static/ocr/task.js").status_code == 200
 
 
 @pytest.fixture
-def browser_context():
+def browser_context(request):
     """A fresh headless Chromium context (its own session cookie) per test.
 
     Function-scoped on purpose: Playwright's sync API runs an event loop, and Django refuses
@@ -56,11 +65,14 @@ def browser_context():
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         context = browser.new_context(viewport=DESKTOP)
-        context.set_default_timeout(15_000)
+        # Generous: the workers share the CPU with whatever else runs on the machine.
+        context.set_default_timeout(20_000)
         context.add_init_script(RECORD_SOCKETS)
         try:
             yield context
         finally:
+            for number, page in enumerate(context.pages):  # the last state, to see what a failure saw
+                page.screenshot(path=str(ARTIFACTS / f"last-{request.node.name}-{number}.png"), full_page=True)
             context.close()
             browser.close()
 
@@ -97,13 +109,12 @@ def assert_pdf_options_hidden(page) -> None:
     assert page.is_hidden("#pdf-options")
 
 
+@needs_chromium
 def test_cancel_a_streaming_pdf_in_the_browser(live_daphne, cluster, browser_context, tmp_path):
     pdf = tmp_path / "slow-scan.pdf"
     pdf.write_bytes(factories.slow_pdf(6))
     reason = "Enough pages for the UI test"
     page = browser_context.new_page()
-    page.on("console", lambda m: print("console:", m.text))
-    page.on("websocket", lambda ws: (print("ws open", ws.url), ws.on("close", lambda w: print("ws closed", w.url))))
 
     def fill(page):
         assert page.is_visible("#pdf-options")
@@ -115,38 +126,25 @@ def test_cancel_a_streaming_pdf_in_the_browser(live_daphne, cluster, browser_con
     task_id = submit_upload(page, live_daphne, pdf, fill=fill)
 
     # Pages arrive live over the WebSocket.
-    page.wait_for_selector("#pages .page pre", timeout=30_000)
+    page.wait_for_selector("#pages .page pre", timeout=45_000)
     first_text = page.locator("#pages .page pre").first.inner_text()
     assert "lorem" in first_text.lower(), first_text
     assert page.locator("#status").inner_text() == "processing"
     assert re.match(r"\d+ / 6", page.locator("#pages-done").inner_text())
     assert "pages/s" in page.locator("#speed").inner_text()
 
-    # Drop the socket: the page reconnects with ?after=<last seq> and shows no page twice.
+    # Drop the socket: the page reconnects with ?after=<last seq seen> and shows no page twice.
+    opened = page.evaluate("window.__sockets.length")
     page.evaluate("window.__sockets.at(-1).close(4000, 'test drop')")
-    import time
-
-    t0 = time.monotonic()
-    try:
-        page.wait_for_function("window.__sockets.length === 2 && window.__sockets[1].readyState === 1")
-    except Exception:
-        for _ in range(20):
-            print(
-                round(time.monotonic() - t0, 1),
-                page.evaluate("window.__sockets.map(s => [s.url, s.readyState])"),
-                page.locator("#connection").inner_text(),
-                page.locator("#status").inner_text(),
-            )
-            time.sleep(1)
-        raise
-    print("reconnected after", time.monotonic() - t0)
-    after = int(page.evaluate("new URL(window.__sockets[1].url).searchParams.get('after')"))
+    page.wait_for_function(f"window.__sockets.length > {opened} && window.__sockets.at(-1).readyState === 1")
+    after = int(page.evaluate("new URL(window.__sockets.at(-1).url).searchParams.get('after')"))
     assert after >= 3  # pending, processing, at least one page
     page.wait_for_function("document.getElementById('connection').textContent === 'live'")
     shot(page, "task-processing-desktop")
 
     page.click("#cancel-open")
     page.fill("#cancel-reason", reason)
+    shot(page, "task-cancel-form-desktop")
     page.click("#cancel-confirm")
     page.wait_for_function("document.getElementById('status').textContent === 'cancelled'")
     notice = page.locator("#notice")
@@ -154,17 +152,16 @@ def test_cancel_a_streaming_pdf_in_the_browser(live_daphne, cluster, browser_con
     page.wait_for_function("document.getElementById('connection').textContent === 'finished'")
     assert page.is_hidden("#cancel-open")
 
-    shown = page_numbers_shown(page)
-    assert shown and len(shown) == len(set(shown)) and len(shown) < 6, shown
-    shot(page, "task-cancelled-desktop")
-
     # The API agrees, and the partial pages shown are exactly the stored partial result.
     task = browser_context.request.get(f"{live_daphne}/v1/ocr/tasks/{task_id}").json()
     assert task["status"] == "cancelled"
     assert task["cancellation_reason"] == reason
     stored = sorted(r["page_number"] for r in task["result"]["results"])
-    assert stored == sorted(shown)
+    assert 1 <= len(stored) < 6, stored
+    page.wait_for_function(f"document.querySelectorAll('#pages .page').length === {len(stored)}")
+    assert page_numbers_shown(page) == stored  # in page order, none twice
     assert f"Partial result: {task['progress']['processed_pages']} of 6 pages" in notice.inner_text()
+    shot(page, "task-cancelled-desktop")
 
     # A terminal task still shows its final state after a reload, on a phone too.
     page.set_viewport_size(PHONE)
@@ -177,13 +174,14 @@ def test_cancel_a_streaming_pdf_in_the_browser(live_daphne, cluster, browser_con
     shot(page, "task-cancelled-phone")
 
 
+@needs_chromium
 def test_a_completed_image_shows_its_text_and_is_listed(live_daphne, cluster, browser_context, tmp_path):
     image = tmp_path / "hello.png"
     image.write_bytes(factories.text_image("Hello OCR world"))
     page = browser_context.new_page()
 
     task_id = submit_upload(page, live_daphne, image, fill=assert_pdf_options_hidden)
-    page.wait_for_function("document.getElementById('status').textContent === 'completed'", timeout=30_000)
+    page.wait_for_function("document.getElementById('status').textContent === 'completed'", timeout=45_000)
     page.locator("#pages .page pre").get_by_text("Hello OCR world").wait_for()
     assert page.locator("#pages-done").inner_text() == "1 / 1"
     assert page.is_hidden("#cancel-open")
@@ -222,6 +220,7 @@ def test_a_completed_image_shows_its_text_and_is_listed(live_daphne, cluster, br
     assert "Hello OCR world" in task["result"]["extracted_text"]
 
 
+@needs_chromium
 def test_the_upload_form_reports_api_errors(live_daphne, browser_context, tmp_path):
     """A request the API refuses (here: a page out of range) is explained on the form."""
     pdf = tmp_path / "two-pages.pdf"

@@ -81,7 +81,8 @@ function pagesOfResult(task) {
 }
 
 function pageNode(page) {
-  const title = SINGLE_PAGE_KINDS.has(taskType) ? "Image" : `Page ${page.page_number}`;
+  const number = page.page_number;
+  const title = SINGLE_PAGE_KINDS.has(taskType) ? "Image" : `Page ${number}`;
   const seconds = Number(page.processing_time);
   const header = el(
     "header",
@@ -90,13 +91,14 @@ function pageNode(page) {
     el("span", { class: `tag tag-${page.source || "ocr"}`, title: "Source" }, page.source || "ocr"),
     Number.isFinite(seconds) ? el("span", { class: "muted" }, formatDuration(seconds)) : null,
   );
+  const text = page.extracted_text || "";
   let body;
   if (!page.success) body = el("p", { class: "page-error" }, page.error_message || "This page failed.");
-  else if (page.extracted_text && page.extracted_text.trim()) body = el("pre", { class: "page-text" }, page.extracted_text);
+  else if (text.trim()) body = el("pre", { class: "page-text" }, text);
   else body = el("p", { class: "muted" }, "No text found on this page.");
   return el(
     "article",
-    { class: page.success ? "page" : "page page-failed", "data-page": page.page_number, id: `page-${page.page_number}` },
+    { class: page.success ? "page" : "page page-failed", "data-page": number, id: `page-${number}` },
     header,
     body,
   );
@@ -183,11 +185,17 @@ function runSeconds() {
   return Math.max(0, (end - Date.parse(state.startedAt)) / 1000);
 }
 
+const CANCELLED_BY = {
+  admin: " by an administrator",
+  deadline: " by its deadline",
+  disconnect: " as its client disconnected",
+  websocket: " over a WebSocket",
+};
+
 function renderNotice() {
-  const done = state.processed + state.failed;
   const pages = state.total > 1 ? `${state.processed} of ${state.total} pages` : null;
   if (state.status === "cancelled") {
-    const by = state.cancelledBy && state.cancelledBy !== "user" ? ` (${state.cancelledBy})` : "";
+    const by = CANCELLED_BY[state.cancelledBy] || "";
     showNotice(
       "warning",
       el("strong", {}, `Cancelled at ${formatDateTime(state.endedAt)}${by}`),
@@ -200,9 +208,10 @@ function renderNotice() {
     const failed = state.failed ? `, ${state.failed} failed` : "";
     const seconds = runSeconds();
     const took = seconds === null ? "" : ` in ${formatDuration(seconds)}`;
-    showNotice("success", el("strong", {}, `Completed${took}`), pages ? el("span", {}, `${pages} read${failed}.`) : null);
+    const summary = pages ? el("span", {}, `${pages} read${failed}.`) : null;
+    showNotice("success", el("strong", {}, `Completed${took}`), summary);
   } else if (state.status === "pending") {
-    showNotice("info", el("span", {}, done ? "Starting…" : "Waiting for a free worker…"));
+    showNotice("info", el("span", {}, "Waiting for a free worker…"));
   } else {
     showNotice("info");
   }
@@ -291,7 +300,9 @@ function onSocketClosed(socket, close) {
 }
 
 async function reconnect() {
+  clearTimeout(state.reconnectTimer); // one way back at a time (timer or "online")
   await loadTask(); // the task may have ended while the socket was down
+  if (state.socket) return;
   if (isTerminal()) setConnection("finished", "done");
   else connect();
 }
@@ -314,9 +325,15 @@ ui.cancelOpen.addEventListener("click", () => {
   ui.cancelReason.focus();
 });
 
-ui.cancelDismiss.addEventListener("click", () => {
+function dismissCancel() {
   ui.cancelForm.hidden = true;
   render();
+  if (!ui.cancelOpen.hidden) ui.cancelOpen.focus();
+}
+
+ui.cancelDismiss.addEventListener("click", dismissCancel);
+ui.cancelForm.addEventListener("keydown", (event) => {
+  if (event.key === "Escape") dismissCancel();
 });
 
 ui.cancelForm.addEventListener("submit", async (event) => {

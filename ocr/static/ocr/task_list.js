@@ -34,6 +34,7 @@ function currentQuery() {
 function taskRow(task) {
   const badge = el("span", {});
   setBadge(badge, task.status);
+  const kind = KIND_LABELS[task.task_type] || task.task_type;
   const { total_pages: total, processed_pages: processed, failed_pages: failed } = task.progress;
   const pages = task.task_type.startsWith("pdf") && total ? `${processed + failed} / ${total} pages` : "";
   const detail =
@@ -49,7 +50,7 @@ function taskRow(task) {
       "a",
       { class: "task-row", href: urlWithId(taskUrl, placeholder, task.task_id), "data-task-id": task.task_id },
       badge,
-      el("span", { class: "task-kind" }, KIND_LABELS[task.task_type] || task.task_type, task.streaming ? " · live" : ""),
+      el("span", { class: "task-kind" }, kind, task.streaming ? " · live" : ""),
       el("code", { class: "task-id", title: task.task_id }, task.task_id.slice(0, 8)),
       pages ? el("span", { class: "muted" }, pages) : null,
       el("time", { class: "muted task-time", datetime: task.created_at }, formatDateTime(task.created_at)),

@@ -155,4 +155,6 @@ async function onSubmit(event) {
 
 fields.file.addEventListener("change", onFileChosen);
 form.addEventListener("submit", onSubmit);
+// Coming back from the task page (back button) restores this page as it was left: ready it again.
+window.addEventListener("pageshow", () => setBusy(false));
 onFileChosen();

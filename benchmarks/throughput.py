@@ -213,6 +213,13 @@ def main() -> None:
             "ratio": queue_ratio,
         },
         "max_concurrent_tesseract": max_service_tesseract,
+        # Mean share of the tesseract slots in use during each run (medians over rounds): unlike
+        # the ratios, hardly moved by other programs' load; the gap is the service's own overhead.
+        "slots_busy": {
+            f"{case}_{side}": median(f"{case}_{side}_tesseract_busy")
+            for case in ("single", "queue")
+            for side in ("raw", "service")
+        },
         "ocr_workers": workers,
         "rounds": args.rounds,
         "database": "postgresql" if service.pg_name else "sqlite",

@@ -84,3 +84,19 @@ def cer(expected: str, actual: str) -> float:
             current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (ca != cb)))
         previous = current
     return previous[-1] / max(1, len(a))
+
+
+PARAMS = {"threshold": 500, "contrast_level": 1.3, "lang": "eng", "dpi": 150, "text_layer": "ocr"}
+
+
+def submit_task(task_type: str = "pdf", *, pages: int = 1, start: bool = False, **kwargs):
+    """A task through the real submit service (with the test's default parameters); `start`
+    also moves it to processing, as a worker would."""
+    from ocr import services
+
+    data = text_pdf(1) if task_type.startswith("pdf") else text_image()
+    kwargs.setdefault("total_pages", pages if task_type.startswith("pdf") else 1)
+    task = services.task_submit(task_type=task_type, params=dict(PARAMS), filename="in", data=data, **kwargs)
+    if start:
+        return services.task_start(task_id=task.pk, total_pages=kwargs["total_pages"])
+    return task

@@ -12,14 +12,7 @@ pytestmark = pytest.mark.django_db
 
 
 def make_task(**kwargs) -> OCRTask:
-    return services.task_submit(
-        task_type="pdf",
-        params={"threshold": 500, "contrast_level": 1.3, "lang": "eng", "dpi": 150, "text_layer": "ocr"},
-        filename="a.pdf",
-        data=factories.text_pdf(1),
-        total_pages=1,
-        **kwargs,
-    )
+    return factories.submit_task(**kwargs)
 
 
 def completed_task() -> OCRTask:

@@ -21,17 +21,7 @@ KINDS = {
 
 
 def make_task(task_type="pdf", *, owner=None, streaming=False, pages=2) -> OCRTask:
-    params = {"threshold": 500, "contrast_level": 1.3, "lang": "eng", "dpi": 300, "text_layer": "auto"}
-    data = factories.text_pdf(pages) if task_type.startswith("pdf") else factories.text_image()
-    return services.task_submit(
-        task_type=task_type,
-        params=params,
-        filename="in",
-        data=data,
-        owner=owner,
-        streaming=streaming,
-        total_pages=pages if task_type.startswith("pdf") else 1,
-    )
+    return factories.submit_task(task_type, owner=owner, streaming=streaming, pages=pages)
 
 
 def cancel(client, path, body=None, content_type="application/json"):

@@ -18,14 +18,7 @@ ORIGIN = [(b"origin", b"http://testserver")]
 
 
 def make_task(owner=None):
-    return services.task_submit(
-        task_type="pdf",
-        params={"threshold": 500, "contrast_level": 1.3, "lang": "eng", "dpi": 150, "text_layer": "ocr"},
-        filename="a.pdf",
-        data=factories.text_pdf(1),
-        owner=owner,
-        total_pages=3,
-    )
+    return factories.submit_task(owner=owner, pages=3)
 
 
 def record(task, page):

@@ -16,12 +16,9 @@ from ocr.models import CancelAudit, OCRTask, PageSource
 from tests import factories
 from tests.live import post_json
 
-PARAMS = {"threshold": 500, "contrast_level": 1.3, "lang": "eng", "dpi": 150, "text_layer": "ocr"}
-
 
 def make_task(task_type="pdf") -> OCRTask:
-    data = factories.text_pdf(1) if task_type == "pdf" else factories.text_image()
-    return services.task_submit(task_type=task_type, params=PARAMS, filename="a", data=data, total_pages=1)
+    return factories.submit_task(task_type)
 
 
 def complete(task: OCRTask, seconds: float = 0.4) -> None:

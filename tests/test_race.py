@@ -18,14 +18,7 @@ ROUNDS = 60
 
 
 def new_processing_task() -> OCRTask:
-    task = services.task_submit(
-        task_type="pdf",
-        params={"threshold": 500, "contrast_level": 1.3, "lang": "eng", "dpi": 150, "text_layer": "ocr"},
-        filename="race.pdf",
-        data=factories.text_pdf(1),
-        total_pages=2,
-    )
-    services.task_start(task_id=task.pk, total_pages=2)
+    task = factories.submit_task(pages=2, start=True)
     services.page_record(task_id=task.pk, page_number=1, text="one", source=PageSource.OCR, processing_time=0.1)
     return task
 

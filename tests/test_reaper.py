@@ -14,14 +14,9 @@ from tests import factories
 from tests.conftest import tesseract_pids, wait_for
 from tests.test_worker import assert_event_log, submit, wait_mid_page
 
-PARAMS = {"threshold": 500, "contrast_level": 1.3, "lang": "eng", "dpi": 150, "text_layer": "ocr"}
-
 
 def started_task(pages=2) -> OCRTask:
-    task = services.task_submit(
-        task_type="pdf", params=PARAMS, filename="a.pdf", data=factories.text_pdf(1), total_pages=pages
-    )
-    return services.task_start(task_id=task.pk, total_pages=pages)
+    return factories.submit_task(pages=pages, start=True)
 
 
 def age_heartbeat(task: OCRTask, seconds: float = 60) -> None:
@@ -68,9 +63,7 @@ def test_live_heartbeat_is_left_alone(no_worker):
 def test_pending_job_lost_by_the_broker_is_queued_again():
     from django_q.brokers import get_broker
 
-    task = services.task_submit(
-        task_type="pdf", params=PARAMS, filename="a.pdf", data=factories.text_pdf(1), total_pages=1
-    )
+    task = factories.submit_task()
     get_broker().purge_queue()  # as if a dying worker had taken the job
     OCRTask.objects.filter(pk=task.pk).update(created_at=timezone.now() - timedelta(seconds=120), enqueued_at=None)
     assert services.reap_lost_tasks(lost_after=30, requeue_pending_after=60)["pending_requeued"] == 1

@@ -14,17 +14,8 @@ from tests.live import connection
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("no_worker")]
 
 
-def make_processing_task(streaming=True):
-    task = services.task_submit(
-        task_type="pdf",
-        params={"threshold": 500, "contrast_level": 1.3, "lang": "eng", "dpi": 150, "text_layer": "ocr"},
-        filename="a.pdf",
-        data=factories.text_pdf(1),
-        streaming=streaming,
-        total_pages=3,
-    )
-    services.task_start(task_id=task.pk, total_pages=3)
-    return task
+def make_processing_task():
+    return factories.submit_task(streaming=True, pages=3, start=True)
 
 
 def record(task, page):
@@ -91,14 +82,7 @@ def test_quiet_stream_gets_keep_alives_and_survives_redis_read_timeouts(live_dap
     """Quiet for longer than channels-redis's 5 s blocking read (the daphne under test sends a
     keep-alive every 6 s), then a live event still arrives and the stream ends."""
     # a pending task: no worker heartbeat is expected of it, so the reaper leaves it alone
-    task = services.task_submit(
-        task_type="pdf",
-        params={"threshold": 500, "contrast_level": 1.3, "lang": "eng", "dpi": 150, "text_layer": "ocr"},
-        filename="a.pdf",
-        data=factories.text_pdf(1),
-        streaming=True,
-        total_pages=1,
-    )
+    task = factories.submit_task(streaming=True)
     conn = connection(live_daphne, timeout=30)
     conn.request("GET", f"/v1/ocr/stream/{task.pk}", headers={"Last-Event-ID": "1"})
     response = conn.getresponse()

@@ -191,6 +191,7 @@ def main() -> None:
         "cancels": len(kill_ms),
         "dpi": args.dpi,
         "workers": workers,
+        "code": harness.code_version(),
         "database": database,
         "foreign_cpu_cores": foreign_cpu_cores,
         "cancel_response_ms": harness.summary_ms(response_ms),

@@ -214,6 +214,7 @@ def main() -> None:
         "tasks": args.tasks,
         "pages_per_task": args.text_pages + ocr_pages,
         "ocr_pages_per_task": ocr_pages,
+        "code": harness.code_version(),
         "database": database,
         "foreign_cpu_cores": foreign_cpu_cores,
         "websocket_ms": websocket,

@@ -163,6 +163,18 @@ def document_pdf(pages: int, *, first_page: int = 1, fontsize: float = 10.5, sca
 # --- Processes -----------------------------------------------------------------------------
 
 
+def code_version() -> str | None:
+    """The project's commit (read-only git), with "+changes" when ocr/ or ocrsite/ differ from it."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        changed = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "ocr", "ocrsite"], cwd=ROOT).returncode
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head + ("+changes" if changed else "")
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -359,6 +371,7 @@ class Service:
         self.tmp = Path(tempfile.mkdtemp(prefix=f"{self.queue}-"))
         self.tesseract_tmp = self.tmp / "tmp"  # TMPDIR of the services: tesseract inputs land here
         self.procs: list[subprocess.Popen] = []
+        self.names: list[str] = []
         self.pg_admin_url: str | None = None
         self.pg_name: str | None = None
         self.base_url = ""
@@ -449,6 +462,7 @@ class Service:
 
     def _spawn(self, name: str, argv: list[str]) -> None:
         log_file = open(self.tmp / f"{name}.log", "ab")
+        self.names.append(name)
         self.procs.append(
             subprocess.Popen(
                 argv, cwd=ROOT, env=self.env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
@@ -483,6 +497,24 @@ class Service:
 
     def _logs(self) -> str:
         return "\n".join(f"--- {name}\n{self.log_text(name)}" for name in ("qcluster", "sweeper", "daphne"))
+
+    def cpu_seconds(self) -> dict[str, float]:
+        """CPU seconds used so far by each service (`qcluster`, `sweeper`, `daphne`: its whole
+        process group) and by the tesseract processes they ran and reaped (`tesseract`)."""
+        tick = os.sysconf("SC_CLK_TCK")
+        totals = {name: 0.0 for name in [*self.names, "tesseract"]}
+        for name, proc in zip(self.names, self.procs, strict=True):
+            out = subprocess.run(["pgrep", "-g", str(proc.pid)], capture_output=True, text=True).stdout
+            for pid in out.split():
+                try:
+                    with open(f"/proc/{pid}/stat", "rb") as handle:
+                        stat = handle.read()
+                except OSError:
+                    continue
+                values = [int(value) for value in stat[stat.rindex(b")") + 2 :].split()[11:15]]
+                totals[name] += (values[0] + values[1]) / tick
+                totals["tesseract"] += (values[2] + values[3]) / tick  # reaped children: tesseract
+        return totals
 
     def pids(self) -> set[int]:
         """PIDs of every process of our services' process groups (qcluster workers included)."""

@@ -16,9 +16,15 @@ POSTs) and runs until the last `completed_at`; its raw side is the same pages.
 Fairness on a noisy 2-core machine: the raw and service runs alternate (raw, service for the
 single task, then raw, service for the queue); with `--rounds N` the order flips every round
 (raw first, service first, ...) so that a drift hits both sides alike, and the figures are the
-medians over rounds (ratios are medians of the per-round ratios). A tesseract sampler (every
-20 ms, /proc) records how many tesseract processes the service ran at once, and any foreign
-tesseract (another test run) that would disturb the timings.
+medians over rounds (ratios are medians of the per-round ratios). Each run also records:
+- the tesseract processes running at once (sampled every 20 ms from /proc, like
+  `pgrep -f '^tesseract '` but without its ~8 ms of CPU per call): the service's maximum must
+  not exceed OCR_WORKERS; `slots_busy` is the mean share of the slots in use, which other
+  programs' load hardly moves, unlike the ratios;
+- `foreign_cpu_cores`: CPU used meanwhile by programs other than this benchmark and its
+  services (e.g. a test run), in cores; above ~0.2 the ratios are disturbed: re-run;
+- `cpu_ms_per_page`: CPU per page of tesseract and of each service process (qcluster,
+  daphne, sweeper): the service's own overhead competes with tesseract for the cores.
 
 Prints one JSON object; logs go to stderr.
 """
@@ -154,10 +160,25 @@ def main() -> None:
                         sampler.reset()
                         meter.mark()
                         if side == "raw":
+                            children_before = os.times()
                             seconds = run_raw(paths, dpi=args.dpi, lang="eng")
+                            children_after = os.times()
                             run[f"{case}_raw_seconds"] = round(seconds, 3)
+                            tesseract_cpu = (
+                                children_after.children_user
+                                + children_after.children_system
+                                - children_before.children_user
+                                - children_before.children_system
+                            )
+                            run[f"{case}_raw_cpu_ms_per_page"] = {"tesseract": round(tesseract_cpu * 1000 / len(paths))}
                         else:
+                            cpu_before = service.cpu_seconds()
                             result = run_service(service, pdfs, dpi=args.dpi, timeout=args.timeout)
+                            cpu_after = service.cpu_seconds()
+                            run[f"{case}_service_cpu_ms_per_page"] = {
+                                name: round((cpu_after[name] - cpu_before[name]) * 1000 / len(paths))
+                                for name in cpu_after
+                            }
                             seconds = result["seconds"]
                             run[f"{case}_service_seconds"] = round(seconds, 3)
                             run[f"{case}_service_submit_seconds"] = round(result["submit_seconds"], 3)
@@ -222,6 +243,7 @@ def main() -> None:
         },
         "ocr_workers": workers,
         "rounds": args.rounds,
+        "code": harness.code_version(),
         "database": "postgresql" if service.pg_name else "sqlite",
         "foreign_tesseract_max": foreign_max,
         "foreign_cpu_cores_max": max(value for run in runs for key, value in run.items() if "foreign_cpu" in key),

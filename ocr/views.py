@@ -39,6 +39,7 @@ CANCEL_MESSAGES = {
 STREAM_CANCEL_MESSAGE = "Streaming task successfully cancelled"
 ALREADY_CANCELLED_MESSAGE = "Task was already cancelled"
 MAX_REASON_LENGTH = 1000
+MAX_METRICS_WINDOW = 60 * 24 * 366
 
 
 def client_ip(request) -> str:
@@ -430,7 +431,7 @@ def parameters(request: Request) -> Response:
 
 
 @extend_schema(
-    parameters=[OpenApiParameter("window", int, description="Only tasks created in the last N minutes")],
+    parameters=[OpenApiParameter("window", int, description="Only tasks created in the last N minutes (1..527040)")],
     responses={200: dict},
 )
 @api_view(["GET"])
@@ -439,6 +440,8 @@ def metrics_json(request: Request) -> Response:
         window = int(request.query_params.get("window") or 0) or None
     except ValueError:
         raise InvalidInput("window: must be a number of minutes") from None
+    if window is not None and not 1 <= window <= MAX_METRICS_WINDOW:
+        raise InvalidInput(f"window: must be between 1 and {MAX_METRICS_WINDOW} minutes")
     return Response(metrics.snapshot(window))
 
 

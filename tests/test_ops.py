@@ -205,3 +205,12 @@ def test_dashboard_shows_figures_running_tasks_and_alerts(no_worker, settings, c
     running.refresh_from_db()
     assert running.status == "cancelled" and running.cancelled_by == "admin"
     assert Client().get("/admin/ocr/ocrtask/dashboard/").status_code == 302  # login first
+
+
+@pytest.mark.django_db
+def test_metrics_window_is_validated():
+    api = APIClient()
+    assert api.get("/v1/ocr/metrics?window=15").status_code == 200
+    for bad in ("x", "-5", "15026526"):
+        response = api.get(f"/v1/ocr/metrics?window={bad}")
+        assert response.status_code == 400 and "window" in response.json()["detail"]

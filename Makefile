@@ -28,10 +28,11 @@ $(VENV)/.installed-llm: requirements-llm.txt $(VENV)/.installed
 	$(PY) -m pip install -q -r requirements-llm.txt
 	touch $@
 
-bench: setup migrate
+bench: setup
 	scripts/ensure_redis.sh >/dev/null
 	$(PY) benchmarks/throughput.py
 	$(PY) benchmarks/cancel_latency.py
+	$(PY) benchmarks/event_latency.py
 
 setup: system venv
 

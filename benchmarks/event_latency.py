@@ -13,6 +13,15 @@ Latency = receive time (time.time() when the frame is complete) - the event's `t
 machine, same clock. Events stamped before the client connected (replayed from the database)
 are left out. Both clients must see seq 1..N exactly once, ending with the terminal event.
 
+`layer_ms` is a diagnostic third listener: this process joins the task's group on the channel
+layer itself, so it shows the worker's share (build, store, commit, publish through Redis);
+the difference to `websocket_ms` / `sse_ms` is daphne's share.
+
+`--uploads N` adds N other clients (separate processes) that each POST a 20-page scanned PDF
+(9.5 MB) every `--upload-interval` s during the measurement, as users submitting documents
+while others watch progress; the uploads are refused (400, out-of-range dpi) after daphne has
+read and parsed them, so that no OCR work competes for the CPU.
+
 The clients are the standard library (socket, http.client): no package to install or pin.
 Prints one JSON object; logs go to stderr.
 """
@@ -22,9 +31,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import multiprocessing
 import sys
 import threading
 import time
+from pathlib import Path
 
 import harness
 from harness import log
@@ -115,6 +126,39 @@ class Listener(threading.Thread):
             self.client.close()
 
 
+def upload_loop(base_url: str, path: str, interval: float, uploads) -> None:
+    """Another client: POSTs the PDF at `path` every `interval` s (in its own process)."""
+    data = Path(path).read_bytes()
+    next_upload = time.monotonic()
+    while True:
+        # An out-of-range dpi: the view answers 400 without creating a task, but daphne (Twisted)
+        # has received and parsed the whole multipart body by then, as for any upload.
+        harness.http_multipart(base_url, "/v1/ocr/process-pdf", {"request": '{"dpi": 1}'}, {"file": ("u.pdf", data)})
+        with uploads.get_lock():
+            uploads.value += 1
+        next_upload += interval
+        time.sleep(max(0.0, next_upload - time.monotonic()))
+
+
+class Uploader:
+    """Another client uploading a large PDF in a loop, in its own process (so that it never
+    competes with the listeners for this process's GIL): what uploads do to event delivery."""
+
+    def __init__(self, service: harness.Service, path: str, interval: float) -> None:
+        context = multiprocessing.get_context("spawn")
+        self.uploads = context.Value("i", 0)
+        self.proc = context.Process(
+            target=upload_loop, args=(service.base_url, path, interval, self.uploads), daemon=True
+        )
+        self.proc.start()
+
+    def stop(self) -> int:
+        """Stop it; returns how many uploads it completed."""
+        self.proc.terminate()
+        self.proc.join(30)
+        return self.uploads.value
+
+
 def check_sequence(records: list[dict], *, replayed: bool = True) -> str | None:
     """Seq 1..N exactly once (from the first live one on the bare layer), ending with the terminal event."""
     seqs = [record["seq"] for record in records]
@@ -132,18 +176,26 @@ def main() -> None:
     parser.add_argument("--text-pages", type=int, default=100)
     parser.add_argument("--ocr-every", type=int, default=10, help="an image-only page after every N text pages")
     parser.add_argument("--dpi", type=int, default=200, help="dpi of the OCR pages")
+    parser.add_argument(
+        "--uploads", type=int, default=0, help="clients uploading a 20-page scanned PDF (9.5 MB) meanwhile"
+    )
+    parser.add_argument("--upload-interval", type=float, default=0.5, help="seconds between one client's uploads")
     args = parser.parse_args()
 
     from tests import factories
 
     pdf, ocr_pages = mixed_pdf(args.text_pages, args.ocr_every)
     blocker_pdf = factories.slow_pdf(4)
+    upload_pdf = harness.document_pdf(20) if args.uploads else b""
+    uploads = 0
     records: dict[str, list[dict]] = {"websocket": [], "sse": [], "layer": []}
     problems: list[str] = []
 
     with harness.Service(http=True) as service:
         from ocr.models import OCRTask
 
+        upload_path = str(service.tmp / "upload.pdf")
+        Path(upload_path).write_bytes(upload_pdf)
         meter = service.cpu_meter()
 
         def wait_status(task_ids: list[str], statuses: tuple[str, ...], timeout: float = 60) -> None:
@@ -175,10 +227,14 @@ def main() -> None:
                 if time.monotonic() > deadline:
                     raise RuntimeError("clients did not connect")
                 time.sleep(0.005)
+            uploaders = [Uploader(service, upload_path, args.upload_interval) for _ in range(args.uploads)]
             for blocker in blockers:
                 harness.http_request(service.base_url, "POST", f"/v1/ocr/tasks/{blocker}/cancel", b"{}")
             for listener in listeners:
                 listener.join(300)
+            for uploader in uploaders:
+                uploads += uploader.stop()
+            for listener in listeners:
                 if listener.is_alive() or listener.error:
                     raise RuntimeError(f"{listener.name} client failed: {listener.error!r}")
                 problem = check_sequence(listener.records, replayed=listener.name != "layer")
@@ -214,6 +270,9 @@ def main() -> None:
         "tasks": args.tasks,
         "pages_per_task": args.text_pages + ocr_pages,
         "ocr_pages_per_task": ocr_pages,
+        "concurrent_uploaders": args.uploads,
+        "upload_interval_s": args.upload_interval,
+        "uploads_during_measurement": uploads,
         "code": harness.code_version(),
         "database": database,
         "foreign_cpu_cores": foreign_cpu_cores,

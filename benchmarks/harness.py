@@ -198,16 +198,6 @@ def proc_ppid(pid: int) -> int | None:
     return int(stat[stat.rindex(b")") + 2 :].split()[1])
 
 
-def proc_alive(pid: int) -> bool:
-    """True while the process exists and is not a zombie (killed but not yet reaped)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as handle:
-            stat = handle.read()
-    except OSError:
-        return False
-    return stat[stat.rindex(b")") + 2 : stat.rindex(b")") + 3] != b"Z"
-
-
 def tesseract_pids(path_prefix: str = "") -> list[int]:
     """Live tesseract processes (`pgrep -f '^tesseract '`), only those whose input file is
     under `path_prefix` when given. Reads /proc directly: one pgrep costs ~8 ms of CPU here."""
@@ -402,6 +392,8 @@ class Service:
 
     # -- lifecycle
     def __enter__(self) -> Service:
+        # SIGTERM (a `timeout`, a CI cancel) unwinds through __exit__ like Ctrl-C, so nothing is left running.
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
         try:
             self.start()
         except BaseException:
@@ -707,9 +699,6 @@ class WebSocketClient:
             head = struct.pack("!BBQ", 0x80 | opcode, 0x80 | 127, length)
         masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
         self.sock.sendall(head + mask + masked)
-
-    def send_json(self, value: dict) -> None:
-        self._send(0x1, json.dumps(value).encode())
 
     def messages(self):
         """Yield (receive wall time, decoded JSON) per text message until the server closes."""

@@ -18,7 +18,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import pymupdf
@@ -232,25 +232,29 @@ class TesseractSlots:
 
     @contextmanager
     def acquire(self, scope: CancelScope | None = None, poll: float = 0.005) -> Iterator[int]:
-        fd = None
-        while fd is None:
-            if scope is not None:
-                scope.check()
-            for slot in range(self.count):
-                candidate = os.open(os.path.join(self.directory, f"slot-{slot}"), os.O_CREAT | os.O_RDWR, 0o666)
-                try:
-                    fcntl.flock(candidate, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    os.close(candidate)
-                    continue
-                fd = candidate
-                break
-            else:
-                time.sleep(poll)
+        """Hold one free slot; waits (polling every `poll` s, cancellable through `scope`)."""
+        fds = [
+            os.open(os.path.join(self.directory, f"slot-{slot}"), os.O_CREAT | os.O_RDWR, 0o666)
+            for slot in range(self.count)
+        ]
+        held = None
         try:
-            yield fd
+            while held is None:
+                if scope is not None:
+                    scope.check()
+                for fd in fds:
+                    try:
+                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    except BlockingIOError:
+                        continue
+                    held = fd
+                    break
+                else:
+                    time.sleep(poll)
+            yield held
         finally:
-            os.close(fd)  # closing the descriptor releases the lock
+            for fd in fds:
+                os.close(fd)  # closing the held descriptor releases its lock
 
 
 @dataclass
@@ -260,9 +264,17 @@ class OCRText:
 
 
 def run_tesseract(
-    image: Image.Image, *, lang: str, dpi: int, scope: CancelScope | None = None, tmpdir: str | None = None
+    image: Image.Image,
+    *,
+    lang: str,
+    dpi: int,
+    scope: CancelScope | None = None,
+    tmpdir: str | None = None,
+    slots: TesseractSlots | None = None,
 ) -> OCRText:
-    """OCR one preprocessed image with a tesseract subprocess that `scope.cancel()` can kill."""
+    """OCR one preprocessed image with a tesseract subprocess that `scope.cancel()` can kill.
+
+    With `slots`, a slot is held only while tesseract runs (not while its input is written)."""
     started = time.perf_counter()
     scope = scope or CancelScope()
     scope.check()
@@ -271,15 +283,16 @@ def run_tesseract(
     try:
         with os.fdopen(fd, "wb") as handle:
             image.save(handle, format="PPM")
-        proc = subprocess.Popen(
-            ["tesseract", path, "stdout", "-l", lang, "--dpi", str(dpi)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=TESSERACT_ENV,
-            start_new_session=True,
-        )
-        with scope.track(proc):
-            stdout, stderr = proc.communicate()
+        with slots.acquire(scope) if slots is not None else nullcontext():
+            proc = subprocess.Popen(
+                ["tesseract", path, "stdout", "-l", lang, "--dpi", str(dpi)],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env=TESSERACT_ENV,
+                start_new_session=True,
+            )
+            with scope.track(proc):
+                stdout, stderr = proc.communicate()
     finally:
         os.unlink(path)
     scope.check()

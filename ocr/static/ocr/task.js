@@ -72,7 +72,7 @@ function pagesOfResult(task) {
     {
       page_number: 1,
       extracted_text: result.extracted_text,
-      source: task.task_type === "llm" ? "llm" : "ocr",
+      source: result.source || "ocr",
       processing_time: result.processing_time,
       success: result.success,
       error_message: result.error_message,

@@ -19,12 +19,9 @@ logger = logging.getLogger(__name__)
 
 
 def _cancel(task_id: str, user, reason, client: str) -> dict:
-    from .views import MAX_REASON_LENGTH, cancel_response
+    from .views import cancel_response, validate_reason
 
-    if reason is not None and not isinstance(reason, str):
-        raise DomainError("reason: must be a string")
-    if isinstance(reason, str) and len(reason) > MAX_REASON_LENGTH:
-        raise DomainError(f"reason: {len(reason)} characters, more than {MAX_REASON_LENGTH}")
+    reason = validate_reason(reason)
     task = selectors.task_get_for(user=user, task_id=task_id)
     outcome = services.task_cancel(task=task, reason=reason, by=CancelSource.WEBSOCKET, user=user, client=client)
     return cancel_response(outcome.task, newly_cancelled=outcome.newly_cancelled)

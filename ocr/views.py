@@ -148,12 +148,13 @@ def _representation(task_id, drf_request: Request) -> dict:
     return TaskSerializer(task, context={"request": drf_request}).data
 
 
-def _cancel_for_disconnect(task_id) -> None:
-    task = OCRTask.objects.get(pk=task_id)
+def _cancel_if_active(task_id, *, reason: str, by: str) -> None:
+    """Cancel on the server's own initiative (client gone, wait too long); a task that finished
+    meanwhile stays as it is."""
     try:
-        services.task_cancel(task=task, reason=services.DISCONNECT_REASON, by=CancelSource.DISCONNECT)
+        services.task_cancel(task=OCRTask.objects.get(pk=task_id), reason=reason, by=by)
     except DomainError:
-        pass  # finished meanwhile
+        pass
 
 
 def make_sync_view(task_type: str):
@@ -177,7 +178,9 @@ def make_sync_view(task_type: str):
             await _wait_terminal(task)
         except asyncio.CancelledError:
             logger.info("task %s: sync client disconnected", task.pk)
-            await asyncio.shield(sync_to_async(_cancel_for_disconnect)(task.pk))
+            await asyncio.shield(
+                sync_to_async(_cancel_if_active)(task.pk, reason=services.DISCONNECT_REASON, by=CancelSource.DISCONNECT)
+            )
             raise
         return JsonResponse(await sync_to_async(_representation)(task.pk, drf_request), status=200)
 
@@ -194,18 +197,9 @@ async def _wait_terminal(task: OCRTask, poll: float = 0.05) -> None:
         if check_deadline:
             await sync_to_async(services.task_cancel_if_expired)(task=task)
         if time.monotonic() - started > settings.OCR_SYNC_TIMEOUT:
-            await sync_to_async(_cancel_sync_timeout)(task.pk)
+            reason = f"Sync wait of {settings.OCR_SYNC_TIMEOUT} s exceeded"
+            await sync_to_async(_cancel_if_active)(task.pk, reason=reason, by=CancelSource.DEADLINE)
         await asyncio.sleep(poll)
-
-
-def _cancel_sync_timeout(task_id) -> None:
-    task = OCRTask.objects.get(pk=task_id)
-    try:
-        services.task_cancel(
-            task=task, reason=f"Sync wait of {settings.OCR_SYNC_TIMEOUT} s exceeded", by=CancelSource.DEADLINE
-        )
-    except DomainError:
-        pass
 
 
 # --- Read ----------------------------------------------------------------------------------
@@ -259,7 +253,11 @@ def parse_cancel_reason(body: bytes) -> str | None:
         return None
     if not isinstance(data, dict):
         raise InvalidInput('Body must be a JSON object, for example {"reason": "..."}')
-    reason = data.get("reason")
+    return validate_reason(data.get("reason"))
+
+
+def validate_reason(reason) -> str | None:
+    """A cancel reason: a string of at most MAX_REASON_LENGTH characters; None when blank."""
     if reason is None:
         return None
     if not isinstance(reason, str):

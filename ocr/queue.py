@@ -1,8 +1,11 @@
-"""What is waiting on the django-q2 broker (Redis list): depth and the task ids of its jobs."""
+"""Redis beside the database: what waits on the django-q2 broker (depth, task ids of its jobs),
+and the wake-up channel through which a cancel reaches the task's worker at once."""
 
 from __future__ import annotations
 
+import functools
 import logging
+import time
 
 logger = logging.getLogger(__name__)
 
@@ -32,3 +35,53 @@ def queued_task_ids(limit: int = 10000, broker=None) -> set[str]:
         if job.get("func") == "ocr.tasks.process_task" and job.get("args"):
             ids.add(str(job["args"][0]))
     return ids
+
+
+def _wakeup_channel(task_id) -> str:
+    from django.conf import settings
+
+    return f"{settings.OCR_QUEUE_NAME}:task-wakeup:{task_id}"
+
+
+@functools.lru_cache(maxsize=4)
+def _client(url: str):
+    """One connection pool per process (redis-py resets it after a fork)."""
+    import redis
+
+    return redis.Redis.from_url(url, socket_timeout=1)
+
+
+def wake_task_worker(task_id) -> None:
+    """Tell the task's worker to look at its row now (a hint: the row is the truth)."""
+    import redis
+    from django.conf import settings
+
+    try:
+        _client(settings.REDIS_URL).publish(_wakeup_channel(task_id), b"1")
+    except redis.RedisError:
+        logger.warning("task %s: worker wake-up not sent (its poll will see the change)", task_id)
+
+
+def subscribe_task_wakeups(task_id):
+    """A subscription to the task's wake-up channel, or None when Redis does not answer."""
+    import redis
+    from django.conf import settings
+
+    try:
+        pubsub = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=5).pubsub(ignore_subscribe_messages=True)
+        pubsub.subscribe(_wakeup_channel(task_id))
+        return pubsub
+    except redis.RedisError:
+        logger.warning("task %s: no wake-up channel, polling only", task_id)
+        return None
+
+
+def wait_for_wakeup(pubsub, timeout: float) -> bool:
+    """Wait up to `timeout` s for a wake-up; True if one came."""
+    import redis
+
+    try:
+        return pubsub.get_message(timeout=timeout) is not None
+    except redis.RedisError:
+        time.sleep(timeout)
+        return False

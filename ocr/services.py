@@ -33,6 +33,7 @@ from .models import (
     TaskEvent,
     TaskStatus,
 )
+from .queue import wake_task_worker
 
 logger = logging.getLogger(__name__)
 
@@ -241,6 +242,7 @@ def task_fail(*, task_id: uuid.UUID | str, error: str, attempt: int | None = Non
             return False
         _store_result(task)
         _store_event(task, EventType.FAILED)
+        transaction.on_commit(lambda: wake_task_worker(task_id))
     logger.warning("task %s: failed: %s", task_id, error)
     return True
 
@@ -282,6 +284,7 @@ def task_cancel(
             OCRTask.objects.filter(pk=task.pk).update(cancelled_at=now)
             _store_result(cancelled)
             _store_event(cancelled, EventType.CANCELLED)
+            transaction.on_commit(lambda: wake_task_worker(task.pk))
             current, outcome = cancelled, "cancelled"
             status_before = TaskStatus.PROCESSING if cancelled.started_at else TaskStatus.PENDING
         else:

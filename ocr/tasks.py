@@ -19,7 +19,7 @@ from django.conf import settings
 from django.db import close_old_connections, connection
 from django.utils import timezone
 
-from . import engine, llm, services
+from . import engine, llm, queue, services
 from .models import OCRPage, OCRTask, PageSource, TaskStatus, TaskType
 
 logger = logging.getLogger(__name__)
@@ -30,7 +30,10 @@ def _slots() -> engine.TesseractSlots:
 
 
 class CancelWatcher(threading.Thread):
-    """Polls the task row; on cancel (or deadline) kills the task's tesseract processes."""
+    """Polls the task row; on cancel (or deadline) kills the task's tesseract processes.
+
+    Between polls it listens on the task's Redis wake-up channel, so that a cancel is seen at
+    once; the row stays the truth, and polling alone still works when Redis does not answer."""
 
     def __init__(self, task: OCRTask, scope: engine.CancelScope) -> None:
         super().__init__(name=f"cancel-watcher-{task.pk}", daemon=True)
@@ -45,8 +48,15 @@ class CancelWatcher(threading.Thread):
         poll = settings.OCR_CANCEL_POLL_SECONDS
         next_beat = time.monotonic() + settings.OCR_HEARTBEAT_SECONDS
         deadline = self.task.deadline_at
+        wakeups = queue.subscribe_task_wakeups(self.task.pk)
         try:
-            while not self.stopped.wait(poll):
+            while not self.stopped.is_set():
+                if wakeups is not None:
+                    queue.wait_for_wakeup(wakeups, timeout=poll)
+                else:
+                    self.stopped.wait(poll)
+                if self.stopped.is_set():
+                    return
                 row = self.poll_row()
                 # a task re-queued as lost and taken by another worker is no longer ours either
                 status = row[0] if row and row[1] == self.task.attempt else "taken over"
@@ -66,6 +76,8 @@ class CancelWatcher(threading.Thread):
         except Exception:
             logger.exception("task %s: cancel watcher failed", self.task.pk)
         finally:
+            if wakeups is not None:
+                wakeups.close()
             connection.close()
 
     def poll_row(self) -> tuple[str, int] | None:

@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
 from .models import OCRPage, OCRTask, PageSource, TaskStatus, TaskType
-from .queue import queue_depth
+from .queue import queue_depth, redis_client
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +28,7 @@ CANCEL_REQUESTS_KEY = "metrics:cancel_requests"
 
 
 def _redis() -> redis.Redis:
-    return redis.Redis.from_url(settings.REDIS_URL, socket_timeout=2)
+    return redis_client(settings.REDIS_URL)
 
 
 def _key(name: str) -> str:

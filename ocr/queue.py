@@ -44,8 +44,8 @@ def _wakeup_channel(task_id) -> str:
 
 
 @functools.lru_cache(maxsize=4)
-def _client(url: str):
-    """One connection pool per process (redis-py resets it after a fork)."""
+def redis_client(url: str):
+    """One client (connection pool) per process and URL; redis-py resets the pool after a fork."""
     import redis
 
     return redis.Redis.from_url(url, socket_timeout=1)
@@ -57,7 +57,7 @@ def wake_task_worker(task_id) -> None:
     from django.conf import settings
 
     try:
-        _client(settings.REDIS_URL).publish(_wakeup_channel(task_id), b"1")
+        redis_client(settings.REDIS_URL).publish(_wakeup_channel(task_id), b"1")
     except redis.RedisError:
         logger.warning("task %s: worker wake-up not sent (its poll will see the change)", task_id)
 

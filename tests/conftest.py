@@ -185,3 +185,13 @@ def wait_for(predicate, timeout: float = 30.0, interval: float = 0.02):
             return value
         time.sleep(interval)
     raise AssertionError(f"condition not met within {timeout} s")
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """pytest-django deletes the SQLite test database but not its WAL side files."""
+    from django.conf import settings
+
+    name = str(settings.DATABASES["default"].get("TEST", {}).get("NAME") or "")
+    for suffix in ("-wal", "-shm"):
+        if name.endswith(".sqlite3") and os.path.exists(name + suffix):
+            os.remove(name + suffix)

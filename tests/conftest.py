@@ -26,6 +26,22 @@ def _clean_rate_limits(settings):
     yield
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _drop_lingering_connections(django_db_setup, django_db_blocker):
+    """Before the test database is dropped, end connections other threads left open (async
+    consumers' and helper threads'), or PostgreSQL refuses the DROP and the database lingers."""
+    yield
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        return
+    with django_db_blocker.unblock(), connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+
+
 @pytest.fixture
 def no_worker(monkeypatch) -> list:
     """For tests that play the worker themselves through the services: their jobs are not put

@@ -126,6 +126,11 @@ class OCRTask(models.Model):
         return self.status in ACTIVE_STATUSES
 
     @property
+    def progress_percentage(self) -> float:
+        done = self.processed_pages + self.failed_pages
+        return round(100.0 * done / self.total_pages, 1) if self.total_pages else 0.0
+
+    @property
     def is_pdf(self) -> bool:
         return self.task_type in (TaskType.PDF, TaskType.PDF_LLM)
 

@@ -75,7 +75,6 @@ def build_event(
     latest_page_result: dict | None = None,
 ) -> dict:
     """The event payload of API.md section 5, from the task row as it stands after the change."""
-    done = task.processed_pages + task.failed_pages
     event = {
         "seq": seq,
         "task_id": str(task.pk),
@@ -85,7 +84,7 @@ def build_event(
         "total_pages": task.total_pages,
         "processed_pages": task.processed_pages,
         "failed_pages": task.failed_pages,
-        "progress_percentage": round(100.0 * done / task.total_pages, 1) if task.total_pages else 0.0,
+        "progress_percentage": task.progress_percentage,
         "latest_page_result": latest_page_result,
         "timestamp": timezone.now().isoformat(),
     }

@@ -221,12 +221,11 @@ class TaskSerializer(serializers.ModelSerializer):
         ]
 
     def get_progress(self, task: OCRTask) -> dict:
-        done = task.processed_pages + task.failed_pages
         return {
             "total_pages": task.total_pages,
             "processed_pages": task.processed_pages,
             "failed_pages": task.failed_pages,
-            "percentage": round(100.0 * done / task.total_pages, 1) if task.total_pages else 0.0,
+            "percentage": task.progress_percentage,
         }
 
     def to_representation(self, task: OCRTask) -> dict:

@@ -26,6 +26,7 @@ from rest_framework.views import APIView
 from . import engine, llm, metrics, schema, selectors, services
 from .exceptions import DomainError, InvalidInput, NotAuthenticated, RateLimited, ServiceUnavailable, error_json
 from .models import ACTIVE_STATUSES, TERMINAL_STATUSES, CancelSource, OCRTask, TaskStatus, TaskType
+from .queue import redis_client
 from .serializers import PARAMETER_RANGES, TaskSerializer, parse_params, read_upload
 
 logger = logging.getLogger(__name__)
@@ -338,10 +339,8 @@ class CleanupView(APIView):
 
 
 def _check_redis() -> tuple[bool, str]:
-    import redis
-
     try:
-        redis.Redis.from_url(settings.REDIS_URL, socket_timeout=2).ping()
+        redis_client(settings.REDIS_URL).ping()
         return True, "ok"
     except Exception as exc:
         return False, str(exc)

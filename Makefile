@@ -10,6 +10,7 @@ run: setup migrate
 
 test: setup
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	scripts/ensure_redis.sh >/dev/null
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 

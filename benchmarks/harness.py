@@ -6,27 +6,22 @@ on a queue, channel prefix, slot directory, media directory, TMPDIR and database
 stops them all (process groups, plus any tesseract they left) at the end, even on error.
 The benchmark process itself reads the same database through the Django ORM.
 
-HTTP, SSE and WebSocket clients use the standard library only (no extra package to pin).
+HTTP, SSE and WebSocket clients and process helpers come from tests/support.py (shared with the tests).
 Everything logs to stderr; the scripts print one JSON object on stdout.
 """
 
 from __future__ import annotations
 
-import base64
-import http.client
 import json
 import os
 import random
 import shutil
 import signal
-import socket
-import struct
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import uuid
 from datetime import datetime
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -34,6 +29,20 @@ from urllib.parse import urlsplit, urlunsplit
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+from tests.support import (  # noqa: E402  (shared with the tests; re-exported for the scripts)
+    SSEClient,
+    WebSocketClient,
+    free_port,
+    http_multipart,
+    http_request,
+    port_open,
+    proc_cmdline,
+    proc_ppid,
+    tesseract_pids,
+)
+
+__all__ = ["SSEClient", "WebSocketClient", "http_multipart", "http_request", "proc_ppid", "tesseract_pids"]
 
 PYTHON = sys.executable
 CORES = os.cpu_count() or 1
@@ -175,47 +184,6 @@ def code_version() -> str | None:
     return head + ("+changes" if changed else "")
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _proc_cmdline(pid: str) -> list[bytes] | None:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as handle:
-            return handle.read().split(b"\0")
-    except OSError:
-        return None
-
-
-def proc_ppid(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as handle:
-            stat = handle.read()
-    except OSError:
-        return None
-    return int(stat[stat.rindex(b")") + 2 :].split()[1])
-
-
-def tesseract_pids(path_prefix: str = "") -> list[int]:
-    """Live tesseract processes (`pgrep -f '^tesseract '`), only those whose input file is
-    under `path_prefix` when given. Reads /proc directly: one pgrep costs ~8 ms of CPU here."""
-    found = []
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        argv = _proc_cmdline(pid)
-        if (
-            argv
-            and argv[0] == b"tesseract"
-            and len(argv) > 1
-            and argv[1].decode(errors="replace").startswith(path_prefix)
-        ):
-            found.append(int(pid))
-    return found
-
-
 class TesseractSampler(threading.Thread):
     """Counts running tesseract processes every `interval` s, by the directory of their input
     file (`prefixes`: name -> directory); any other tesseract on the host counts as "foreign".
@@ -265,7 +233,7 @@ class TesseractSampler(threading.Thread):
             entry = known.get(pid)
             if entry is None or (not entry[0] and entry[1] < 3):
                 # A new process is read 3 times: between fork and exec it still shows its parent's command.
-                argv = _proc_cmdline(pid)
+                argv = proc_cmdline(pid)
                 if not argv or argv == [b""]:  # kernel thread, zombie or gone: look again next time
                     continue
                 entry = known[pid] = (self._classify(argv), (entry[1] + 1) if entry else 1)
@@ -479,7 +447,7 @@ class Service:
                 if proc.poll() is not None:
                     raise RuntimeError(f"{proc.args} exited with {proc.returncode}:\n{self._logs()[-3000:]}")
             workers = sum(len(stat.workers) for stat in Stat.get_all(broker))
-            http_ok = not self.http or _port_open(self.port)
+            http_ok = not self.http or port_open(self.port)
             if workers >= self.workers and http_ok:
                 break
             if time.monotonic() > deadline:
@@ -570,169 +538,3 @@ def _psycopg_url(url: str) -> str:
     parts = urlsplit(url)
     scheme = "postgresql" if parts.scheme in ("postgres", "postgresql", "pgsql", "psql") else parts.scheme
     return urlunsplit((scheme, parts.netloc, parts.path, parts.query, parts.fragment))
-
-
-def _port_open(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-        return True
-    except OSError:
-        return False
-
-
-# --- HTTP, SSE and WebSocket clients (standard library) ----------------------------------------
-
-
-def _connection(base_url: str, timeout: float = 60) -> http.client.HTTPConnection:
-    parts = urlsplit(base_url)
-    return http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
-
-
-def http_multipart(base_url: str, path: str, fields: dict[str, str], files: dict[str, tuple[str, bytes]]):
-    boundary = uuid.uuid4().hex
-    chunks: list[bytes] = []
-    for name, value in fields.items():
-        chunks.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode())
-    for name, (filename, data) in files.items():
-        head = (
-            f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="{filename}"\r\n'
-            "Content-Type: application/octet-stream\r\n\r\n"
-        )
-        chunks += [head.encode(), data, b"\r\n"]
-    chunks.append(f"--{boundary}--\r\n".encode())
-    return http_request(
-        base_url, "POST", path, b"".join(chunks), {"Content-Type": f"multipart/form-data; boundary={boundary}"}
-    )
-
-
-def http_request(base_url: str, method: str, path: str, body: bytes | None = None, headers: dict | None = None):
-    """One request on a new connection; returns (status, decoded JSON or text)."""
-    conn = _connection(base_url)
-    try:
-        conn.request(method, path, body=body, headers=headers or {})
-        response = conn.getresponse()
-        raw = response.read()
-    finally:
-        conn.close()
-    try:
-        return response.status, json.loads(raw)
-    except ValueError:
-        return response.status, raw.decode(errors="replace")
-
-
-class SSEClient:
-    """GET a text/event-stream; `events()` yields (receive wall time, event dict) as they arrive."""
-
-    def __init__(self, base_url: str, path: str, timeout: float = 120) -> None:
-        self.conn = _connection(base_url, timeout)
-        self.conn.request("GET", path, headers={"Accept": "text/event-stream"})
-        self.response = self.conn.getresponse()
-        if self.response.status != 200:
-            raise RuntimeError(f"SSE {path} answered {self.response.status}: {self.response.read()[:500]!r}")
-        self.connected_at: float | None = None
-
-    def events(self):
-        data: list[str] = []
-        while True:
-            line = self.response.readline()
-            if not line:
-                return
-            line = line.decode().rstrip("\r\n")
-            if line.startswith(":"):
-                if self.connected_at is None:
-                    self.connected_at = time.time()  # the ": connected" comment: subscribed to the group
-                continue
-            if line.startswith("data:"):
-                data.append(line[5:].lstrip())
-            elif not line and data:
-                received = time.time()
-                yield received, json.loads("\n".join(data))
-                data = []
-
-    def close(self) -> None:
-        self.conn.close()
-
-
-class WebSocketClient:
-    """A minimal RFC 6455 client: text frames in, masked frames out, answers pings."""
-
-    def __init__(self, base_url: str, path: str, timeout: float = 120) -> None:
-        parts = urlsplit(base_url)
-        self.sock = socket.create_connection((parts.hostname, parts.port), timeout=timeout)
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        key = base64.b64encode(os.urandom(16)).decode()
-        host = f"{parts.hostname}:{parts.port}"
-        request = (
-            f"GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\nOrigin: http://{host}\r\n\r\n"
-        )
-        self.sock.sendall(request.encode())
-        self.buffer = b""
-        while b"\r\n\r\n" not in self.buffer:
-            chunk = self.sock.recv(4096)
-            if not chunk:
-                raise RuntimeError(f"WebSocket {path}: connection closed during the handshake")
-            self.buffer += chunk
-        head, self.buffer = self.buffer.split(b"\r\n\r\n", 1)
-        if b" 101 " not in head.split(b"\r\n", 1)[0]:
-            raise RuntimeError(f"WebSocket {path}: handshake refused: {head[:200]!r}")
-        self.connected_at = time.time()
-        self.close_code: int | None = None
-
-    def _read(self, count: int) -> bytes:
-        while len(self.buffer) < count:
-            chunk = self.sock.recv(65536)
-            if not chunk:
-                raise ConnectionError("WebSocket closed by the server")
-            self.buffer += chunk
-        data, self.buffer = self.buffer[:count], self.buffer[count:]
-        return data
-
-    def _send(self, opcode: int, payload: bytes) -> None:
-        mask = os.urandom(4)
-        length = len(payload)
-        if length < 126:
-            head = struct.pack("!BB", 0x80 | opcode, 0x80 | length)
-        elif length < 65536:
-            head = struct.pack("!BBH", 0x80 | opcode, 0x80 | 126, length)
-        else:
-            head = struct.pack("!BBQ", 0x80 | opcode, 0x80 | 127, length)
-        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-        self.sock.sendall(head + mask + masked)
-
-    def messages(self):
-        """Yield (receive wall time, decoded JSON) per text message until the server closes."""
-        fragments = b""
-        while True:
-            first, second = self._read(2)
-            opcode, length = first & 0x0F, second & 0x7F
-            if length == 126:
-                (length,) = struct.unpack("!H", self._read(2))
-            elif length == 127:
-                (length,) = struct.unpack("!Q", self._read(8))
-            mask = self._read(4) if second & 0x80 else None
-            payload = self._read(length)
-            if mask:
-                payload = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-            if opcode == 0x8:  # close: answer it and stop
-                self.close_code = struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else None
-                try:
-                    self._send(0x8, payload[:2])
-                except OSError:
-                    pass
-                return
-            if opcode == 0x9:
-                self._send(0xA, payload)
-                continue
-            if opcode in (0x1, 0x2, 0x0):
-                fragments += payload
-                if first & 0x80:
-                    received = time.time()
-                    yield received, json.loads(fragments)
-                    fragments = b""
-
-    def close(self) -> None:
-        try:
-            self.sock.close()
-        except OSError:
-            pass

@@ -17,8 +17,9 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from django.utils.safestring import mark_safe
 
 from . import metrics, services
+from .api.serializers import MAX_REASON_LENGTH, CancelInputSerializer
 from .exceptions import TaskNotCancellable
-from .models import ACTIVE_STATUSES, CancelAudit, CancelSource, OCRPage, OCRTask, TaskEvent
+from .models import ACTIVE_STATUSES, CancelAudit, CancelledBy, OCRPage, OCRTask, TaskEvent
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +57,14 @@ def bars(rows: list[tuple[str, int]], width: int = 420, row_height: int = 22) ->
 
 
 class CancelReasonForm(forms.Form):
-    reason = forms.CharField(max_length=1000, required=False, widget=forms.Textarea(attrs={"rows": 3}))
+    reason = forms.CharField(max_length=MAX_REASON_LENGTH, required=False, widget=forms.Textarea(attrs={"rows": 3}))
+
+    def clean_reason(self) -> str:
+        """The same rules as a REST or WebSocket cancel (one serializer for all three)."""
+        serializer = CancelInputSerializer(data={"reason": self.cleaned_data.get("reason")})
+        if not serializer.is_valid():
+            raise forms.ValidationError(serializer.errors["reason"])
+        return serializer.validated_data.get("reason") or ""
 
 
 def may_cancel(request, task: OCRTask | None = None) -> bool:
@@ -72,7 +80,7 @@ def cancel_tasks(request, tasks, reason: str) -> tuple[int, int]:
     for task in tasks:
         try:
             outcome = services.task_cancel(
-                task=task, reason=reason, by=CancelSource.ADMIN, user=request.user, client="admin"
+                task=task, reason=reason, cancelled_by=CancelledBy.ADMIN, user=request.user, client="admin"
             )
         except TaskNotCancellable:
             finished += 1
@@ -244,12 +252,12 @@ class CancelAuditAdmin(admin.ModelAdmin):
         "task_type",
         "accepted",
         "outcome",
-        "source",
+        "cancelled_by",
         "user",
         "reason",
         "ran_seconds",
     ]
-    list_filter = ["accepted", "source", "task_type", "created_at"]
+    list_filter = ["accepted", "cancelled_by", "task_type", "created_at"]
     search_fields = ["task_id", "reason"]
     readonly_fields = [f.name for f in CancelAudit._meta.fields]
 

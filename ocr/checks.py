@@ -3,7 +3,7 @@
 import shutil
 
 from django.conf import settings
-from django.core.checks import Warning, register
+from django.core.checks import Error, Warning, register
 
 
 @register()
@@ -21,4 +21,22 @@ def redis_reachable(app_configs, **kwargs):
         redis.Redis.from_url(settings.REDIS_URL, socket_timeout=1).ping()
     except Exception as exc:
         return [Warning(f"Redis at {settings.REDIS_URL} does not answer: {exc}", id="ocr.W002")]
+    return []
+
+
+DEV_SECRET_KEY = "dev-insecure-change-me-in-production"
+
+
+@register(deploy=True)
+def secret_key_set(app_configs, **kwargs):
+    """`manage.py check --deploy` refuses the development SECRET_KEY when DEBUG is off."""
+    if not settings.DEBUG and settings.SECRET_KEY == DEV_SECRET_KEY:
+        return [
+            Error(
+                "SECRET_KEY is the development default",
+                hint="Set SECRET_KEY in the environment to a long random value (python -c 'import secrets; "
+                "print(secrets.token_urlsafe(50))').",
+                id="ocr.E001",
+            )
+        ]
     return []

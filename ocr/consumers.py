@@ -1,7 +1,9 @@
-"""WebSocket: replay stored events after `?after=SEQ`, then follow live ones; cancel action."""
+"""WebSocket: the task's events (ocr.streams.follow) as JSON frames, and the cancel action."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 from urllib.parse import parse_qs
@@ -10,75 +12,73 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 
-from . import selectors, services
-from .exceptions import DomainError, TaskNotFound
-from .models import TERMINAL_EVENTS, CancelSource
-from .progress import group_name
+from . import selectors, services, streams
+from .api.serializers import cancel_body, cancel_reason
+from .exceptions import DomainError
+from .models import CancelledBy
 
 logger = logging.getLogger(__name__)
 
 
-def _cancel(task_id: str, user, reason, client: str) -> dict:
-    from .views import cancel_response, validate_reason
-
-    reason = validate_reason(reason)
+def _cancel(task_id, user, content: dict, client: str) -> dict:
+    reason = cancel_reason({"reason": content.get("reason")})
     task = selectors.task_get_for(user=user, task_id=task_id)
-    outcome = services.task_cancel(task=task, reason=reason, by=CancelSource.WEBSOCKET, user=user, client=client)
-    return cancel_response(outcome.task, newly_cancelled=outcome.newly_cancelled)
+    outcome = services.task_cancel(
+        task=task, reason=reason, cancelled_by=CancelledBy.WEBSOCKET, user=user, client=client
+    )
+    return cancel_body(outcome.task, newly_cancelled=outcome.newly_cancelled)
+
+
+def _after(scope) -> int:
+    query = parse_qs(scope.get("query_string", b"").decode())
+    try:
+        return max(0, int(query.get("after", ["0"])[0]))
+    except ValueError:
+        return 0
 
 
 class TaskEventsConsumer(AsyncJsonWebsocketConsumer):
-    last_seq = 0
-    finished = False
+    # Events come through streams.follow, which owns its channel and outlives a lost layer;
+    # the consumer itself subscribes to no layer (a layer error would end the socket).
+    channel_layer_alias = None
+    follower: asyncio.Task | None = None
 
     async def connect(self) -> None:
-        self.task_id = self.scope["url_route"]["kwargs"]["task_id"]
         user = self.scope.get("user")
         if not settings.OCR_ALLOW_ANONYMOUS and not (user and user.is_authenticated):
             await self.close(code=4403)
             return
         try:
-            task = await database_sync_to_async(selectors.task_get_for)(user=user, task_id=self.task_id)
-        except TaskNotFound:
+            task_id = selectors.parse_task_id(self.scope["url_route"]["kwargs"]["task_id"])
+            task = await database_sync_to_async(selectors.task_get_for)(user=user, task_id=task_id)
+        except DomainError:
             await self.close(code=4404)
             return
-        self.task_id = str(task.pk)
-        query = parse_qs(self.scope.get("query_string", b"").decode())
-        try:
-            self.last_seq = max(0, int(query.get("after", ["0"])[0]))
-        except ValueError:
-            self.last_seq = 0
-        self.group = group_name(self.task_id)
-        # Join the group before the replay: an event stored meanwhile arrives live, after it.
-        await self.channel_layer.group_add(self.group, self.channel_name)
+        self.task_id = task.pk
+        # held by a cancel until its answer is sent, so the answer precedes the `cancelled` event
+        self.send_lock = asyncio.Lock()
         await self.accept()
-        await self.catch_up()
+        self.follower = asyncio.create_task(self.forward(_after(self.scope)))
+
+    async def forward(self, after: int) -> None:
+        """Send every event after `after`, then close (1000) after the terminal one."""
+        try:
+            async with contextlib.aclosing(streams.follow(self.task_id, after)) as events:
+                async for event in events:
+                    async with self.send_lock:
+                        await self.send_json(event)
+            await self.close(code=1000)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.exception("task %s: WebSocket stream failed", self.task_id)
+            await self.close(code=1011)
 
     async def disconnect(self, code: int) -> None:
-        if hasattr(self, "group"):
-            await self.channel_layer.group_discard(self.group, self.channel_name)
-
-    async def catch_up(self) -> None:
-        events = await database_sync_to_async(selectors.events_after)(task_id=self.task_id, seq=self.last_seq)
-        for event in events:
-            if self.finished:
-                return
-            await self.deliver(event)
-
-    async def deliver(self, event: dict) -> None:
-        if self.finished or event["seq"] <= self.last_seq:
-            return  # duplicate of a replayed event
-        if event["seq"] > self.last_seq + 1:
-            await self.catch_up()  # a live push overtook events we have not sent: read them
-            return
-        self.last_seq = event["seq"]
-        await self.send_json(event)
-        if event["type"] in TERMINAL_EVENTS:
-            self.finished = True
-            await self.close(code=1000)
-
-    async def task_event(self, message: dict) -> None:
-        await self.deliver(message["event"])
+        if self.follower is not None:
+            self.follower.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.follower
 
     async def receive(self, text_data=None, bytes_data=None, **kwargs) -> None:
         try:
@@ -92,11 +92,10 @@ class TaskEventsConsumer(AsyncJsonWebsocketConsumer):
             )
             return
         client = f"websocket:{(self.scope.get('client') or ['?'])[0]}"
-        try:
-            body = await database_sync_to_async(_cancel)(
-                self.task_id, self.scope.get("user"), content.get("reason"), client
-            )
-        except DomainError as exc:
-            await self.send_json({"type": "cancel_result", "status_code": exc.status_code, **exc.body()})
-            return
-        await self.send_json({"type": "cancel_result", "status_code": 200, **body})
+        async with self.send_lock:
+            try:
+                body = await database_sync_to_async(_cancel)(self.task_id, self.scope.get("user"), content, client)
+            except DomainError as exc:
+                await self.send_json({"type": "cancel_result", "status_code": exc.status_code, **exc.body()})
+                return
+            await self.send_json({"type": "cancel_result", "status_code": 200, **body})

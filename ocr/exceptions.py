@@ -1,4 +1,4 @@
-"""Domain errors, and the one place where they become HTTP answers."""
+"""Domain errors, and the one place where they (and DRF's own errors) become HTTP answers."""
 
 from __future__ import annotations
 
@@ -23,10 +23,6 @@ class DomainError(Exception):
 
 class InvalidInput(DomainError):
     status_code = 400
-
-
-class NotAuthenticated(DomainError):
-    status_code = 401
 
 
 class TaskNotFound(DomainError):
@@ -57,30 +53,47 @@ class TaskNotCancellable(DomainError):
         super().__init__(f"Task {task_id} is already {status}", status=status)
 
 
-class RateLimited(DomainError):
-    status_code = 429
-
-    def __init__(self, detail: str, retry_after: int) -> None:
-        super().__init__(detail, retry_after=retry_after)
-        self.headers = {"Retry-After": str(max(1, int(retry_after)))}
-
-
 class ServiceUnavailable(DomainError):
+    """The service cannot take this now (LLM not configured, too busy); 503, `Retry-After` when known."""
+
     status_code = 503
 
+    def __init__(self, detail: str, retry_after: int | None = None) -> None:
+        super().__init__(detail)
+        if retry_after is not None:
+            self.headers = {"Retry-After": str(retry_after)}
 
-def error_json(exc: DomainError) -> JsonResponse:
-    """The HTTP answer for a domain error, for views outside DRF (async views)."""
-    response = JsonResponse(exc.body(), status=exc.status_code)
-    for name, value in exc.headers.items():
-        response[name] = value
-    return response
+
+def _as_response_parts(exc: Exception) -> tuple[dict, int, dict] | None:
+    if isinstance(exc, DomainError):
+        return exc.body(), exc.status_code, exc.headers
+    if isinstance(exc, drf_exceptions.NotAuthenticated | drf_exceptions.AuthenticationFailed):
+        return {"detail": str(exc.detail)}, 401, {}
+    if isinstance(exc, drf_exceptions.Throttled):
+        headers = {"Retry-After": str(max(1, int(exc.wait or 1)))}
+        return {"detail": str(exc.detail)}, 429, headers
+    return None
 
 
 def exception_handler(exc: Exception, context: dict) -> Response | None:
     """DRF's handler, extended with the domain errors; validation errors name their field."""
-    if isinstance(exc, DomainError):
-        return Response(exc.body(), status=exc.status_code, headers=exc.headers)
-    if isinstance(exc, drf_exceptions.NotAuthenticated | drf_exceptions.AuthenticationFailed):
-        return Response({"detail": str(exc.detail)}, status=401)
+    parts = _as_response_parts(exc)
+    if parts is not None:
+        body, status, headers = parts
+        return Response(body, status=status, headers=headers)
     return drf_exception_handler(exc, context)
+
+
+def error_json(exc: Exception) -> JsonResponse | None:
+    """The same answer for views outside DRF (the async views); None for an unexpected error."""
+    parts = _as_response_parts(exc)
+    if parts is None:
+        if isinstance(exc, drf_exceptions.APIException):
+            parts = {"detail": str(exc.detail)}, exc.status_code, {}
+        else:
+            return None
+    body, status, headers = parts
+    response = JsonResponse(body, status=status)
+    for name, value in headers.items():
+        response[name] = value
+    return response

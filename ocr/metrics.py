@@ -16,7 +16,8 @@ from django.utils import timezone
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
-from .models import OCRPage, OCRTask, PageSource, TaskStatus, TaskType
+from .kinds import KINDS
+from .models import OCRPage, OCRTask, PageSource, TaskStatus
 from .queue import queue_depth, redis_client
 
 logger = logging.getLogger(__name__)
@@ -74,13 +75,12 @@ def snapshot(window_minutes: int | None = None) -> dict:
         tasks = tasks.filter(created_at__gte=since)
         pages = pages.filter(created_at__gte=since)
 
-    by_kind: dict[str, dict[str, int]] = {kind: dict.fromkeys(TaskStatus.values, 0) for kind in TaskType.values}
+    by_kind: dict[str, dict[str, int]] = {kind: dict.fromkeys(TaskStatus.values, 0) for kind in KINDS}
     for row in tasks.values("task_type", "status").annotate(n=Count("id")):
         by_kind[row["task_type"]][row["status"]] = row["n"]
     totals = {kind: sum(counts.values()) for kind, counts in by_kind.items()}
     cancellation_rate = {
-        kind: round(by_kind[kind][TaskStatus.CANCELLED] / totals[kind], 4) if totals[kind] else 0.0
-        for kind in TaskType.values
+        kind: round(by_kind[kind][TaskStatus.CANCELLED] / totals[kind], 4) if totals[kind] else 0.0 for kind in KINDS
     }
     cancelled = tasks.filter(status=TaskStatus.CANCELLED)
     reasons = Counter(normalise_reason(r) for r in cancelled.values_list("cancellation_reason", flat=True))

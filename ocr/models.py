@@ -6,12 +6,11 @@ from django.conf import settings
 from django.db import models
 from django.utils import timezone
 
+from . import kinds
+from .kinds import TaskType
+from .params import TaskParams
 
-class TaskType(models.TextChoices):
-    OCR = "ocr", "OCR"
-    LLM = "llm", "LLM"
-    PDF = "pdf", "PDF"
-    PDF_LLM = "pdf_llm", "PDF LLM"
+__all__ = ["TaskType"]  # re-exported: models and migrations name it here
 
 
 class TaskStatus(models.TextChoices):
@@ -37,8 +36,8 @@ ACTIVE_STATUSES = (TaskStatus.PENDING, TaskStatus.PROCESSING)
 TERMINAL_STATUSES = (TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED)
 
 
-class CancelSource(models.TextChoices):
-    """Who or what cancelled a task."""
+class CancelledBy(models.TextChoices):
+    """Who or what cancelled a task (`cancelled_by` on the task, its audit and its event)."""
 
     USER = "user"
     ADMIN = "admin"
@@ -91,7 +90,7 @@ class OCRTask(models.Model):
     deadline_at = models.DateTimeField(null=True, blank=True, db_index=True)
 
     cancellation_reason = models.TextField(null=True, blank=True)
-    cancelled_by = models.CharField(max_length=16, choices=CancelSource.choices, null=True, blank=True)
+    cancelled_by = models.CharField(max_length=16, choices=CancelledBy.choices, null=True, blank=True)
     cancelled_by_user = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
@@ -131,8 +130,12 @@ class OCRTask(models.Model):
         return round(100.0 * done / self.total_pages, 1) if self.total_pages else 0.0
 
     @property
-    def is_pdf(self) -> bool:
-        return self.task_type in (TaskType.PDF, TaskType.PDF_LLM)
+    def kind(self) -> kinds.Kind:
+        return kinds.get(self.task_type)
+
+    @property
+    def parameters(self) -> TaskParams:
+        return TaskParams.from_json(self.params)
 
 
 class OCRPage(models.Model):
@@ -183,7 +186,7 @@ class CancelAudit(models.Model):
     accepted = models.BooleanField()
     outcome = models.CharField(max_length=32, help_text="cancelled, already_cancelled, already_<status>")
     reason = models.TextField(blank=True, default="")
-    source = models.CharField(max_length=16, choices=CancelSource.choices)
+    cancelled_by = models.CharField(max_length=16, choices=CancelledBy.choices)
     user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
     client = models.CharField(max_length=255, blank=True, default="", help_text="IP or channel of the caller")
     status_before = models.CharField(max_length=16, choices=TaskStatus.choices)

@@ -1,46 +1,81 @@
-"""Event payloads (one builder) and the one sender to the Channels layer.
+"""Event payloads (one typed builder), page results, and the one sender to the Channels layer.
 
 Events are stored first (TaskEvent, by `ocr.services`); the layer only wakes live listeners,
-who can always catch up from the database.
+who can always catch up from the database (ocr/streams.py).
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any
+import uuid
+from typing import Any, NotRequired, TypedDict
 
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.utils import timezone
 
-from .models import OCRPage, OCRTask, TaskType
+from .models import OCRPage, OCRTask
+from .params import TaskParams
 
 logger = logging.getLogger(__name__)
 
 
-def group_name(task_id: Any) -> str:
+class PageResult(TypedDict, total=False):
+    """One page in the shape of API.md section 3 (`result.results[]`), plus kind-specific extras."""
+
+    page_number: int
+    extracted_text: str
+    source: str
+    processing_time: float
+    success: bool
+    error_message: str | None
+    threshold_used: int
+    contrast_level_used: float
+
+
+class TaskEventPayload(TypedDict):
+    """One event of API.md section 5, as stored, streamed and pushed."""
+
+    seq: int
+    task_id: str
+    type: str
+    status: str
+    current_page: int | None
+    total_pages: int
+    processed_pages: int
+    failed_pages: int
+    progress_percentage: float
+    latest_page_result: PageResult | None
+    timestamp: str
+    cancelled_at: NotRequired[str | None]
+    cancellation_reason: NotRequired[str | None]
+    cancelled_by: NotRequired[str | None]
+    error_message: NotRequired[str | None]
+
+
+def group_name(task_id: uuid.UUID | str) -> str:
     return f"ocr-task-{task_id}"
 
 
-def page_result(page: OCRPage, params: dict) -> dict:
-    """One page in the shape of API.md section 3 (`result.results[]`)."""
-    return {
+def page_result(page: OCRPage, params: TaskParams) -> PageResult:
+    result: PageResult = {
         "page_number": page.page_number,
         "extracted_text": page.text,
         "source": page.source,
         "processing_time": round(page.processing_time, 4),
         "success": page.success,
         "error_message": page.error,
-        "threshold_used": params.get("threshold"),
-        "contrast_level_used": params.get("contrast_level"),
-        **page.extra,
+        "threshold_used": params.threshold,
+        "contrast_level_used": params.contrast_level,
     }
+    result.update(page.extra)  # type: ignore[typeddict-item]
+    return result
 
 
-def assemble_result(task: OCRTask, pages: list[OCRPage]) -> dict | None:
+def assemble_result(task: OCRTask, pages: list[OCRPage]) -> dict[str, Any] | None:
     """The task's `result` from its recorded pages (partial when the task was cancelled)."""
-    params = task.params
-    if task.task_type in (TaskType.OCR, TaskType.LLM):
+    params = task.parameters
+    if not task.kind.is_pdf:
         if not pages:
             return None
         page = pages[0]
@@ -48,8 +83,8 @@ def assemble_result(task: OCRTask, pages: list[OCRPage]) -> dict | None:
             "success": page.success,
             "extracted_text": page.text,
             "processing_time": round(page.processing_time, 4),
-            "threshold_used": params.get("threshold"),
-            "contrast_level_used": params.get("contrast_level"),
+            "threshold_used": params.threshold,
+            "contrast_level_used": params.contrast_level,
             **page.extra,
         }
         if not page.success:
@@ -60,7 +95,7 @@ def assemble_result(task: OCRTask, pages: list[OCRPage]) -> dict | None:
         "success": bool(results) and all(r["success"] for r in results) and len(results) == task.total_pages,
         "total_pages": task.total_pages,
         "processed_pages": sum(1 for r in results if r["success"]),
-        "dpi_used": params.get("dpi"),
+        "dpi_used": params.dpi,
         "total_processing_time": round(sum(p.processing_time for p in pages), 4),
         "results": results,
     }
@@ -72,10 +107,10 @@ def build_event(
     seq: int,
     type: str,
     current_page: int | None = None,
-    latest_page_result: dict | None = None,
-) -> dict:
-    """The event payload of API.md section 5, from the task row as it stands after the change."""
-    event = {
+    latest_page_result: PageResult | None = None,
+) -> TaskEventPayload:
+    """The event payload, from the task row as it stands after the change."""
+    event: TaskEventPayload = {
         "seq": seq,
         "task_id": str(task.pk),
         "type": type,
@@ -97,7 +132,7 @@ def build_event(
     return event
 
 
-def publish(event: dict) -> None:
+def publish(event: TaskEventPayload) -> None:
     """Push a stored event to the task's group; a lost push is recovered from the database."""
     layer = get_channel_layer()
     if layer is None:

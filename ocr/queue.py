@@ -9,6 +9,16 @@ import time
 
 logger = logging.getLogger(__name__)
 
+# The django-q2 job that runs one task (ocr/tasks.py); its only argument is the task id.
+PROCESS_TASK_JOB = "ocr.tasks.process_task"
+
+
+def enqueue(task_id) -> None:
+    """Put the task's job on the broker (raises when the broker does not answer)."""
+    from django_q.tasks import async_task
+
+    async_task(PROCESS_TASK_JOB, str(task_id), task_name=f"ocr-{task_id}")
+
 
 def queue_depth() -> int | None:
     from django_q.brokers import get_broker
@@ -32,7 +42,7 @@ def queued_task_ids(limit: int = 10000, broker=None) -> set[str]:
             job = SignedPackage.loads(raw)
         except (BadSignature, Exception):
             continue
-        if job.get("func") == "ocr.tasks.process_task" and job.get("args"):
+        if job.get("func") == PROCESS_TASK_JOB and job.get("args"):
             ids.add(str(job["args"][0]))
     return ids
 

@@ -23,12 +23,19 @@ def tasks_visible_to(user) -> QuerySet[OCRTask]:
     return OCRTask.objects.filter(owner__isnull=True)
 
 
-def task_get_for(*, user, task_id: object, task_type: str | None = None, streaming_only: bool = False) -> OCRTask:
-    """The task if `user` may see it on this path (kind, streaming); TaskNotFound otherwise."""
+def parse_task_id(raw: object) -> uuid.UUID:
+    """A task id from a URL or a message, as a UUID; TaskNotFound when it is not one."""
+    if isinstance(raw, uuid.UUID):
+        return raw
     try:
-        pk = uuid.UUID(str(task_id))
+        return uuid.UUID(str(raw))
     except ValueError:
-        raise TaskNotFound(task_id) from None
+        raise TaskNotFound(raw) from None
+
+
+def task_get_for(*, user, task_id: uuid.UUID, task_type: str | None = None, streaming_only: bool = False) -> OCRTask:
+    """The task if `user` may see it on this path (kind, streaming); TaskNotFound otherwise."""
+    pk = parse_task_id(task_id)
     tasks = tasks_visible_to(user).filter(pk=pk)
     if task_type:
         tasks = tasks.filter(task_type=task_type)
@@ -57,7 +64,7 @@ def task_list_for(
     return tasks.order_by("-created_at")
 
 
-def events_after(*, task_id: object, seq: int = 0) -> list[dict]:
+def events_after(*, task_id: uuid.UUID, seq: int = 0) -> list[dict]:
     return list(
         TaskEvent.objects.filter(task_id=task_id, seq__gt=seq).order_by("seq").values_list("payload", flat=True)
     )

@@ -1,4 +1,4 @@
-"""Every write to tasks, pages, events and audits.
+"""Every write to tasks, pages, events and audits (lost work and retention: ocr/upkeep.py).
 
 Each status change is one conditional UPDATE from the states it may leave (see TaskStatus),
 so that a cancel racing a completion has exactly one winner, and every other write is guarded
@@ -12,36 +12,40 @@ import logging
 import os
 import socket
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 
+from django.conf import settings
 from django.core.files.base import ContentFile
 from django.db import IntegrityError, transaction
-from django.db.models import Case, F, Q, Value, When
+from django.db.models import Case, F, Value, When
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from . import progress
-from .exceptions import TaskConflict, TaskNotCancellable
+from . import progress, queue
+from .exceptions import ServiceUnavailable, TaskConflict, TaskNotCancellable
+from .kinds import Kind
 from .models import (
     ACTIVE_STATUSES,
     CancelAudit,
-    CancelSource,
+    CancelledBy,
     EventType,
     OCRPage,
     OCRTask,
     TaskEvent,
     TaskStatus,
 )
-from .queue import wake_task_worker
+from .params import TaskParams
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_CANCEL_REASON = "User requested cancellation"
 DISCONNECT_REASON = "Client disconnected"
+LLM_NOT_CONFIGURED = "LLM OCR is not configured: set OCR_LLM_BASE_URL (and OCR_LLM_MODEL, OCR_LLM_API_KEY)"
+BUSY_RETRY_AFTER_SECONDS = 5
 
 
-def _advance(task_id: uuid.UUID | str, from_statuses, *, only_attempt: int | None = None, **fields) -> OCRTask | None:
+def _advance(task_id: uuid.UUID, from_statuses, *, only_attempt: int | None = None, **fields) -> OCRTask | None:
     """Conditional UPDATE that also takes the next event seq; the row after it, or None.
 
     With `only_attempt`, only that attempt's worker may make the change."""
@@ -54,7 +58,7 @@ def _advance(task_id: uuid.UUID | str, from_statuses, *, only_attempt: int | Non
     return OCRTask.objects.get(pk=task_id)
 
 
-def _store_event(task: OCRTask, type: str, **details) -> dict:
+def _store_event(task: OCRTask, type: str, **details) -> progress.TaskEventPayload:
     """Store the event numbered `task.event_seq`, publish it once the transaction commits."""
     payload = progress.build_event(task, seq=task.event_seq, type=type, **details)
     TaskEvent.objects.create(task_id=task.pk, seq=task.event_seq, type=type, payload=payload)
@@ -70,10 +74,23 @@ def _store_result(task: OCRTask) -> None:
 # --- Submit and start ---------------------------------------------------------------------
 
 
+def task_admit(*, kind: Kind) -> None:
+    """Refuse a submit the service cannot take now (ServiceUnavailable, 503)."""
+    if kind.uses_llm and not settings.OCR_LLM_BASE_URL:
+        raise ServiceUnavailable(LLM_NOT_CONFIGURED)
+    if settings.MAX_CONCURRENT_TASKS:
+        active = OCRTask.objects.filter(status__in=ACTIVE_STATUSES).count()
+        if active >= settings.MAX_CONCURRENT_TASKS:
+            raise ServiceUnavailable(
+                f"Server busy: {active} tasks queued or running (MAX_CONCURRENT_TASKS); retry later",
+                retry_after=BUSY_RETRY_AFTER_SECONDS,
+            )
+
+
 def task_submit(
     *,
-    task_type: str,
-    params: dict,
+    kind: Kind,
+    params: TaskParams,
     filename: str,
     data: bytes,
     owner=None,
@@ -82,12 +99,13 @@ def task_submit(
     task_id: uuid.UUID | None = None,
     total_pages: int = 0,
 ) -> OCRTask:
-    """Create a pending task with its input file and first event, and queue it on commit."""
+    """Admit, then create a pending task with its input file and first event; queued on commit."""
+    task_admit(kind=kind)
     task = OCRTask(
         id=task_id or uuid.uuid4(),
-        task_type=task_type,
+        task_type=kind.slug,
         streaming=streaming,
-        params=params,
+        params=params.to_json(),
         owner=owner,
         session_key=session_key or "",
         input_name=filename[:255],
@@ -95,8 +113,8 @@ def task_submit(
         total_pages=total_pages,
         event_seq=1,
     )
-    if params.get("deadline_seconds"):
-        task.deadline_at = timezone.now() + timedelta(seconds=params["deadline_seconds"])
+    if params.deadline_seconds:
+        task.deadline_at = timezone.now() + timedelta(seconds=params.deadline_seconds)
     if task_id is not None and OCRTask.objects.filter(pk=task_id).exists():
         raise TaskConflict(f"Task {task_id} already exists")
     safe_name = os.path.basename(filename).replace(" ", "_")[-100:] or "upload"
@@ -105,27 +123,26 @@ def task_submit(
         with transaction.atomic():
             task.save(force_insert=True)
             _store_event(task, EventType.STATUS)
-            transaction.on_commit(lambda: _enqueue(task.pk))
+            transaction.on_commit(lambda: enqueue_task(task.pk))
     except IntegrityError as exc:
         task.input_file.delete(save=False)
         raise TaskConflict(f"Task {task.pk} already exists") from exc
-    logger.info("task %s: %s task submitted (%s, %d bytes)", task.pk, task_type, task.input_name, len(data))
+    logger.info("task %s: %s task submitted (%s, %d bytes)", task.pk, kind.slug, task.input_name, len(data))
+    task.refresh_from_db()
     return task
 
 
-def _enqueue(task_id: uuid.UUID) -> None:
+def enqueue_task(task_id: uuid.UUID) -> None:
     """Put the task's job on the queue. A duplicate job is harmless: only one start wins."""
-    from django_q.tasks import async_task
-
     try:
-        async_task("ocr.tasks.process_task", str(task_id), task_name=f"ocr-{task_id}")
+        queue.enqueue(task_id)
         OCRTask.objects.filter(pk=task_id).update(enqueued_at=timezone.now())
     except Exception as exc:  # the broker is down: fail the task rather than leave it pending
         logger.exception("task %s: could not be queued", task_id)
         task_fail(task_id=task_id, error=f"Could not queue the task: {exc}")
 
 
-def task_start(*, task_id: uuid.UUID | str, total_pages: int) -> OCRTask | None:
+def task_start(*, task_id: uuid.UUID, total_pages: int) -> OCRTask | None:
     """pending -> processing as a new attempt; None when no longer pending (cancelled before start)."""
     now = timezone.now()
     with transaction.atomic():
@@ -145,7 +162,20 @@ def task_start(*, task_id: uuid.UUID | str, total_pages: int) -> OCRTask | None:
     return task
 
 
-def task_heartbeat(*, task_id: uuid.UUID | str, attempt: int) -> bool:
+def task_requeue(*, task_id: uuid.UUID, attempt: int) -> bool:
+    """processing (in `attempt`, whose worker is thought lost) -> pending, queued again on commit."""
+    with transaction.atomic():
+        task = _advance(
+            task_id, [TaskStatus.PROCESSING], only_attempt=attempt, status=TaskStatus.PENDING, worker_pid=None
+        )
+        if task is None:
+            return False
+        _store_event(task, EventType.STATUS)
+        transaction.on_commit(lambda: enqueue_task(task_id))
+    return True
+
+
+def task_heartbeat(*, task_id: uuid.UUID, attempt: int) -> bool:
     """The worker of `attempt` is alive; False when the task is no longer its to run."""
     return bool(
         OCRTask.objects.filter(pk=task_id, status=TaskStatus.PROCESSING, attempt=attempt).update(
@@ -157,21 +187,22 @@ def task_heartbeat(*, task_id: uuid.UUID | str, attempt: int) -> bool:
 # --- Pages --------------------------------------------------------------------------------
 
 
-def page_record(
-    *,
-    task_id: uuid.UUID | str,
-    page_number: int,
-    text: str,
-    source: str,
-    processing_time: float,
-    success: bool = True,
-    error: str | None = None,
-    extra: dict | None = None,
-    attempt: int | None = None,
-) -> bool:
+@dataclass(frozen=True)
+class PageOutcome:
+    """What a worker learnt of one page: its text and where it came from, or why it failed."""
+
+    text: str
+    source: str
+    processing_time: float
+    success: bool = True
+    error: str | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def page_record(*, task_id: uuid.UUID, page_number: int, outcome: PageOutcome, attempt: int | None = None) -> bool:
     """Record one page and its event, only while the task is processing (in `attempt`, when
     given); False otherwise."""
-    counter = "processed_pages" if success else "failed_pages"
+    counter = "processed_pages" if outcome.success else "failed_pages"
     with transaction.atomic():
         task = _advance(task_id, [TaskStatus.PROCESSING], only_attempt=attempt, **{counter: F(counter) + 1})
         if task is None:
@@ -179,18 +210,18 @@ def page_record(
         page = OCRPage.objects.create(
             task_id=task.pk,
             page_number=page_number,
-            text=text,
-            source=source,
-            processing_time=processing_time,
-            success=success,
-            error=error,
-            extra=extra or {},
+            text=outcome.text,
+            source=outcome.source,
+            processing_time=outcome.processing_time,
+            success=outcome.success,
+            error=outcome.error,
+            extra=outcome.extra,
         )
         _store_event(
             task,
-            EventType.PAGE_COMPLETED if success else EventType.PAGE_FAILED,
+            EventType.PAGE_COMPLETED if outcome.success else EventType.PAGE_FAILED,
             current_page=page_number,
-            latest_page_result=progress.page_result(page, task.params),
+            latest_page_result=progress.page_result(page, task.parameters),
         )
     return True
 
@@ -198,7 +229,7 @@ def page_record(
 # --- Terminal transitions -------------------------------------------------------------------
 
 
-def task_finish(*, task_id: uuid.UUID | str, attempt: int | None = None) -> bool:
+def task_finish(*, task_id: uuid.UUID, attempt: int | None = None) -> bool:
     """processing -> completed, or failed when no page succeeded; False if something else won."""
     with transaction.atomic():
         task = _advance(
@@ -227,7 +258,7 @@ def _all_pages_failed_message(task: OCRTask) -> str:
     return f"All {task.failed_pages} pages failed{first}"
 
 
-def task_fail(*, task_id: uuid.UUID | str, error: str, attempt: int | None = None) -> bool:
+def task_fail(*, task_id: uuid.UUID, error: str, attempt: int | None = None) -> bool:
     """pending|processing -> failed with `error`, keeping the pages done so far."""
     with transaction.atomic():
         task = _advance(
@@ -242,7 +273,7 @@ def task_fail(*, task_id: uuid.UUID | str, error: str, attempt: int | None = Non
             return False
         _store_result(task)
         _store_event(task, EventType.FAILED)
-        transaction.on_commit(lambda: wake_task_worker(task_id))
+        transaction.on_commit(lambda: queue.wake_task_worker(task_id))
     logger.warning("task %s: failed: %s", task_id, error)
     return True
 
@@ -257,7 +288,7 @@ def task_cancel(
     *,
     task: OCRTask,
     reason: str | None = None,
-    by: str = CancelSource.USER,
+    cancelled_by: str = CancelledBy.USER,
     user=None,
     client: str = "",
 ) -> CancelResult:
@@ -274,7 +305,7 @@ def task_cancel(
             ACTIVE_STATUSES,
             status=TaskStatus.CANCELLED,
             cancellation_reason=reason,
-            cancelled_by=by,
+            cancelled_by=cancelled_by,
             cancelled_by_user=user,
         )
         # Stamped once the UPDATE holds the row: every page committed before it is older.
@@ -284,7 +315,7 @@ def task_cancel(
             OCRTask.objects.filter(pk=task.pk).update(cancelled_at=now)
             _store_result(cancelled)
             _store_event(cancelled, EventType.CANCELLED)
-            transaction.on_commit(lambda: wake_task_worker(task.pk))
+            transaction.on_commit(lambda: queue.wake_task_worker(task.pk))
             current, outcome = cancelled, "cancelled"
             status_before = TaskStatus.PROCESSING if cancelled.started_at else TaskStatus.PENDING
         else:
@@ -298,22 +329,34 @@ def task_cancel(
             accepted=cancelled is not None,
             outcome=outcome,
             reason=reason,
-            source=by,
+            cancelled_by=cancelled_by,
             user=user,
             client=client[:255],
             status_before=status_before,
             ran_seconds=ran_seconds if cancelled is not None else None,
         )
     if cancelled is not None:
-        logger.info("task %s: cancelled by %s (%s): %s", task.pk, by, status_before, reason)
+        logger.info("task %s: cancelled by %s (%s): %s", task.pk, cancelled_by, status_before, reason)
     else:
-        logger.info("task %s: cancel by %s refused: %s", task.pk, by, outcome)
+        logger.info("task %s: cancel by %s refused: %s", task.pk, cancelled_by, outcome)
     if current.status in (TaskStatus.COMPLETED, TaskStatus.FAILED):
         raise TaskNotCancellable(current.pk, current.status)
     return CancelResult(task=current, newly_cancelled=cancelled is not None)
 
 
-def task_work_stopped(*, task_id: uuid.UUID | str) -> None:
+def task_cancel_if_active(*, task_id: uuid.UUID, reason: str, cancelled_by: str) -> bool:
+    """Cancel on the server's own initiative (client gone, wait too long, deadline): a task that
+    finished meanwhile stays as it is. True if this call cancelled it."""
+    task = OCRTask.objects.filter(pk=task_id).first()
+    if task is None:
+        return False
+    try:
+        return task_cancel(task=task, reason=reason, cancelled_by=cancelled_by).newly_cancelled
+    except TaskNotCancellable:
+        return False
+
+
+def task_work_stopped(*, task_id: uuid.UUID) -> None:
     """The worker of a cancelled task has stopped (processes killed): the cancel latency's end.
     Bookkeeping only: result, pages and events stay as the cancel left them."""
     OCRTask.objects.filter(pk=task_id, status=TaskStatus.CANCELLED, work_stopped_at__isnull=True).update(
@@ -321,100 +364,21 @@ def task_work_stopped(*, task_id: uuid.UUID | str) -> None:
     )
 
 
+# --- Deadlines ------------------------------------------------------------------------------
+
+
 def deadline_reason(task: OCRTask) -> str:
-    return f"Deadline of {task.params.get('deadline_seconds')} s exceeded"
+    return f"Deadline of {task.parameters.deadline_seconds} s exceeded"
 
 
 def task_cancel_if_expired(*, task: OCRTask) -> bool:
     """Cancel `task` with the deadline reason when its deadline has passed; True if it did."""
     if task.deadline_at is None or task.deadline_at > timezone.now():
         return False
-    try:
-        return task_cancel(task=task, reason=deadline_reason(task), by=CancelSource.DEADLINE).newly_cancelled
-    except TaskNotCancellable:
-        return False
+    return task_cancel_if_active(task_id=task.pk, reason=deadline_reason(task), cancelled_by=CancelledBy.DEADLINE)
 
 
 def expire_deadlines() -> int:
     """Cancel every active task whose deadline has passed; returns how many were cancelled."""
     expired = OCRTask.objects.filter(status__in=ACTIVE_STATUSES, deadline_at__lte=timezone.now())
     return sum(task_cancel_if_expired(task=task) for task in expired)
-
-
-# --- Lost work ------------------------------------------------------------------------------
-
-WORKER_LOST_MESSAGE = "Worker lost"
-
-
-def reap_lost_tasks(*, lost_after: float, max_attempts: int = 2, requeue_pending_after: float = 60.0) -> dict:
-    """Find work whose worker died and put it right; safe to run anywhere, any number of times.
-
-    - processing without a heartbeat for `lost_after` s: back to pending and re-queued (the
-      pages already done are kept and skipped) while attempts remain, else failed "Worker lost";
-    - pending for `requeue_pending_after` s and not on the queue (the Redis broker does not
-      acknowledge, so a job taken by a dying worker is gone): queued again.
-    """
-    from .queue import queued_task_ids
-
-    now = timezone.now()
-    cutoff = now - timedelta(seconds=lost_after)
-    report = {"requeued": 0, "failed": 0, "pending_requeued": 0}
-    stale = OCRTask.objects.filter(status=TaskStatus.PROCESSING, heartbeat_at__lt=cutoff)
-    for task in stale.only("id", "attempt"):
-        if task.attempt < max_attempts:
-            with transaction.atomic():
-                requeued = _advance(
-                    task.pk,
-                    [TaskStatus.PROCESSING],
-                    only_attempt=task.attempt,
-                    status=TaskStatus.PENDING,
-                    worker_pid=None,
-                )
-                if requeued is not None:
-                    _store_event(requeued, EventType.STATUS)
-                    transaction.on_commit(lambda pk=task.pk: _enqueue(pk))
-            if requeued is not None:
-                report["requeued"] += 1
-                logger.warning("task %s: worker lost (attempt %d), re-queued", task.pk, task.attempt)
-        elif task_fail(task_id=task.pk, error=WORKER_LOST_MESSAGE, attempt=task.attempt):
-            report["failed"] += 1
-    waiting_since = now - timedelta(seconds=requeue_pending_after)
-    waiting = OCRTask.objects.filter(status=TaskStatus.PENDING, created_at__lt=waiting_since).filter(
-        Q(enqueued_at__isnull=True) | Q(enqueued_at__lt=waiting_since)
-    )
-    waiting_ids = list(waiting.values_list("pk", flat=True)[:1000])
-    if waiting_ids:
-        on_queue = queued_task_ids()
-        for task_id in waiting_ids:
-            if str(task_id) not in on_queue:
-                logger.warning("task %s: pending but not on the queue, queued again", task_id)
-                _enqueue(task_id)
-                report["pending_requeued"] += 1
-    return report
-
-
-# --- Retention --------------------------------------------------------------------------------
-
-
-def purge_expired(*, retention_days: int, audit_retention_days: int | None = None, dry_run: bool = False) -> dict:
-    """Delete terminal tasks older than `retention_days` (their input files, pages and events
-    with them), and cancel audits older than `audit_retention_days`. Active tasks are kept."""
-    now = timezone.now()
-    cutoff = now - timedelta(days=retention_days)
-    old = OCRTask.objects.exclude(status__in=ACTIVE_STATUSES).filter(created_at__lt=cutoff)
-    audit_cutoff = now - timedelta(days=audit_retention_days or retention_days)
-    audits = CancelAudit.objects.filter(created_at__lt=audit_cutoff)
-    report = {"tasks": old.count(), "files": 0, "audits": audits.count(), "dry_run": dry_run}
-    if dry_run:
-        return report
-    for task in old.only("id", "input_file").iterator():
-        if task.input_file:
-            try:
-                task.input_file.delete(save=False)
-                report["files"] += 1
-            except OSError:
-                logger.warning("task %s: input file could not be deleted", task.pk)
-    old.delete()
-    audits.delete()
-    logger.info("retention: deleted %s", report)
-    return report

@@ -17,11 +17,10 @@ from django.views.decorators.csrf import ensure_csrf_cookie
 
 from . import engine, selectors
 from .exceptions import TaskNotFound
-from .serializers import PARAMETER_RANGES
+from .params import PARAMETER_RANGES
 
 logger = logging.getLogger(__name__)
 
-KIND_LABELS = {"ocr": "Image", "llm": "Image + LLM", "pdf": "PDF", "pdf_llm": "PDF + LLM"}
 # Stands for the task id in URL templates that the scripts fill in.
 TASK_ID_PLACEHOLDER = "00000000-0000-0000-0000-000000000000"
 
@@ -62,8 +61,7 @@ def task_page(request: HttpRequest, task_id) -> HttpResponse:
         task = selectors.task_get_for(user=request.user, task_id=task_id)
     except TaskNotFound:
         raise Http404(f"Task {task_id} not found") from None
-    kind = KIND_LABELS.get(task.task_type, task.task_type)
-    context = {"nav": "tasks", "task": task, "task_id": task.pk, "kind": kind}
+    context = {"nav": "tasks", "task": task, "task_id": task.pk, "kind": task.kind.ui_label}
     return render(request, "ocr/task.html", context)
 
 

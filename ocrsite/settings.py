@@ -47,9 +47,11 @@ env = environ.Env(
     OCR_CANCEL_ALERT_MIN_TASKS=(int, 5),
     OCR_AUDIT_RETENTION_DAYS=(int, 0),
     OCR_SSE_KEEPALIVE_SECONDS=(float, 15.0),
+    OCR_STREAM_RESYNC_SECONDS=(float, 2.0),
+    OCR_TRUSTED_PROXIES=(int, 0),
 )
 
-SECRET_KEY = env("SECRET_KEY", default="dev-insecure-change-me-in-production")
+SECRET_KEY = env("SECRET_KEY", default="dev-insecure-change-me-in-production")  # refused by check --deploy
 DEBUG = env("DEBUG")
 ALLOWED_HOSTS = env("ALLOWED_HOSTS")
 
@@ -114,13 +116,6 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 # --- Redis: broker, channel layer, cache ----------------------------------------------
 REDIS_URL = env("REDIS_URL", default="redis://127.0.0.1:6379/0")
 OCR_QUEUE_NAME = env("OCR_QUEUE_NAME")
-# Test database per queue name (tests set one per run), a file for SQLite (not :memory:) so
-# that real worker processes can share it, and so that two test runs never share one.
-if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
-    DATABASES["default"]["TEST"] = {"NAME": str(BASE_DIR / f"test_{OCR_QUEUE_NAME}.sqlite3")}
-else:
-    DATABASES["default"]["TEST"] = {"NAME": f"test_{OCR_QUEUE_NAME}"}
-
 CACHES = {
     "default": {
         "BACKEND": "django.core.cache.backends.redis.RedisCache",
@@ -172,6 +167,9 @@ REST_FRAMEWORK = {
     "EXCEPTION_HANDLER": "ocr.exceptions.exception_handler",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
+    "DEFAULT_THROTTLE_CLASSES": ["ocr.api.throttles.OCRRateThrottle"],  # rates: RATE_LIMIT_REQUESTS, OCR_CANCEL_RATE
+    # Rate limits key anonymous callers by IP: X-Forwarded-For is believed only behind this many proxies.
+    "NUM_PROXIES": env("OCR_TRUSTED_PROXIES"),
 }
 
 SPECTACULAR_SETTINGS = {
@@ -186,7 +184,7 @@ SPECTACULAR_SETTINGS = {
     "COMPONENT_SPLIT_REQUEST": True,
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
-        "ocr.schema.add_async_views",
+        "ocr.api.schema.add_async_views",
     ],
 }
 
@@ -222,6 +220,8 @@ OCR_LLM_MAX_CHANGE = env("OCR_LLM_MAX_CHANGE")
 OCR_CANCEL_POLL_SECONDS = env("OCR_CANCEL_POLL_SECONDS")
 OCR_SYNC_TIMEOUT = env("OCR_SYNC_TIMEOUT")
 OCR_SSE_KEEPALIVE_SECONDS = env("OCR_SSE_KEEPALIVE_SECONDS")
+# A stream without a push for this long re-joins its group and reads the database (Redis restarts).
+OCR_STREAM_RESYNC_SECONDS = env("OCR_STREAM_RESYNC_SECONDS")
 # A processing task whose worker sent no heartbeat for this long is re-queued once, then failed.
 OCR_HEARTBEAT_SECONDS = env("OCR_HEARTBEAT_SECONDS")
 OCR_WORKER_LOST_SECONDS = env("OCR_WORKER_LOST_SECONDS")
@@ -246,9 +246,6 @@ LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True
-
-RATELIMIT_USE_CACHE = "default"
-RATELIMIT_VIEW = None
 
 LOGGING = {
     "version": 1,

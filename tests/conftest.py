@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -13,7 +12,21 @@ from pathlib import Path
 import pytest
 import redis
 
+from tests.support import free_port, stop_process
+
 ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix):
+    """Each run gets its own test database, named after its queue (tests/env.py), so that two
+    runs never share one; for SQLite a file (not :memory:) that real worker processes share."""
+    from django.conf import settings
+    from django.db import connections
+
+    db = connections["default"].settings_dict
+    name = f"test_{settings.OCR_QUEUE_NAME}"
+    db["TEST"]["NAME"] = str(ROOT / f"{name}.sqlite3") if db["ENGINE"].endswith("sqlite3") else name
 
 
 @pytest.fixture(autouse=True)
@@ -47,7 +60,7 @@ def no_worker(monkeypatch) -> list:
     """For tests that play the worker themselves through the services: their jobs are not put
     on the queue (a running test cluster would race them); returns the ids that would be."""
     queued: list = []
-    monkeypatch.setattr("ocr.services._enqueue", lambda task_id: queued.append(str(task_id)))
+    monkeypatch.setattr("ocr.services.enqueue_task", lambda task_id: queued.append(str(task_id)))
     return queued
 
 
@@ -76,22 +89,6 @@ def service_env() -> dict:
         "PYTHONUNBUFFERED": "1",
         "OCR_SSE_KEEPALIVE_SECONDS": "6",  # longer than channels-redis's 5 s blocking read
     }
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    """SIGTERM to the leader (a qcluster given SIGTERM in every process did not stop in 20 s;
-    its leader alone stops it in under 2 s), then SIGKILL to whatever is left of the group."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            pass
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    proc.wait()
 
 
 class Cluster:
@@ -128,7 +125,7 @@ class Cluster:
 
     def stop(self) -> None:
         for proc in self.procs:
-            _stop(proc)
+            stop_process(proc)
 
 
 @pytest.fixture(scope="session")
@@ -141,23 +138,17 @@ def cluster(django_db_setup, django_db_blocker, tmp_path_factory):
     workers.stop()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 # Where workers and daphne find their OpenAI-compatible server, whichever module starts them
 # first: tests/test_llm.py serves a fake one on this port (tests/test_llm_real.py the real model).
 # The test process's own settings keep OCR_LLM_BASE_URL unset (the 503 checks).
-LLM_TEST_PORT = _free_port()
+LLM_TEST_PORT = free_port()
 LLM_TEST_URL = f"http://127.0.0.1:{LLM_TEST_PORT}/v1"
 
 
 @pytest.fixture(scope="session")
 def live_daphne(django_db_setup, tmp_path_factory):
     """A real daphne serving the project on the test database; yields its base URL."""
-    port = _free_port()
+    port = free_port()
     log_path = tmp_path_factory.mktemp("daphne") / "daphne.log"
     proc = subprocess.Popen(
         [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "ocrsite.asgi:application"],
@@ -177,30 +168,7 @@ def live_daphne(django_db_setup, tmp_path_factory):
                 raise RuntimeError(f"daphne did not start: {log_path.read_text()[-2000:]}") from None
             time.sleep(0.1)
     yield f"http://127.0.0.1:{port}"
-    _stop(proc)
-
-
-def tesseract_pids(pages_dir: str | None = None) -> list[int]:
-    """PIDs of running tesseract processes reading a page file of this test run's workers."""
-    from django.conf import settings
-
-    prefix = pages_dir or settings.OCR_SLOT_DIR
-    out = subprocess.run(["pgrep", "-af", "^tesseract "], capture_output=True, text=True).stdout
-    return [
-        int(line.split()[0])
-        for line in out.splitlines()
-        if len(line.split()) > 2 and line.split()[2].startswith(prefix)
-    ]
-
-
-def wait_for(predicate, timeout: float = 30.0, interval: float = 0.02):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"condition not met within {timeout} s")
+    stop_process(proc)
 
 
 def pytest_sessionfinish(session, exitstatus):

@@ -73,34 +73,44 @@ def encrypted_pdf() -> bytes:
     return data
 
 
-def levenshtein(a: str, b: str) -> int:
-    """The textbook edit distance (a reference for tests; quadratic)."""
-    previous = list(range(len(b) + 1))
-    for i, ca in enumerate(a, 1):
-        current = [i]
-        for j, cb in enumerate(b, 1):
-            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (ca != cb)))
-        previous = current
-    return previous[-1]
-
-
-def cer(expected: str, actual: str) -> float:
-    """Character error rate: Levenshtein distance over the expected length (whitespace folded)."""
-    a = " ".join(expected.split())
-    return levenshtein(a, " ".join(actual.split())) / max(1, len(a))
-
-
 PARAMS = {"threshold": 500, "contrast_level": 1.3, "lang": "eng", "dpi": 150, "text_layer": "ocr"}
 
 
 def submit_task(task_type: str = "pdf", *, pages: int = 1, start: bool = False, **kwargs):
     """A task through the real submit service (with the test's default parameters); `start`
     also moves it to processing, as a worker would."""
-    from ocr import services
+    from django.conf import settings
+    from django.test import override_settings
 
-    data = text_pdf(1) if task_type.startswith("pdf") else text_image()
-    kwargs.setdefault("total_pages", pages if task_type.startswith("pdf") else 1)
-    task = services.task_submit(task_type=task_type, params=dict(PARAMS), filename="in", data=data, **kwargs)
+    from ocr import kinds, services
+    from ocr.params import TaskParams
+
+    kind = kinds.get(task_type)
+    data = text_pdf(1) if kind.is_pdf else text_image()
+    kwargs.setdefault("total_pages", pages if kind.is_pdf else 1)
+    # admission refuses LLM kinds while no LLM server is configured; these tasks never reach one
+    with override_settings(OCR_LLM_BASE_URL=settings.OCR_LLM_BASE_URL or "http://127.0.0.1:9/v1"):
+        task = services.task_submit(kind=kind, params=TaskParams.from_json(PARAMS), filename="in", data=data, **kwargs)
     if start:
         return services.task_start(task_id=task.pk, total_pages=kwargs["total_pages"])
     return task
+
+
+def record_page(
+    *,
+    task_id,
+    page_number: int,
+    text: str = "x",
+    source: str = "ocr",
+    processing_time: float = 0.1,
+    success: bool = True,
+    error: str | None = None,
+    attempt: int | None = None,
+) -> bool:
+    """Record a page as a worker would (services.page_record with a PageOutcome)."""
+    from ocr import services
+
+    outcome = services.PageOutcome(
+        text=text, source=source, processing_time=processing_time, success=success, error=error
+    )
+    return services.page_record(task_id=task_id, page_number=page_number, outcome=outcome, attempt=attempt)

@@ -18,7 +18,7 @@ def make_task(**kwargs) -> OCRTask:
 def completed_task() -> OCRTask:
     task = make_task()
     services.task_start(task_id=task.pk, total_pages=1)
-    services.page_record(task_id=task.pk, page_number=1, text="x", source=PageSource.OCR, processing_time=0.1)
+    factories.record_page(task_id=task.pk, page_number=1, text="x", source=PageSource.OCR, processing_time=0.1)
     services.task_finish(task_id=task.pk)
     return task
 
@@ -54,7 +54,7 @@ def test_action_asks_for_a_reason_then_cancels_and_reports():
         assert task.status == "cancelled" and task.cancelled_by == "admin"
         assert task.cancellation_reason == "maintenance" and task.cancelled_by_user.username == "opTrue"
     assert OCRTask.objects.get(pk=done.pk).status == "completed"
-    assert CancelAudit.objects.filter(source="admin").count() == 3
+    assert CancelAudit.objects.filter(cancelled_by="admin").count() == 3
 
 
 def test_action_needs_the_permission():

@@ -117,7 +117,7 @@ def test_double_cancel_is_idempotent(client):
 
 def finish(task: OCRTask, *, fail: bool = False) -> None:
     services.task_start(task_id=task.pk, total_pages=1)
-    services.page_record(
+    factories.record_page(
         task_id=task.pk, page_number=1, text="x", source=PageSource.OCR, processing_time=0.1, success=not fail
     )
     services.task_finish(task_id=task.pk)
@@ -139,11 +139,11 @@ def test_finished_tasks_cannot_be_cancelled(client, fail, status):
 def test_cancel_keeps_partial_pages_and_blocks_later_writes(client):
     task = make_task(pages=3)
     services.task_start(task_id=task.pk, total_pages=3)
-    services.page_record(task_id=task.pk, page_number=1, text="one", source=PageSource.OCR, processing_time=0.5)
+    factories.record_page(task_id=task.pk, page_number=1, text="one", source=PageSource.OCR, processing_time=0.5)
     response = cancel(client, f"/v1/ocr/tasks/{task.pk}/cancel", {"reason": "enough"})
     assert response.status_code == 200
     # the worker's late writes are refused
-    assert not services.page_record(task_id=task.pk, page_number=2, text="two", source="ocr", processing_time=0.5)
+    assert not factories.record_page(task_id=task.pk, page_number=2, text="two", source="ocr", processing_time=0.5)
     assert not services.task_finish(task_id=task.pk)
     assert not services.task_fail(task_id=task.pk, error="late")
     body = client.get(f"/v1/ocr/pdf-tasks/{task.pk}").json()

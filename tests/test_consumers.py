@@ -22,7 +22,7 @@ def make_task(owner=None):
 
 
 def record(task, page):
-    services.page_record(
+    factories.record_page(
         task_id=task.pk, page_number=page, text=f"text {page}", source=PageSource.OCR, processing_time=0.1
     )
 

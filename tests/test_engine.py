@@ -7,8 +7,8 @@ import pytest
 from PIL import Image
 
 from ocr import engine
-from tests import factories
-from tests.conftest import tesseract_pids, wait_for
+from tests import factories, support
+from tests.support import tesseract_pids, wait_for
 
 
 def ocr_pdf_page(data: bytes, index: int, dpi: int = 300) -> str:
@@ -23,7 +23,7 @@ def test_image_only_pdf_is_read_with_low_character_error_rate():
     assert engine.page_text_layer(doc, 0) == ""  # really image-only
     for index in range(2):
         expected = "\n".join(factories.page_lines(index + 1))
-        assert factories.cer(expected, ocr_pdf_page(data, index)) < 0.02
+        assert support.cer(expected, ocr_pdf_page(data, index)) < 0.02
 
 
 def test_text_layer_is_read_without_ocr():
@@ -31,7 +31,7 @@ def test_text_layer_is_read_without_ocr():
     started = time.perf_counter()
     text = engine.page_text_layer(doc, 0)
     assert time.perf_counter() - started < 0.5
-    assert factories.cer("\n".join(factories.page_lines(1)), text) < 0.01
+    assert support.cer("\n".join(factories.page_lines(1)), text) < 0.01
 
 
 @pytest.mark.parametrize(

@@ -17,11 +17,12 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from PIL import Image
 from rest_framework.test import APIClient
 
-from ocr import engine, llm
+from ocr import engine, llm, refine
 from ocr.models import OCRPage, OCRTask, TaskEvent
-from tests import factories
-from tests.conftest import LLM_TEST_PORT, service_env, tesseract_pids, wait_for
+from tests import factories, support
+from tests.conftest import LLM_TEST_PORT, service_env
 from tests.llm_server import MODEL_ID, FakeLLMServer
+from tests.support import tesseract_pids, wait_for
 
 PAGE_TEXT = "Page 1 of the sample document.\nThe quick brown fox jumps over the lazy dog."
 CANCEL_BUDGET_S = 0.1  # the fake server must see its connection closed this soon after the cancel's 200
@@ -50,7 +51,7 @@ def refine_in_thread(fake: FakeLLMServer, prompt: str, text: str = PAGE_TEXT):
 
     def run():
         try:
-            outcome["page"] = llm.refine_page(text, source="ocr", config=config(fake), scope=scope, prompt=prompt)
+            outcome["page"] = refine.refine_page(text, source="ocr", config=config(fake), scope=scope, prompt=prompt)
         except engine.Cancelled:
             outcome["cancelled_at"] = time.monotonic()
 
@@ -67,10 +68,10 @@ def test_levenshtein_matches_the_textbook_algorithm():
     for _ in range(500):
         a = "".join(rng.choice("ab c\n") for _ in range(rng.randint(0, 40)))
         b = "".join(rng.choice("abd ") for _ in range(rng.randint(0, 40)))
-        assert llm.levenshtein(a, b) == factories.levenshtein(a, b)
+        assert refine.levenshtein(a, b) == support.levenshtein(a, b)
     page = "".join(rng.choice("abcdefghijklmnopqrstuvwxyz  \n") for _ in range(9000))
     started = time.perf_counter()
-    assert 3 <= llm.levenshtein(page, page[:4000] + "xyz" + page[4100:]) <= 100
+    assert 3 <= refine.levenshtein(page, page[:4000] + "xyz" + page[4100:]) <= 100
     assert time.perf_counter() - started < 1.0  # a long page is judged in milliseconds, not seconds
 
 
@@ -86,15 +87,15 @@ def test_levenshtein_matches_the_textbook_algorithm():
     ],
 )
 def test_judge_accepts_corrections_and_refuses_the_rest(answer, finish, reason):
-    found, _ = llm.judge(PAGE_TEXT, llm.clean_answer(answer), finish, max_change=0.5)
+    found, _ = refine.judge(PAGE_TEXT, refine.clean_answer(answer), finish, max_change=0.5)
     assert (found is None) if reason is None else (reason in found)
 
 
 def test_judge_threshold_is_the_change_rate():
     noisy = PAGE_TEXT.replace("o", "0").replace("e", "c")  # about 20% of the characters misread
-    reason, change = llm.judge(noisy, PAGE_TEXT, "stop", max_change=0.5)
+    reason, change = refine.judge(noisy, PAGE_TEXT, "stop", max_change=0.5)
     assert reason is None and 0.1 < change < 0.3
-    reason, _ = llm.judge(noisy, PAGE_TEXT, "stop", max_change=0.1)
+    reason, _ = refine.judge(noisy, PAGE_TEXT, "stop", max_change=0.1)
     assert "characters changed, limit 10%" in reason
 
 
@@ -102,15 +103,15 @@ def test_judge_threshold_is_the_change_rate():
 
 
 def test_refine_streams_the_answer_and_reports_model_prompt_and_time(fake):
-    page = llm.refine_page(PAGE_TEXT, source="ocr", config=config(fake), scope=engine.CancelScope())
+    page = refine.refine_page(PAGE_TEXT, source="ocr", config=config(fake), scope=engine.CancelScope())
     assert page.source == "llm" and page.error is None
     assert page.text == PAGE_TEXT.replace("sample", "SAMPLE")
     assert page.extra["model_used"] == MODEL_ID  # no model configured: the first one the server lists
-    assert page.extra["prompt_used"] == llm.DEFAULT_PROMPT and page.extra["llm_processing_time"] > 0
+    assert page.extra["prompt_used"] == refine.DEFAULT_PROMPT and page.extra["llm_processing_time"] > 0
     request = fake.streams[-1].request
     assert request["stream"] is True and request["temperature"] == 0.0 and request["model"] == MODEL_ID
     assert request["messages"] == [
-        {"role": "system", "content": llm.DEFAULT_PROMPT},
+        {"role": "system", "content": refine.DEFAULT_PROMPT},
         {"role": "user", "content": PAGE_TEXT},
     ]
     assert request["max_tokens"] == len(PAGE_TEXT) + 256
@@ -150,13 +151,13 @@ def test_cancel_before_the_request_sends_nothing(fake):
     scope = engine.CancelScope()
     scope.cancel()
     with pytest.raises(engine.Cancelled):
-        llm.refine_page(PAGE_TEXT, source="ocr", config=config(fake, model="m"), scope=scope)
+        refine.refine_page(PAGE_TEXT, source="ocr", config=config(fake, model="m"), scope=scope)
     assert fake.streams == []
 
 
 def test_vision_sends_the_page_image_as_a_png_data_url(fake):
     image = Image.open(io.BytesIO(factories.text_image("A sample page", size=(3000, 800))))
-    page = llm.refine_page(
+    page = refine.refine_page(
         "A sample page", source="ocr", config=config(fake, vision=True), scope=engine.CancelScope(), image=image
     )
     assert page.source == "llm" and page.text == "A SAMPLE page"
@@ -171,24 +172,24 @@ def test_vision_sends_the_page_image_as_a_png_data_url(fake):
 
 
 def test_retries_are_bounded_and_failures_fall_back(fake):
-    page = llm.refine_page(
+    page = refine.refine_page(
         PAGE_TEXT, source="ocr", config=config(fake, model="m"), scope=engine.CancelScope(), prompt="[fake:flaky]"
     )
     assert page.source == "llm" and [s.status for s in fake.streams] == [503, 503, 200]
     fake.reset()
-    page = llm.refine_page(
+    page = refine.refine_page(
         PAGE_TEXT, source="ocr", config=config(fake, model="m"), scope=engine.CancelScope(), prompt="[fake:error]"
     )
     assert page.source == "ocr" and page.text == PAGE_TEXT and len(fake.streams) == 1  # a 400 is not retried
     assert page.error == "LLM refinement failed, OCR text kept: LLM server answered 400: model not found"
     unreachable = llm.LLMConfig(base_url="http://127.0.0.1:9/v1", model="m", max_retries=1, retry_backoff=0.01)
-    page = llm.refine_page(PAGE_TEXT, source="text_layer", config=unreachable, scope=engine.CancelScope())
+    page = refine.refine_page(PAGE_TEXT, source="text_layer", config=unreachable, scope=engine.CancelScope())
     assert page.source == "text_layer" and page.text == PAGE_TEXT
     assert "unreachable" in page.error and "after 2 attempts" in page.error
 
 
 def test_a_page_without_text_is_not_sent(fake):
-    page = llm.refine_page("  \n", source="ocr", config=config(fake, model="m"), scope=engine.CancelScope())
+    page = refine.refine_page("  \n", source="ocr", config=config(fake, model="m"), scope=engine.CancelScope())
     assert page.text == "  \n" and page.source == "ocr" and "OCR found no text" in page.error
     assert fake.streams == []
 
@@ -272,7 +273,7 @@ def test_llm_image_task_completes_with_refined_text(api, fake):
     assert task.status == "completed", task.error_message
     result = api.get(f"/v1/ocr/llm-tasks/{task_id}").json()["result"]
     assert result["success"] is True and "SAMPLE of scanned text" in result["extracted_text"]
-    assert result["model_used"] == MODEL_ID and result["prompt_used"] == llm.DEFAULT_PROMPT
+    assert result["model_used"] == MODEL_ID and result["prompt_used"] == refine.DEFAULT_PROMPT
     assert result["llm_processing_time"] > 0 and result["threshold_used"] == 500
     assert OCRPage.objects.get(task_id=task_id).source == "llm"
     (stream,) = fake.streams
@@ -292,7 +293,7 @@ def test_pdf_llm_stream_task_refines_every_page_and_events_carry_the_refined_tex
         assert page["source"] == "llm" and page["success"] and page["error_message"] is None
         assert page["model_used"] == "my-model" and page["llm_processing_time"] > 0
         expected = "\n".join(factories.page_lines(number)).replace("sample", "SAMPLE")
-        assert factories.cer(expected, page["extracted_text"]) < 0.02
+        assert support.cer(expected, page["extracted_text"]) < 0.02
     completed = [e for e in events_of(task_id) if e["type"] == "page_completed"]
     assert len(completed) == 3
     for event in completed:

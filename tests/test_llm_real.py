@@ -18,7 +18,8 @@ from rest_framework.test import APIClient
 
 from ocr.models import OCRPage, OCRTask
 from tests import factories
-from tests.conftest import LLM_TEST_PORT, LLM_TEST_URL, ROOT, _stop, wait_for
+from tests.conftest import LLM_TEST_PORT, LLM_TEST_URL, ROOT
+from tests.support import stop_process, wait_for
 
 pytestmark = [pytest.mark.llm, pytest.mark.django_db(transaction=True)]
 MODEL_ALIAS = "gemma-3-270m"
@@ -49,7 +50,7 @@ def model_server(tmp_path_factory):
             time.sleep(0.2)
     print(f"model server up in {time.monotonic() - started:.1f} s")
     yield proc
-    _stop(proc)
+    stop_process(proc)
 
 
 @pytest.fixture

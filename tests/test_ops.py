@@ -11,10 +11,10 @@ from django.test import Client
 from django.utils import timezone
 from rest_framework.test import APIClient
 
-from ocr import metrics, services
+from ocr import metrics, services, upkeep
 from ocr.models import CancelAudit, OCRTask, PageSource
 from tests import factories
-from tests.live import post_json
+from tests.support import post_json
 
 
 def make_task(task_type="pdf") -> OCRTask:
@@ -23,7 +23,7 @@ def make_task(task_type="pdf") -> OCRTask:
 
 def complete(task: OCRTask, seconds: float = 0.4) -> None:
     services.task_start(task_id=task.pk, total_pages=1)
-    services.page_record(task_id=task.pk, page_number=1, text="x", source=PageSource.OCR, processing_time=seconds)
+    factories.record_page(task_id=task.pk, page_number=1, text="x", source=PageSource.OCR, processing_time=seconds)
     services.task_finish(task_id=task.pk)
 
 
@@ -43,7 +43,7 @@ def test_metrics_after_a_known_sequence(no_worker, clean_metric_counters):
         complete(make_task("pdf"), seconds=0.4)
     running = make_task("pdf")
     services.task_start(task_id=running.pk, total_pages=1)
-    services.task_cancel(task=running, reason="Deadline of 5 s exceeded", by="deadline")
+    services.task_cancel(task=running, reason="Deadline of 5 s exceeded", cancelled_by="deadline")
     services.task_work_stopped(task_id=running.pk)
     services.task_cancel(task=make_task("ocr"), reason="deadline of 10 s  exceeded")
     api = APIClient()
@@ -141,18 +141,18 @@ def test_retention_deletes_old_finished_tasks_with_their_files(no_worker, settin
     long_ago = timezone.now() - timedelta(days=40)
     OCRTask.objects.filter(pk__in=[old_done.pk, old_active.pk]).update(created_at=long_ago)
     CancelAudit.objects.update(created_at=long_ago)
-    report = services.purge_expired(retention_days=30, audit_retention_days=90)
+    report = upkeep.purge_expired(retention_days=30, audit_retention_days=90)
     assert report == {"tasks": 1, "files": 1, "audits": 0, "dry_run": False}
     assert not OCRTask.objects.filter(pk=old_done.pk).exists() and not os.path.exists(path)
     assert OCRTask.objects.filter(pk=old_active.pk).exists() and OCRTask.objects.filter(pk=recent.pk).exists()
     assert CancelAudit.objects.count() == 1  # the audit is kept longer
-    assert services.purge_expired(retention_days=30, audit_retention_days=30)["audits"] == 1
+    assert upkeep.purge_expired(retention_days=30, audit_retention_days=30)["audits"] == 1
 
 
 @pytest.mark.django_db
 def test_cleanup_endpoint_is_for_staff(no_worker):
     anonymous = APIClient()
-    assert anonymous.delete("/v1/ocr/tasks/cleanup").status_code == 403
+    assert anonymous.delete("/v1/ocr/tasks/cleanup").status_code == 401
     staff = APIClient()
     staff.force_authenticate(User.objects.create_user("op", is_staff=True))
     response = staff.delete("/v1/ocr/tasks/cleanup?days=30")

@@ -19,7 +19,7 @@ ROUNDS = 60
 
 def new_processing_task() -> OCRTask:
     task = factories.submit_task(pages=2, start=True)
-    services.page_record(task_id=task.pk, page_number=1, text="one", source=PageSource.OCR, processing_time=0.1)
+    factories.record_page(task_id=task.pk, page_number=1, text="one", source=PageSource.OCR, processing_time=0.1)
     return task
 
 
@@ -42,7 +42,7 @@ def race(task: OCRTask, *, last_page_done: bool) -> dict:
         barrier.wait()
         time.sleep(random.uniform(0, 0.003))
         try:
-            recorded = last_page_done or services.page_record(
+            recorded = last_page_done or factories.record_page(
                 task_id=task.pk, page_number=2, text="two", source=PageSource.OCR, processing_time=0.1
             )
             results["complete"] = services.task_finish(task_id=task.pk) if recorded else False
@@ -63,7 +63,9 @@ def test_cancel_and_completion_fired_together_have_exactly_one_winner():
         task = new_processing_task()
         last_page_done = round_number % 2 == 0
         if last_page_done:
-            services.page_record(task_id=task.pk, page_number=2, text="two", source=PageSource.OCR, processing_time=0.1)
+            factories.record_page(
+                task_id=task.pk, page_number=2, text="two", source=PageSource.OCR, processing_time=0.1
+            )
         results = race(task, last_page_done=last_page_done)
         task.refresh_from_db()
         assert results["cancel"] != results["complete"], results  # exactly one winner

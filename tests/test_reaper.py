@@ -7,11 +7,11 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from ocr import services
+from ocr import services, upkeep
 from ocr.models import OCRPage, OCRTask, PageSource, TaskEvent
 from ocr.queue import queued_task_ids
 from tests import factories
-from tests.conftest import tesseract_pids, wait_for
+from tests.support import tesseract_pids, wait_for
 from tests.test_worker import assert_event_log, submit, wait_mid_page
 
 
@@ -26,12 +26,12 @@ def age_heartbeat(task: OCRTask, seconds: float = 60) -> None:
 @pytest.mark.django_db
 def test_lost_task_is_requeued_once_then_failed(django_capture_on_commit_callbacks, no_worker):
     task = started_task()
-    services.page_record(
+    factories.record_page(
         task_id=task.pk, page_number=1, text="one", source=PageSource.OCR, processing_time=0.1, attempt=1
     )
     age_heartbeat(task)
     with django_capture_on_commit_callbacks(execute=True):
-        report = services.reap_lost_tasks(lost_after=30)
+        report = upkeep.reap_lost_tasks(lost_after=30)
     assert report["requeued"] == 1
     task.refresh_from_db()
     assert task.status == "pending" and task.attempt == 1 and task.processed_pages == 1
@@ -39,12 +39,12 @@ def test_lost_task_is_requeued_once_then_failed(django_capture_on_commit_callbac
     # the lost worker, if it still runs, can no longer write; the next attempt can
     again = services.task_start(task_id=task.pk, total_pages=2)
     assert again.attempt == 2
-    assert not services.page_record(
+    assert not factories.record_page(
         task_id=task.pk, page_number=2, text="old", source="ocr", processing_time=0.1, attempt=1
     )
     # lost a second time: failed, with its one terminal event and the page kept
     age_heartbeat(task)
-    assert services.reap_lost_tasks(lost_after=30)["failed"] == 1
+    assert upkeep.reap_lost_tasks(lost_after=30)["failed"] == 1
     task.refresh_from_db()
     assert task.status == "failed" and task.error_message == "Worker lost"
     assert [r["extracted_text"] for r in task.result["results"]] == ["one"]
@@ -55,7 +55,7 @@ def test_lost_task_is_requeued_once_then_failed(django_capture_on_commit_callbac
 def test_live_heartbeat_is_left_alone(no_worker):
     task = started_task()
     assert services.task_heartbeat(task_id=task.pk, attempt=1)
-    assert services.reap_lost_tasks(lost_after=30) == {"requeued": 0, "failed": 0, "pending_requeued": 0}
+    assert upkeep.reap_lost_tasks(lost_after=30) == {"requeued": 0, "failed": 0, "pending_requeued": 0}
     assert not services.task_heartbeat(task_id=task.pk, attempt=7)
 
 
@@ -66,11 +66,11 @@ def test_pending_job_lost_by_the_broker_is_queued_again():
     task = factories.submit_task()
     get_broker().purge_queue()  # as if a dying worker had taken the job
     OCRTask.objects.filter(pk=task.pk).update(created_at=timezone.now() - timedelta(seconds=120), enqueued_at=None)
-    assert services.reap_lost_tasks(lost_after=30, requeue_pending_after=60)["pending_requeued"] == 1
+    assert upkeep.reap_lost_tasks(lost_after=30, requeue_pending_after=60)["pending_requeued"] == 1
     assert str(task.pk) in queued_task_ids()
     # already on the queue: not queued twice
     OCRTask.objects.filter(pk=task.pk).update(enqueued_at=timezone.now() - timedelta(seconds=120))
-    assert services.reap_lost_tasks(lost_after=30, requeue_pending_after=60)["pending_requeued"] == 0
+    assert upkeep.reap_lost_tasks(lost_after=30, requeue_pending_after=60)["pending_requeued"] == 0
     get_broker().purge_queue()
 
 

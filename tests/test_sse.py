@@ -9,7 +9,7 @@ import pytest
 from ocr import services
 from ocr.models import PageSource
 from tests import factories
-from tests.live import connection
+from tests.support import connection
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("no_worker")]
 
@@ -19,7 +19,9 @@ def make_processing_task():
 
 
 def record(task, page):
-    services.page_record(task_id=task.pk, page_number=page, text=f"p{page}", source=PageSource.OCR, processing_time=0.1)
+    factories.record_page(
+        task_id=task.pk, page_number=page, text=f"p{page}", source=PageSource.OCR, processing_time=0.1
+    )
 
 
 def read_events(response) -> list[dict]:

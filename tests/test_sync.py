@@ -7,8 +7,7 @@ import pytest
 
 from ocr.models import OCRTask
 from tests import factories
-from tests.conftest import tesseract_pids, wait_for
-from tests.live import connection, multipart, post_file, post_json
+from tests.support import connection, multipart, post_file, post_json, tesseract_pids, wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

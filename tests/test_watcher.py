@@ -6,9 +6,9 @@ import time
 import pytest
 
 from ocr import engine, services
-from ocr.tasks import CancelWatcher
+from ocr.pipeline import CancelWatcher
 from tests import factories
-from tests.conftest import wait_for
+from tests.support import wait_for
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("no_worker")]
 

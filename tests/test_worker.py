@@ -8,8 +8,8 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from rest_framework.test import APIClient
 
 from ocr.models import OCRPage, OCRTask, TaskEvent
-from tests import factories
-from tests.conftest import tesseract_pids, wait_for
+from tests import factories, support
+from tests.support import tesseract_pids, wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -66,7 +66,7 @@ def test_pdf_is_ocrd_page_by_page(api):
     for number, page in enumerate(result["results"], 1):
         assert page["page_number"] == number and page["source"] == "ocr" and page["success"]
         assert page["threshold_used"] == 500 and page["contrast_level_used"] == 1.3
-        assert factories.cer("\n".join(factories.page_lines(number)), page["extracted_text"]) < 0.02
+        assert support.cer("\n".join(factories.page_lines(number)), page["extracted_text"]) < 0.02
     assert task.started_at and task.completed_at and task.completed_at >= task.started_at
     events = assert_event_log(task_id, "completed")
     assert [e["type"] for e in events].count("page_completed") == 3

@@ -6,7 +6,7 @@ import json
 from django.conf import settings
 from django.core.management.base import BaseCommand
 
-from ocr import services
+from ocr import upkeep
 
 
 class Command(BaseCommand):
@@ -18,7 +18,7 @@ class Command(BaseCommand):
         parser.add_argument("--dry-run", action="store_true")
 
     def handle(self, *args, days, audit_days, dry_run, **options):
-        report = services.purge_expired(
+        report = upkeep.purge_expired(
             retention_days=days if days is not None else settings.OCR_RETENTION_DAYS,
             audit_retention_days=audit_days if audit_days is not None else settings.OCR_AUDIT_RETENTION_DAYS,
             dry_run=dry_run,

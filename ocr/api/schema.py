@@ -8,6 +8,7 @@ import copy
 from drf_spectacular.utils import OpenApiExample, OpenApiResponse, inline_serializer
 from rest_framework import serializers
 
+from ..kinds import KINDS
 from .serializers import TaskSerializer
 
 
@@ -48,7 +49,7 @@ SUBMIT_RESPONSES = {
     409: error("task_id exists", "Task 7b0c6a0e-4d57-4b7c-9a55-2f0b5c3f0d11 already exists"),
     413: error("File too large", "file: 20971520 bytes is larger than the limit of 10485760 bytes"),
     415: error("Unsupported type", "file: expected a PDF, got a png image; images go to /v1/ocr/process"),
-    429: error("Too many submits", "Rate limit of 100/m exceeded for ocr-submit; retry in 12 s"),
+    429: error("Too many submits (RATE_LIMIT_REQUESTS; Retry-After header)", "Request was throttled."),
     503: error("LLM not configured or server busy", "LLM OCR is not configured: set OCR_LLM_BASE_URL"),
 }
 
@@ -80,15 +81,10 @@ CANCEL_RESPONSES = {
         ],
     ),
     404: error("Unknown, malformed, wrong kind or someone else's task", "Task not found"),
-    429: error("More than OCR_CANCEL_RATE cancels (Retry-After header)", "Rate limit of 20/m exceeded"),
+    429: error("More than OCR_CANCEL_RATE cancels (Retry-After header)", "Request was throttled."),
 }
 
-SYNC_PATHS = {
-    "/v1/ocr/process-sync": "/v1/ocr/process",
-    "/v1/ocr/process-with-llm-sync": "/v1/ocr/process-with-llm",
-    "/v1/ocr/process-pdf-sync": "/v1/ocr/process-pdf",
-    "/v1/ocr/process-pdf-with-llm-sync": "/v1/ocr/process-pdf-with-llm",
-}
+SYNC_PATHS = {f"/v1/ocr/{kind.submit_slug}-sync": f"/v1/ocr/{kind.submit_slug}" for kind in KINDS.values()}
 
 
 def add_async_views(result: dict, generator, request, public) -> dict:

@@ -1,30 +1,30 @@
-"""REST shapes: the `request` parameters of each task kind, uploads, the task representation."""
+"""REST shapes: the `request` parameters of each kind, uploads, cancel input, list filters,
+the task representation and the cancel answer."""
 
 from __future__ import annotations
 
 import json
+import uuid
 from dataclasses import dataclass
 
 from django.conf import settings
+from django.utils.module_loading import import_string
 from rest_framework import serializers
 
-from . import engine
-from .exceptions import InvalidInput, PayloadTooLarge, UnsupportedMediaType
-from .models import OCRTask, TaskType
+from .. import engine
+from ..exceptions import InvalidInput, PayloadTooLarge, UnsupportedMediaType
+from ..kinds import KINDS, STREAM_CANCEL_MESSAGE, Kind
+from ..models import OCRTask, TaskStatus
+from ..params import PARAMETER_RANGES, TaskParams
 
 IMAGE_KINDS = ("jpeg", "png", "bmp", "tiff", "webp")
-PARAMETER_RANGES = {
-    "threshold": {"type": "integer", "min": 0, "max": 1024, "default": 500},
-    "contrast_level": {"type": "number", "min": 0.1, "max": 5.0, "default": 1.3},
-    "lang": {"type": "string", "default": "eng"},
-    "dpi": {"type": "integer", "min": 150, "max": 600, "default": 300, "pdf_only": True},
-    "page_select": {"type": "array of 1-based page numbers", "default": None, "pdf_only": True},
-    "text_layer": {"type": "string", "choices": ["auto", "ocr"], "default": "auto", "pdf_only": True},
-    "prompt": {"type": "string", "default": None, "llm_only": True},
-    "model": {"type": "string", "default": None, "llm_only": True},
-    "deadline_seconds": {"type": "integer", "min": 1, "default": None},
-    "task_id": {"type": "uuid", "default": None},
-}
+MAX_REASON_LENGTH = 1000
+ALREADY_CANCELLED_MESSAGE = "Task was already cancelled"
+
+
+def _range(name: str) -> dict:
+    spec = PARAMETER_RANGES[name]
+    return {"min_value": spec.get("min"), "max_value": spec.get("max")}
 
 
 class StrictIntegerField(serializers.IntegerField):
@@ -51,9 +51,9 @@ class StrictCharField(serializers.CharField):
 
 
 class OCRParamsSerializer(serializers.Serializer):
-    threshold = StrictIntegerField(min_value=0, max_value=1024, default=500)
-    contrast_level = StrictFloatField(min_value=0.1, max_value=5.0, default=1.3)
-    lang = StrictCharField(default="eng", max_length=200)
+    threshold = StrictIntegerField(**_range("threshold"), default=PARAMETER_RANGES["threshold"]["default"])
+    contrast_level = StrictFloatField(**_range("contrast_level"), default=PARAMETER_RANGES["contrast_level"]["default"])
+    lang = StrictCharField(default=PARAMETER_RANGES["lang"]["default"], max_length=200)
     deadline_seconds = StrictIntegerField(min_value=1, required=False, allow_null=True)
     task_id = serializers.UUIDField(required=False, allow_null=True)
 
@@ -76,11 +76,11 @@ class OCRParamsSerializer(serializers.Serializer):
 
 
 class PDFParamsSerializer(OCRParamsSerializer):
-    dpi = StrictIntegerField(min_value=150, max_value=600, default=300)
+    dpi = StrictIntegerField(**_range("dpi"), default=PARAMETER_RANGES["dpi"]["default"])
     page_select = serializers.ListField(
         child=StrictIntegerField(min_value=1), required=False, allow_null=True, allow_empty=False, max_length=10000
     )
-    text_layer = serializers.ChoiceField(choices=["auto", "ocr"], default="auto")
+    text_layer = serializers.ChoiceField(choices=PARAMETER_RANGES["text_layer"]["choices"], default="auto")
 
 
 class LLMFieldsMixin(serializers.Serializer):
@@ -96,20 +96,12 @@ class PDFLLMParamsSerializer(LLMFieldsMixin, PDFParamsSerializer):
     pass
 
 
-PARAMS_SERIALIZERS = {
-    TaskType.OCR: OCRParamsSerializer,
-    TaskType.LLM: LLMParamsSerializer,
-    TaskType.PDF: PDFParamsSerializer,
-    TaskType.PDF_LLM: PDFLLMParamsSerializer,
-}
+@dataclass(frozen=True)
+class ParsedRequest:
+    """The `request` part: the task's parameters, and the client's own task id (sync calls)."""
 
-
-@dataclass
-class Submission:
-    params: dict
-    filename: str
-    data: bytes
-    total_pages: int
+    params: TaskParams
+    task_id: uuid.UUID | None
 
 
 def _flatten_errors(errors, prefix: str = "request") -> list[str]:
@@ -120,7 +112,11 @@ def _flatten_errors(errors, prefix: str = "request") -> list[str]:
     return [f"{prefix}: {' '.join(str(e) for e in errors) if isinstance(errors, list) else errors}"]
 
 
-def parse_params(raw, task_type: str) -> dict:
+def _field_errors(errors: dict) -> str:
+    return "; ".join(f"{name}: {' '.join(str(e) for e in messages)}" for name, messages in errors.items())
+
+
+def parse_request(raw, kind: Kind) -> ParsedRequest:
     """The `request` part as validated parameters with defaults; InvalidInput naming the field."""
     if hasattr(raw, "read"):  # sent as a file part
         raw = raw.read().decode("utf-8", errors="replace")
@@ -135,62 +131,139 @@ def parse_params(raw, task_type: str) -> dict:
         data = {}
     if not isinstance(data, dict):
         raise InvalidInput("request: must be a JSON object")
-    serializer = PARAMS_SERIALIZERS[task_type](data=data)
+    serializer = import_string(kind.params_serializer)(data=data)
     if not serializer.is_valid():
         messages = _flatten_errors(serializer.errors)
         raise InvalidInput("; ".join(messages), errors=serializer.errors)
-    params = dict(serializer.validated_data)
-    if params.get("task_id") is not None:
-        params["task_id"] = str(params["task_id"])
-    return params
+    values = dict(serializer.validated_data)
+    task_id = values.pop("task_id", None)
+    return ParsedRequest(params=TaskParams.from_json(values), task_id=task_id)
 
 
-def read_upload(upload, task_type: str, params: dict) -> Submission:
-    """Check the uploaded file by size and content; open it to refuse what workers could not read."""
+@dataclass
+class Upload:
+    params: TaskParams
+    filename: str
+    data: bytes
+    total_pages: int
+
+
+def read_upload(upload, kind: Kind, params: TaskParams) -> Upload:
+    """Check the uploaded file by size and content; open it to refuse what workers could not read.
+    Returns the parameters completed by what the file says (the selected pages, deduplicated)."""
     if upload is None or isinstance(upload, str):
         raise InvalidInput("file: missing; send the document as the multipart/form-data part 'file'")
-    wants_pdf = task_type in (TaskType.PDF, TaskType.PDF_LLM)
-    limit = settings.OCR_MAX_PDF_BYTES if wants_pdf else settings.OCR_MAX_IMAGE_BYTES
+    limit = settings.OCR_MAX_PDF_BYTES if kind.is_pdf else settings.OCR_MAX_IMAGE_BYTES
     if upload.size > limit:
         raise PayloadTooLarge(f"file: {upload.size} bytes is larger than the limit of {limit} bytes")
     data = upload.read()
     if not data:
         raise InvalidInput("file: is empty")
-    kind = engine.sniff_kind(data[:2048])
-    if wants_pdf and kind != "pdf":
-        found = f"a {kind} image" if kind else "an unsupported type"
-        raise UnsupportedMediaType(f"file: expected a PDF, got {found}; images go to /v1/ocr/process")
-    if not wants_pdf and kind not in IMAGE_KINDS:
-        found = "a PDF" if kind == "pdf" else "an unsupported type"
+    found = engine.sniff_kind(data[:2048])
+    if kind.is_pdf and found != "pdf":
+        what = f"a {found} image" if found else "an unsupported type"
+        raise UnsupportedMediaType(f"file: expected a PDF, got {what}; images go to /v1/ocr/process")
+    if not kind.is_pdf and found not in IMAGE_KINDS:
+        what = "a PDF" if found == "pdf" else "an unsupported type"
         raise UnsupportedMediaType(
-            f"file: expected an image ({', '.join(IMAGE_KINDS)}), got {found}"
-            + ("; PDFs go to /v1/ocr/process-pdf" if kind == "pdf" else "")
+            f"file: expected an image ({', '.join(IMAGE_KINDS)}), got {what}"
+            + ("; PDFs go to /v1/ocr/process-pdf" if found == "pdf" else "")
         )
-    if wants_pdf:
+    if kind.is_pdf:
         try:
             doc = engine.open_pdf(data, settings.OCR_MAX_PDF_PAGES)
         except engine.EngineError as exc:
             raise InvalidInput(f"file: {exc}") from None
         page_count = doc.page_count
         doc.close()
-        selected = params.get("page_select")
-        if selected:
-            outside = [n for n in selected if n > page_count]
+        if params.page_select:
+            outside = [n for n in params.page_select if n > page_count]
             if outside:
                 raise InvalidInput(
                     f"request.page_select: page {outside[0]} is out of range (the PDF has {page_count} pages)"
                 )
-            params["page_select"] = list(dict.fromkeys(selected))
-        total_pages = len(params["page_select"]) if selected else page_count
+            params = TaskParams.from_json({**params.to_json(), "page_select": list(dict.fromkeys(params.page_select))})
+        total_pages = len(params.pages_of(page_count))
     else:
         try:
             engine.load_image(data)
         except engine.EngineError as exc:
             raise InvalidInput(f"file: {exc}") from None
         total_pages = 1
-    return Submission(
-        params=params, filename=getattr(upload, "name", "") or "upload", data=data, total_pages=total_pages
+    return Upload(params=params, filename=getattr(upload, "name", "") or "upload", data=data, total_pages=total_pages)
+
+
+# --- Cancel --------------------------------------------------------------------------------
+
+
+class CancelInputSerializer(serializers.Serializer):
+    """A cancel's input, the same for REST, the WebSocket action and the admin: an optional
+    reason of at most MAX_REASON_LENGTH characters (blank means the default reason)."""
+
+    reason = StrictCharField(
+        required=False, allow_null=True, allow_blank=True, max_length=MAX_REASON_LENGTH, trim_whitespace=True
     )
+
+
+def cancel_reason(data) -> str | None:
+    """The validated reason of a cancel input (a parsed JSON value); InvalidInput naming the field."""
+    if data is None:
+        return None
+    if not isinstance(data, dict):
+        raise InvalidInput('Body must be a JSON object, for example {"reason": "..."}')
+    serializer = CancelInputSerializer(data=data)
+    if not serializer.is_valid():
+        raise InvalidInput(_field_errors(serializer.errors))
+    return serializer.validated_data.get("reason") or None
+
+
+def parse_json_body(body: bytes):
+    """A JSON request body whatever its Content-Type (curl -d sends form-urlencoded); None when empty."""
+    raw = body.strip()
+    if not raw:
+        return None
+    try:
+        return json.loads(raw)
+    except (UnicodeDecodeError, ValueError):
+        raise InvalidInput('Body must be JSON, for example {"reason": "..."}') from None
+
+
+def cancel_body(task: OCRTask, *, newly_cancelled: bool, via_stream: bool = False) -> dict:
+    """The answer of every cancel interface (API.md section 4)."""
+    if not newly_cancelled:
+        message = ALREADY_CANCELLED_MESSAGE
+    elif via_stream:
+        message = STREAM_CANCEL_MESSAGE
+    else:
+        message = task.kind.cancel_message
+    return {
+        "task_id": str(task.pk),
+        "status": task.status,
+        "message": message,
+        "cancelled_at": task.cancelled_at.isoformat() if task.cancelled_at else None,
+        "cancellation_reason": task.cancellation_reason,
+    }
+
+
+# --- Reading tasks --------------------------------------------------------------------------
+
+
+class TaskFilterSerializer(serializers.Serializer):
+    """Query parameters of the task list."""
+
+    status = serializers.ChoiceField(choices=TaskStatus.choices, required=False)
+    task_type = serializers.ChoiceField(choices=[(slug, kind.label) for slug, kind in KINDS.items()], required=False)
+
+    def to_internal_value(self, data):
+        data = {key: value for key, value in data.items() if key in self.fields and value != ""}
+        return super().to_internal_value(data)
+
+    @classmethod
+    def parse(cls, query) -> dict:
+        serializer = cls(data=query)
+        if not serializer.is_valid():
+            raise InvalidInput(_field_errors(serializer.errors))
+        return serializer.validated_data
 
 
 class TaskSerializer(serializers.ModelSerializer):
@@ -232,7 +305,6 @@ class TaskSerializer(serializers.ModelSerializer):
         data = super().to_representation(task)
         request = self.context.get("request")
         if task.streaming and request is not None:
-            http = request.build_absolute_uri(f"/v1/ocr/stream/{task.pk}")
-            data["stream_url"] = http
+            data["stream_url"] = request.build_absolute_uri(f"/v1/ocr/stream/{task.pk}")
             data["ws_url"] = request.build_absolute_uri(f"/ws/ocr/tasks/{task.pk}/").replace("http", "ws", 1)
         return data

@@ -1,0 +1,40 @@
+"""What several API modules need of a request: DRF's view of a plain Django request (for the
+async views), who the caller is, and which task a path names."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.http import HttpRequest
+from rest_framework.authentication import SessionAuthentication, TokenAuthentication
+from rest_framework.exceptions import NotAuthenticated
+from rest_framework.parsers import FormParser, MultiPartParser
+from rest_framework.request import Request
+
+
+def drf_request(request: HttpRequest) -> Request:
+    """DRF's request (its authentication and multipart parsing) around a plain Django one."""
+    return Request(
+        request,
+        parsers=[MultiPartParser(), FormParser()],
+        authenticators=[TokenAuthentication(), SessionAuthentication()],
+    )
+
+
+def require_access(request: Request) -> None:
+    """Anonymous callers are refused (401) unless OCR_ALLOW_ANONYMOUS (ocr.permissions for APIViews)."""
+    if not settings.OCR_ALLOW_ANONYMOUS and not request.user.is_authenticated:
+        raise NotAuthenticated()
+
+
+def client_ip(request) -> str:
+    return request.META.get("REMOTE_ADDR", "") or "unknown"
+
+
+def session_key(request) -> str:
+    """Anonymous tasks are listed for the browser session that made them."""
+    if request.user.is_authenticated:
+        return ""
+    session = request.session
+    if not session.session_key:
+        session.save()
+    return session.session_key or ""

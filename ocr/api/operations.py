@@ -1,0 +1,160 @@
+"""Operations endpoints: health, service information, parameters, metrics, retention."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import connection
+from django.http import HttpRequest, HttpResponse
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import serializers
+from rest_framework.decorators import api_view
+from rest_framework.permissions import IsAdminUser
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from .. import engine, llm, metrics, queue, upkeep
+from ..exceptions import InvalidInput
+from ..kinds import KINDS
+from ..models import OCRTask
+from ..params import PARAMETER_RANGES
+from . import schema
+from .serializers import IMAGE_KINDS
+
+MAX_METRICS_WINDOW = 60 * 24 * 366
+
+
+def _check_redis() -> tuple[bool, str]:
+    try:
+        queue.redis_client(settings.REDIS_URL).ping()
+        return True, "ok"
+    except Exception as exc:
+        return False, str(exc)
+
+
+def _queue_info() -> dict:
+    from django_q.brokers import get_broker
+    from django_q.status import Stat
+
+    try:
+        broker = get_broker()
+        return {"queue_depth": broker.queue_size(), "workers": sum(len(s.workers) for s in Stat.get_all(broker))}
+    except Exception as exc:
+        return {"queue_depth": None, "workers": 0, "error": str(exc)}
+
+
+@extend_schema(responses={200: dict})
+@api_view(["GET"])
+def health(request: Request) -> Response:
+    checks: dict[str, dict] = {}
+    try:
+        OCRTask.objects.exists()
+        checks["database"] = {"ok": True, "vendor": connection.vendor}
+    except Exception as exc:
+        checks["database"] = {"ok": False, "error": str(exc)}
+    ok, detail = _check_redis()
+    checks["redis"] = {"ok": ok, "detail": detail}
+    try:
+        checks["tesseract"] = {
+            "ok": True,
+            "version": engine.tesseract_version(),
+            "languages": engine.tesseract_languages(),
+        }
+    except Exception as exc:
+        checks["tesseract"] = {"ok": False, "error": str(exc)}
+    queue_info = _queue_info() if ok else {"queue_depth": None, "workers": 0}
+    checks["workers"] = {
+        "ok": queue_info["workers"] > 0,
+        "live": queue_info["workers"],
+        "queue_depth": queue_info["queue_depth"],
+    }
+    llm_info = llm.probe(llm.config_from_settings())  # optional: only a configured, unreachable one degrades
+    checks["llm"] = {"ok": llm_info["reachable"] or not llm_info["configured"], **llm_info}
+    essential = all(checks[name]["ok"] for name in ("database", "redis", "tesseract"))
+    optional = checks["workers"]["ok"] and checks["llm"]["ok"]
+    body = {"status": "ok" if essential and optional else ("degraded" if essential else "down"), **checks}
+    return Response(body, status=200 if essential else 503)
+
+
+@extend_schema(responses={200: dict})
+@api_view(["GET"])
+def service_info(request: Request) -> Response:
+    return Response(
+        {
+            "service": "ocrsite",
+            "api_version": "v1",
+            "task_types": list(KINDS),
+            "workers": settings.OCR_WORKERS,
+            "tesseract_version": engine.tesseract_version(),
+            "languages": engine.tesseract_languages(),
+            "llm_configured": bool(settings.OCR_LLM_BASE_URL),
+            "llm": llm.probe(llm.config_from_settings()),
+            "limits": {
+                "max_image_bytes": settings.OCR_MAX_IMAGE_BYTES,
+                "max_pdf_bytes": settings.OCR_MAX_PDF_BYTES,
+                "max_pdf_pages": settings.OCR_MAX_PDF_PAGES,
+                "submit_rate": settings.RATE_LIMIT_REQUESTS,
+                "cancel_rate": settings.OCR_CANCEL_RATE,
+            },
+            "anonymous_allowed": settings.OCR_ALLOW_ANONYMOUS,
+        }
+    )
+
+
+@extend_schema(responses={200: dict})
+@api_view(["GET"])
+def parameters(request: Request) -> Response:
+    return Response(
+        {
+            "parameters": PARAMETER_RANGES,
+            "languages": engine.tesseract_languages(),
+            "image_types": ["jpg", *IMAGE_KINDS],
+            "pdf_types": ["pdf"],
+        }
+    )
+
+
+class MetricsQuerySerializer(serializers.Serializer):
+    window = serializers.IntegerField(min_value=1, max_value=MAX_METRICS_WINDOW, required=False)
+
+
+@extend_schema(
+    parameters=[OpenApiParameter("window", int, description="Only tasks created in the last N minutes (1..527040)")],
+    responses={200: dict},
+)
+@api_view(["GET"])
+def metrics_json(request: Request) -> Response:
+    query = MetricsQuerySerializer(data={k: v for k, v in request.query_params.items() if v != ""})
+    if not query.is_valid():
+        raise InvalidInput(f"window: must be a whole number of minutes between 1 and {MAX_METRICS_WINDOW}")
+    return Response(metrics.snapshot(query.validated_data.get("window")))
+
+
+def metrics_prometheus(request: HttpRequest) -> HttpResponse:
+    """GET /metrics in Prometheus text format."""
+    from prometheus_client import CONTENT_TYPE_LATEST
+
+    return HttpResponse(metrics.prometheus_text(), content_type=CONTENT_TYPE_LATEST)
+
+
+class CleanupQuerySerializer(serializers.Serializer):
+    days = serializers.IntegerField(min_value=0, required=False)
+
+
+class CleanupView(APIView):
+    """DELETE /v1/ocr/tasks/cleanup (staff): apply the retention now."""
+
+    permission_classes = [IsAdminUser]
+
+    @extend_schema(
+        parameters=[OpenApiParameter("days", int, description="Override OCR_RETENTION_DAYS")],
+        responses={200: dict, 403: schema.ErrorSerializer},
+    )
+    def delete(self, request: Request) -> Response:
+        query = CleanupQuerySerializer(data=request.query_params)
+        if not query.is_valid():
+            raise InvalidInput("days: must be a whole number, 0 or more")
+        days = query.validated_data.get("days", settings.OCR_RETENTION_DAYS)
+        return Response(
+            upkeep.purge_expired(retention_days=days, audit_retention_days=settings.OCR_AUDIT_RETENTION_DAYS)
+        )

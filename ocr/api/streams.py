@@ -1,0 +1,55 @@
+"""GET /v1/ocr/stream/{id}: server-sent events of a task (ocr.streams.follow as SSE frames)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.http import HttpRequest, StreamingHttpResponse
+
+from .. import selectors, streams
+from ..exceptions import error_json
+from ..models import OCRTask
+from .common import drf_request, require_access
+
+
+def sse_frame(event: dict) -> bytes:
+    return f"id: {event['seq']}\nevent: {event['type']}\ndata: {json.dumps(event)}\n\n".encode()
+
+
+def _visible_task(request: HttpRequest, task_id: str) -> OCRTask:
+    wrapped = drf_request(request)
+    require_access(wrapped)
+    return selectors.task_get_for(user=wrapped.user, task_id=selectors.parse_task_id(task_id))
+
+
+def _after(request: HttpRequest) -> int:
+    try:
+        return max(0, int(request.headers.get("Last-Event-ID") or request.GET.get("after") or 0))
+    except ValueError:
+        return 0
+
+
+async def stream_events(request: HttpRequest, task_id: str):
+    """Stored events after Last-Event-ID (or ?after=), then live ones, until the terminal one."""
+    try:
+        task = await sync_to_async(_visible_task)(request, task_id)
+    except Exception as exc:
+        response = error_json(exc)
+        if response is None:
+            raise
+        return response
+
+    async def frames():
+        yield b": connected\n\n"
+        follow = streams.follow(task.pk, _after(request), keepalive=settings.OCR_SSE_KEEPALIVE_SECONDS)
+        async with contextlib.aclosing(follow) as events:
+            async for event in events:
+                yield b": keep-alive\n\n" if event is None else sse_frame(event)
+
+    response = StreamingHttpResponse(frames(), content_type="text/event-stream")
+    response["Cache-Control"] = "no-cache"
+    response["X-Accel-Buffering"] = "no"
+    return response

@@ -1,0 +1,61 @@
+"""A task's validated `request` parameters as one frozen value, and their documented ranges.
+
+The API's serializers (ocr/api/serializers.py) validate a request into `TaskParams`; the row
+stores `to_json()`, and workers read `OCRTask.parameters` back, so no code indexes string keys.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+DEFAULT_THRESHOLD = 500
+DEFAULT_CONTRAST = 1.3
+DEFAULT_LANG = "eng"
+DEFAULT_DPI = 300
+
+PARAMETER_RANGES = {
+    "threshold": {"type": "integer", "min": 0, "max": 1024, "default": DEFAULT_THRESHOLD},
+    "contrast_level": {"type": "number", "min": 0.1, "max": 5.0, "default": DEFAULT_CONTRAST},
+    "lang": {"type": "string", "default": DEFAULT_LANG},
+    "dpi": {"type": "integer", "min": 150, "max": 600, "default": DEFAULT_DPI, "pdf_only": True},
+    "page_select": {"type": "array of 1-based page numbers", "default": None, "pdf_only": True},
+    "text_layer": {"type": "string", "choices": ["auto", "ocr"], "default": "auto", "pdf_only": True},
+    "prompt": {"type": "string", "default": None, "llm_only": True},
+    "model": {"type": "string", "default": None, "llm_only": True},
+    "deadline_seconds": {"type": "integer", "min": 1, "default": None},
+    "task_id": {"type": "uuid", "default": None, "sync_only": True},
+}
+
+
+@dataclass(frozen=True)
+class TaskParams:
+    threshold: int = DEFAULT_THRESHOLD
+    contrast_level: float = DEFAULT_CONTRAST
+    lang: str = DEFAULT_LANG
+    deadline_seconds: int | None = None
+    # PDF kinds
+    dpi: int = DEFAULT_DPI
+    page_select: tuple[int, ...] | None = None
+    text_layer: str = "auto"
+    # LLM kinds
+    prompt: str | None = None
+    model: str | None = None
+
+    @classmethod
+    def from_json(cls, data: dict | None) -> TaskParams:
+        """From a stored `params` (unknown keys ignored: rows written by other versions)."""
+        known = {field.name for field in fields(cls)}
+        values = {key: value for key, value in (data or {}).items() if key in known and value is not None}
+        if "page_select" in values:
+            values["page_select"] = tuple(values["page_select"])
+        return cls(**values)
+
+    def to_json(self) -> dict:
+        data = asdict(self)
+        if self.page_select is not None:
+            data["page_select"] = list(self.page_select)
+        return data
+
+    def pages_of(self, page_count: int) -> list[int]:
+        """The 1-based pages to read of a document of `page_count` pages."""
+        return list(self.page_select) if self.page_select else list(range(1, page_count + 1))

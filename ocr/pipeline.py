@@ -1,0 +1,251 @@
+"""The worker's side of one task: the cancel watcher and the page pipeline.
+
+`CancelWatcher` polls the task's row (the database is the truth) every OCR_CANCEL_POLL_SECONDS,
+woken at once by the task's Redis wake-up channel, and once the task is no longer `processing`
+in its attempt (cancelled by anyone, failed, or taken over by another worker) kills the task's
+tesseract processes through the CancelScope. It also enforces the deadline and heartbeats.
+
+`PagePipeline` renders pages one by one in the job's thread and OCRs up to OCR_WORKERS of them
+at once (one more rendered and waiting, so a freed tesseract slot never waits for a render);
+LLM kinds then send each page's text to the model in the same pool thread, its HTTP stream
+registered with the same CancelScope. Every page ends in one `record()`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+
+from django.conf import settings
+from django.db import connection
+from django.utils import timezone
+
+from . import engine, llm, queue, services
+from .models import OCRTask, PageSource, TaskStatus
+from .refine import PageText, refine_page
+from .services import PageOutcome
+
+logger = logging.getLogger(__name__)
+
+
+class CancelWatcher(threading.Thread):
+    """Watches one attempt of a task; on cancel (or deadline) kills its tesseract processes.
+
+    Between polls it listens on the task's Redis wake-up channel, so that a cancel is seen at
+    once; the row stays the truth, and polling alone still works when Redis does not answer."""
+
+    def __init__(self, task: OCRTask, scope: engine.CancelScope) -> None:
+        super().__init__(name=f"cancel-watcher-{task.pk}", daemon=True)
+        self.task = task
+        self.scope = scope
+        self.stopped = threading.Event()
+        self.detected_at: float | None = None
+        self._poll_sql: str | None = None
+        self._poll_pk = None
+
+    def run(self) -> None:
+        poll = settings.OCR_CANCEL_POLL_SECONDS
+        next_beat = time.monotonic() + settings.OCR_HEARTBEAT_SECONDS
+        deadline = self.task.deadline_at
+        wakeups = queue.subscribe_task_wakeups(self.task.pk)
+        try:
+            while not self.stopped.is_set():
+                if wakeups is not None:
+                    queue.wait_for_wakeup(wakeups, timeout=poll)
+                else:
+                    self.stopped.wait(poll)
+                if self.stopped.is_set():
+                    return
+                row = self.poll_row()
+                ours = row is not None and row[1] == self.task.attempt  # re-queued as lost: another worker's now
+                running = ours and row[0] == TaskStatus.PROCESSING
+                if running and deadline and timezone.now() >= deadline:
+                    services.task_cancel_if_expired(task=self.task)
+                    continue  # the next poll sees the cancel
+                if running and time.monotonic() >= next_beat:
+                    services.task_heartbeat(task_id=self.task.pk, attempt=self.task.attempt)
+                    next_beat = time.monotonic() + settings.OCR_HEARTBEAT_SECONDS
+                if not running and not self.stopped.is_set():
+                    self.detected_at = time.monotonic()
+                    killed = self.scope.cancel()
+                    why = row[0] if ours else "attempt taken over by another worker"
+                    logger.info("task %s: stop detected (%s), killed %d tesseract", self.task.pk, why, killed)
+                    return
+        except Exception:
+            logger.exception("task %s: cancel watcher failed", self.task.pk)
+        finally:
+            if wakeups is not None:
+                wakeups.close()
+            connection.close()
+
+    def poll_row(self) -> tuple[str, int] | None:
+        """(status, attempt) of the task, by plain SQL: this runs 20 times a second per task,
+        and the ORM's query building cost about 3x the CPU of the query itself."""
+        if self._poll_sql is None:
+            table = connection.ops.quote_name(OCRTask._meta.db_table)
+            self._poll_sql = f"SELECT status, attempt FROM {table} WHERE id = %s"  # noqa: S608
+            self._poll_pk = OCRTask._meta.pk.get_db_prep_value(self.task.pk, connection)
+        with connection.cursor() as cursor:
+            cursor.execute(self._poll_sql, [self._poll_pk])
+            return cursor.fetchone()
+
+    def stop(self) -> None:
+        self.stopped.set()
+
+
+def pages_dir() -> str:
+    """Where page images for tesseract go: under the slot folder, so orphans can be told apart."""
+    path = os.path.join(settings.OCR_SLOT_DIR, "pages")
+    os.makedirs(path, exist_ok=True)
+    return path
+
+
+def image_dpi(image) -> int:
+    """The resolution an image says it has, when plausible; else 300."""
+    dpi = image.info.get("dpi")
+    try:
+        value = int(round(float(dpi[0]))) if dpi else 0
+    except (TypeError, ValueError):
+        value = 0
+    return value if 70 <= value <= 1200 else 300
+
+
+class PagePipeline:
+    """Reads the pages of one attempt of one task; `record()` is where each page ends."""
+
+    def __init__(self, task: OCRTask, scope: engine.CancelScope) -> None:
+        self.task = task
+        self.kind = task.kind
+        self.params = task.parameters
+        self.scope = scope
+        self.slots = engine.TesseractSlots(settings.OCR_SLOT_DIR, settings.OCR_WORKERS)
+
+    # --- one page's steps (pool threads) ---
+
+    def ocr(self, prepared, dpi: int) -> str:
+        return engine.run_tesseract(
+            prepared, lang=self.params.lang, dpi=dpi, scope=self.scope, tmpdir=pages_dir(), slots=self.slots
+        ).text
+
+    def refine_text(self, text: str, source: str, image) -> PageText:
+        """LLM kinds: the model corrects the page's text (cancellable, falls back to `text`)."""
+        if not self.kind.uses_llm:
+            return PageText(text=text, source=source)
+        return refine_page(
+            text,
+            source=source,
+            image=image,
+            prompt=self.params.prompt,
+            model=self.params.model,
+            config=llm.config_from_settings(),
+            scope=self.scope,
+        )
+
+    def read(self, prepared, image, dpi: int) -> PageText:
+        return self.refine_text(self.ocr(prepared, dpi), PageSource.OCR, image)
+
+    # --- recording ---
+
+    def record(self, page_number: int, page: PageText, started: float) -> bool:
+        """The one write of a page's result (refused once the task is no longer this attempt's)."""
+        extra = page.extra
+        if not self.kind.is_pdf and extra:
+            # a one-page result has no page list: it says itself where its text came from, and why
+            extra = {**extra, "source": page.source, "error_message": page.error}
+        outcome = PageOutcome(
+            text=page.text,
+            source=page.source,
+            processing_time=time.perf_counter() - started,
+            error=page.error,
+            extra=extra,
+        )
+        return services.page_record(
+            task_id=self.task.pk, page_number=page_number, outcome=outcome, attempt=self.task.attempt
+        )
+
+    def record_failure(self, page_number: int, exc: Exception, started: float) -> bool:
+        logger.warning("task %s: page %d failed: %s", self.task.pk, page_number, exc)
+        outcome = PageOutcome(
+            text="",
+            source=PageSource.OCR,
+            processing_time=time.perf_counter() - started,
+            success=False,
+            error=str(exc),
+        )
+        return services.page_record(
+            task_id=self.task.pk, page_number=page_number, outcome=outcome, attempt=self.task.attempt
+        )
+
+    # --- documents ---
+
+    def run_image(self, data: bytes) -> None:
+        started = time.perf_counter()
+        try:
+            image = engine.load_image(data)
+            prepared = engine.preprocess(
+                image, contrast_level=self.params.contrast_level, threshold=self.params.threshold
+            )
+            page = self.read(prepared, image, image_dpi(image))
+        except (engine.EngineError, engine.OCRFailed) as exc:
+            self.record_failure(1, exc, started)
+            return
+        self.record(1, page, started)
+
+    def run_pdf(self, doc, page_numbers: list[int]) -> None:
+        workers = settings.OCR_WORKERS
+        in_flight: dict[Future, tuple[int, float]] = {}
+
+        def collect(block: bool) -> None:
+            done, _ = wait(list(in_flight), timeout=None if block else 0, return_when=FIRST_COMPLETED)
+            for future in done:
+                page_number, started = in_flight.pop(future)
+                try:
+                    page = future.result()
+                except engine.Cancelled:
+                    raise
+                except Exception as exc:
+                    self.record_failure(page_number, exc, started)
+                    continue
+                self.record(page_number, page, started)
+
+        with ThreadPoolExecutor(max_workers=workers + 1, thread_name_prefix=f"ocr-{self.task.pk}") as pool:
+            try:
+                for page_number in page_numbers:
+                    while len(in_flight) > workers:
+                        collect(block=True)
+                    if in_flight:
+                        collect(block=False)
+                    self.scope.check()
+                    started = time.perf_counter()
+                    try:
+                        work = self._prepare(pool, doc, page_number, started)
+                    except Exception as exc:  # a damaged page fails alone
+                        self.record_failure(page_number, exc, started)
+                        continue
+                    if work is not None:
+                        in_flight[work] = (page_number, started)
+                while in_flight:
+                    collect(block=True)
+            except engine.Cancelled:
+                self.scope.cancel()
+                raise
+            finally:
+                if self.scope.cancelled.is_set():
+                    for future in in_flight:
+                        future.cancel()
+
+    def _prepare(self, pool: ThreadPoolExecutor, doc, page_number: int, started: float) -> Future | None:
+        """Read the page's text layer (recorded at once), or render it and hand it to the pool."""
+        if self.params.text_layer == "auto":
+            text = engine.page_text_layer(doc, page_number - 1)
+            if text and self.kind.uses_llm:  # the model refines text layers too
+                return pool.submit(self.refine_text, text, PageSource.TEXT_LAYER, None)
+            if text:
+                self.record(page_number, PageText(text=text, source=PageSource.TEXT_LAYER), started)
+                return None
+        image = engine.render_page(doc, page_number - 1, self.params.dpi)
+        prepared = engine.preprocess(image, contrast_level=self.params.contrast_level, threshold=self.params.threshold)
+        return pool.submit(self.read, prepared, image, self.params.dpi)

@@ -1,0 +1,138 @@
+"""Following a task: the one loop behind SSE, the WebSocket consumer and the sync wait.
+
+`follow(task_id, after)` yields the task's events with seq > `after`, in order, without gap or
+duplicate, and returns after the terminal one. Events are stored (TaskEvent) before they are
+pushed through the Channels layer, so the database is the truth and the layer only makes
+delivery prompt:
+
+- the group is joined before the stored events are replayed, so nothing falls between;
+- a pushed event that is not the next seq (a gap, a duplicate) sends the loop to the database;
+- after `resync` seconds without a push, the group is joined again and the database read:
+  a Redis restart (which forgets groups), a dead pooled connection or a dropped push costs at
+  most that delay, never a silent stream;
+- with `keepalive`, `None` is yielded after that many seconds without an event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+
+from channels.db import database_sync_to_async
+from channels.layers import get_channel_layer
+from django.conf import settings
+
+from . import selectors
+from .models import TERMINAL_EVENTS
+from .progress import TaskEventPayload, group_name
+
+logger = logging.getLogger(__name__)
+
+
+class _Membership:
+    """This stream's channel in the task's group, re-joined after any failure of the layer."""
+
+    def __init__(self, task_id: uuid.UUID) -> None:
+        self.task_id = task_id
+        self.layer = get_channel_layer()
+        self.group = group_name(task_id)
+        self.channel: str | None = None
+        self.joined = False
+
+    async def join(self) -> bool:
+        if self.layer is None:
+            return False
+        try:
+            if self.channel is None:
+                self.channel = await self.layer.new_channel()
+            await self.layer.group_add(self.group, self.channel)
+            if not self.joined:
+                logger.debug("task %s: stream joined %s", self.task_id, self.group)
+            self.joined = True
+        except Exception as exc:
+            if self.joined:
+                logger.warning("task %s: channel layer lost (%s); following from the database", self.task_id, exc)
+            self.joined = False
+        return self.joined
+
+    async def receive(self, timeout: float) -> dict | None:
+        """The next pushed message, or None after `timeout` s (or at once when not joined)."""
+        if not self.joined:
+            await asyncio.sleep(timeout)
+            return None
+        try:
+            return await asyncio.wait_for(self.layer.receive(self.channel), timeout=timeout)
+        except TimeoutError:
+            return None
+        except Exception as exc:  # Redis went away under a blocking read
+            logger.warning("task %s: channel layer read failed (%s); following from the database", self.task_id, exc)
+            self.joined = False
+            return None
+
+    async def leave(self) -> None:
+        if self.layer is None or self.channel is None:
+            return
+        try:
+            await self.layer.group_discard(self.group, self.channel)
+        except Exception:
+            logger.debug("task %s: group_discard failed", self.task_id, exc_info=True)
+
+
+@database_sync_to_async
+def _stored_after(task_id: uuid.UUID, seq: int) -> list[TaskEventPayload]:
+    return selectors.events_after(task_id=task_id, seq=seq)
+
+
+async def follow(
+    task_id: uuid.UUID,
+    after: int = 0,
+    *,
+    keepalive: float | None = None,
+    resync: float | None = None,
+) -> AsyncIterator[TaskEventPayload | None]:
+    """Every event of the task after seq `after`, then live ones, until (and with) the terminal
+    one; `None` for a keep-alive when `keepalive` seconds passed without an event."""
+    resync = resync or settings.OCR_STREAM_RESYNC_SECONDS
+    membership = _Membership(task_id)
+    await membership.join()
+    last_seq = after
+    read_database = True
+    last_frame = last_sync = time.monotonic()  # keep-alive clock; resync clock
+    try:
+        while True:
+            if read_database:
+                for event in await _stored_after(task_id, last_seq):
+                    last_seq = event["seq"]
+                    last_frame = time.monotonic()
+                    yield event
+                    if event["type"] in TERMINAL_EVENTS:
+                        return
+                read_database = False
+                last_sync = time.monotonic()
+            wake_at = last_sync + resync
+            if keepalive is not None:
+                wake_at = min(wake_at, last_frame + keepalive)
+            message = await membership.receive(max(0.0, wake_at - time.monotonic()))
+            now = time.monotonic()
+            if message is None:
+                if keepalive is not None and now - last_frame >= keepalive:
+                    last_frame = now
+                    yield None
+                if now - last_sync >= resync or not membership.joined:
+                    await membership.join()  # idempotent; brings the group back after a Redis restart
+                    read_database = True
+                continue
+            event = message.get("event") or {}
+            if event.get("seq") != last_seq + 1:
+                read_database = event.get("seq", 0) > last_seq  # a gap: read it; a duplicate: drop it
+                continue
+            last_seq = event["seq"]
+            last_frame = last_sync = now
+            yield event
+            if event["type"] in TERMINAL_EVENTS:
+                return
+    finally:
+        await membership.leave()

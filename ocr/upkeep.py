@@ -1,0 +1,81 @@
+"""Writes of the sweeper and the schedules: lost work put right, and retention.
+
+Safe to run anywhere, any number of times: every change is a conditional UPDATE in the same
+way as in ocr/services.py.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+from django.db.models import Q
+from django.utils import timezone
+
+from . import queue, services
+from .models import ACTIVE_STATUSES, CancelAudit, OCRTask, TaskStatus
+
+logger = logging.getLogger(__name__)
+
+WORKER_LOST_MESSAGE = "Worker lost"
+
+
+def reap_lost_tasks(*, lost_after: float, max_attempts: int = 2, requeue_pending_after: float = 60.0) -> dict:
+    """Find work whose worker died and put it right; safe to run anywhere, any number of times.
+
+    - processing without a heartbeat for `lost_after` s: back to pending and re-queued (the
+      pages already done are kept and skipped) while attempts remain, else failed "Worker lost";
+    - pending for `requeue_pending_after` s and not on the queue (the Redis broker does not
+      acknowledge, so a job taken by a dying worker is gone): queued again.
+    """
+    now = timezone.now()
+    cutoff = now - timedelta(seconds=lost_after)
+    report = {"requeued": 0, "failed": 0, "pending_requeued": 0}
+    stale = OCRTask.objects.filter(status=TaskStatus.PROCESSING, heartbeat_at__lt=cutoff)
+    for task in stale.only("id", "attempt"):
+        if task.attempt < max_attempts:
+            if services.task_requeue(task_id=task.pk, attempt=task.attempt):
+                report["requeued"] += 1
+                logger.warning("task %s: worker lost (attempt %d), re-queued", task.pk, task.attempt)
+        elif services.task_fail(task_id=task.pk, error=WORKER_LOST_MESSAGE, attempt=task.attempt):
+            report["failed"] += 1
+    waiting_since = now - timedelta(seconds=requeue_pending_after)
+    waiting = OCRTask.objects.filter(status=TaskStatus.PENDING, created_at__lt=waiting_since).filter(
+        Q(enqueued_at__isnull=True) | Q(enqueued_at__lt=waiting_since)
+    )
+    waiting_ids = list(waiting.values_list("pk", flat=True)[:1000])
+    if waiting_ids:
+        on_queue = queue.queued_task_ids()
+        for task_id in waiting_ids:
+            if str(task_id) not in on_queue:
+                logger.warning("task %s: pending but not on the queue, queued again", task_id)
+                services.enqueue_task(task_id)
+                report["pending_requeued"] += 1
+    return report
+
+
+# --- Retention --------------------------------------------------------------------------------
+
+
+def purge_expired(*, retention_days: int, audit_retention_days: int | None = None, dry_run: bool = False) -> dict:
+    """Delete terminal tasks older than `retention_days` (their input files, pages and events
+    with them), and cancel audits older than `audit_retention_days`. Active tasks are kept."""
+    now = timezone.now()
+    cutoff = now - timedelta(days=retention_days)
+    old = OCRTask.objects.exclude(status__in=ACTIVE_STATUSES).filter(created_at__lt=cutoff)
+    audit_cutoff = now - timedelta(days=audit_retention_days or retention_days)
+    audits = CancelAudit.objects.filter(created_at__lt=audit_cutoff)
+    report = {"tasks": old.count(), "files": 0, "audits": audits.count(), "dry_run": dry_run}
+    if dry_run:
+        return report
+    for task in old.only("id", "input_file").iterator():
+        if task.input_file:
+            try:
+                task.input_file.delete(save=False)
+                report["files"] += 1
+            except OSError:
+                logger.warning("task %s: input file could not be deleted", task.pk)
+    old.delete()
+    audits.delete()
+    logger.info("retention: deleted %s", report)
+    return report

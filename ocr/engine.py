@@ -12,6 +12,7 @@ import functools
 import io
 import logging
 import os
+import resource
 import signal
 import subprocess
 import tempfile
@@ -63,13 +64,24 @@ def sniff_kind(head: bytes) -> str | None:
     return None
 
 
-def load_image(data: bytes) -> Image.Image:
+def load_image(data: bytes, max_pixels: int | None = None) -> Image.Image:
     """Decode an image fully (Pillow's decompression-bomb guard stays on) and return it."""
     try:
         image = Image.open(io.BytesIO(data))
+        if max_pixels and image.width * image.height > max_pixels:
+            raise EngineError(
+                f"Image is {image.width} x {image.height} pixels, more than the limit of {max_pixels} pixels"
+            )
+        if getattr(image, "n_frames", 1) > 1:
+            raise EngineError(
+                f"Image has {image.n_frames} frames (pages); only its first would be read: send one image per "
+                "page, or a PDF"
+            )
         image.load()
     except Image.DecompressionBombError as exc:
         raise EngineError(f"Image is too large to process safely: {exc}") from exc
+    except EngineError:
+        raise
     except Exception as exc:  # Pillow raises many types for broken files
         raise EngineError(f"File could not be decoded as an image: {exc}") from exc
     if image.format not in IMAGE_FORMATS:
@@ -122,10 +134,37 @@ def preprocess(image: Image.Image, *, contrast_level: float, threshold: int) -> 
     return image.point(list(_lut(float(contrast_level), int(threshold))))
 
 
-def render_page(doc: pymupdf.Document, index: int, dpi: int) -> Image.Image:
-    """Render one page (0-based) to a greyscale image at `dpi`."""
+def page_pixels(page: pymupdf.Page, dpi: int) -> tuple[int, int]:
+    """Width and height in pixels of a page rendered at `dpi`."""
+    return round(page.rect.width * dpi / 72), round(page.rect.height * dpi / 72)
+
+
+def check_page_size(page: pymupdf.Page, dpi: int, max_pixels: int | None) -> None:
+    """EngineError when the page rendered at `dpi` would be larger than `max_pixels`."""
+    width, height = page_pixels(page, dpi)
+    if max_pixels and width * height > max_pixels:
+        raise EngineError(
+            f"page {page.number + 1} is {width} x {height} pixels at {dpi} dpi, more than the limit of "
+            f"{max_pixels} pixels (OCR_MAX_PAGE_PIXELS); use a lower dpi"
+        )
+
+
+def render_page(doc: pymupdf.Document, index: int, dpi: int, max_pixels: int | None = None) -> Image.Image:
+    """Render one page (0-based) to a greyscale image at `dpi`; EngineError when the page is
+    larger than `max_pixels`, or when MuPDF complained while rendering a page of a repaired
+    (damaged) document: its content was lost, the image would be blank or partial."""
     page = doc.load_page(index)
+    check_page_size(page, dpi, max_pixels)
+    pymupdf.TOOLS.mupdf_warnings()  # drop older complaints: those from here on are this page's
     pix = page.get_pixmap(dpi=dpi, colorspace=pymupdf.csGRAY, alpha=False)
+    if doc.is_repaired:
+        complaints = pymupdf.TOOLS.mupdf_warnings().strip()
+        if complaints:
+            raise EngineError(
+                f"page {index + 1} of a damaged PDF could not be rendered: {complaints.splitlines()[-1][:300]}"
+            )
+        if pix.is_unicolor:
+            raise EngineError(f"page {index + 1} of a damaged PDF rendered blank: its content was lost")
     return Image.frombuffer("L", (pix.width, pix.height), pix.samples, "raw", "L", pix.stride, 1)
 
 
@@ -271,10 +310,12 @@ def run_tesseract(
     scope: CancelScope | None = None,
     tmpdir: str | None = None,
     slots: TesseractSlots | None = None,
+    memory_limit_mb: int = 0,
 ) -> OCRText:
     """OCR one preprocessed image with a tesseract subprocess that `scope.cancel()` can kill.
 
-    With `slots`, a slot is held only while tesseract runs (not while its input is written)."""
+    With `slots`, a slot is held only while tesseract runs (not while its input is written);
+    with `memory_limit_mb`, tesseract's address space is capped (it fails instead of swapping)."""
     started = time.perf_counter()
     scope = scope or CancelScope()
     scope.check()
@@ -291,6 +332,8 @@ def run_tesseract(
                 env=TESSERACT_ENV,
                 start_new_session=True,
             )
+            if memory_limit_mb:
+                _limit_memory(proc.pid, memory_limit_mb)
             with scope.track(proc):
                 stdout, stderr = proc.communicate()
     finally:
@@ -300,6 +343,14 @@ def run_tesseract(
         message = stderr.decode(errors="replace").strip().splitlines()
         raise OCRFailed(f"tesseract exited with {proc.returncode}: {message[-1] if message else ''}")
     return OCRText(text=stdout.decode(errors="replace").strip(), seconds=time.perf_counter() - started)
+
+
+def _limit_memory(pid: int, megabytes: int) -> None:
+    limit = megabytes * 1024 * 1024
+    try:
+        resource.prlimit(pid, resource.RLIMIT_AS, (limit, limit))
+    except (ProcessLookupError, PermissionError, OSError):
+        pass  # gone already, or not allowed here: the slot cap still bounds how many run
 
 
 def kill_orphans(pages_dir: str) -> int:

@@ -95,6 +95,7 @@ class OCRTask(models.Model):
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
     error_message = models.TextField(null=True, blank=True)
+    warnings = models.JSONField(default=list, blank=True, help_text="What the service noticed of its input")
 
     total_pages = models.PositiveIntegerField(default=0)
     processed_pages = models.PositiveIntegerField(default=0)

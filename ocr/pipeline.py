@@ -127,7 +127,13 @@ class PagePipeline:
 
     def ocr(self, prepared, dpi: int) -> str:
         return engine.run_tesseract(
-            prepared, lang=self.params.lang, dpi=dpi, scope=self.scope, tmpdir=pages_dir(), slots=self.slots
+            prepared,
+            lang=self.params.lang,
+            dpi=dpi,
+            scope=self.scope,
+            tmpdir=pages_dir(),
+            slots=self.slots,
+            memory_limit_mb=settings.OCR_TESSERACT_MAX_MEMORY_MB,
         ).text
 
     def refine_text(self, text: str, source: str, image) -> PageText:
@@ -184,7 +190,7 @@ class PagePipeline:
     def run_image(self, data: bytes) -> None:
         started = time.perf_counter()
         try:
-            image = engine.load_image(data)
+            image = engine.load_image(data, settings.OCR_MAX_PAGE_PIXELS)
             prepared = engine.preprocess(
                 image, contrast_level=self.params.contrast_level, threshold=self.params.threshold
             )
@@ -246,6 +252,6 @@ class PagePipeline:
             if text:
                 self.record(page_number, PageText(text=text, source=PageSource.TEXT_LAYER), started)
                 return None
-        image = engine.render_page(doc, page_number - 1, self.params.dpi)
+        image = engine.render_page(doc, page_number - 1, self.params.dpi, settings.OCR_MAX_PAGE_PIXELS)
         prepared = engine.preprocess(image, contrast_level=self.params.contrast_level, threshold=self.params.threshold)
         return pool.submit(self.read, prepared, image, self.params.dpi)

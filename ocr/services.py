@@ -73,6 +73,21 @@ def _store_result(task: OCRTask) -> None:
 
 # --- Submit and start ---------------------------------------------------------------------
 
+MAX_STORED_NAME_BYTES = 100
+
+
+def storage_name(filename: str) -> str:
+    """The upload's name for storage: no folders, no spaces, at most MAX_STORED_NAME_BYTES of
+    UTF-8 (file systems count bytes: 84 CJK characters are 252), extension kept."""
+    name = os.path.basename(filename.replace("\\", "/")).replace(" ", "_").strip(".") or "upload"
+    stem, dot, extension = name.rpartition(".")
+    if not dot or len(extension.encode()) > 16:
+        stem, extension = name, ""
+    suffix = f".{extension}" if extension else ""
+    room = MAX_STORED_NAME_BYTES - len(suffix.encode())
+    stem = stem.encode()[:room].decode(errors="ignore") or "upload"
+    return stem + suffix
+
 
 def task_admit(*, kind: Kind) -> None:
     """Refuse a submit the service cannot take now (ServiceUnavailable, 503)."""
@@ -98,6 +113,7 @@ def task_submit(
     streaming: bool = False,
     task_id: uuid.UUID | None = None,
     total_pages: int = 0,
+    warnings: list[str] | None = None,
 ) -> OCRTask:
     """Admit, then create a pending task with its input file and first event; queued on commit."""
     task_admit(kind=kind)
@@ -111,14 +127,14 @@ def task_submit(
         input_name=filename[:255],
         input_size=len(data),
         total_pages=total_pages,
+        warnings=warnings or [],
         event_seq=1,
     )
     if params.deadline_seconds:
         task.deadline_at = timezone.now() + timedelta(seconds=params.deadline_seconds)
     if task_id is not None and OCRTask.objects.filter(pk=task_id).exists():
         raise TaskConflict(f"Task {task_id} already exists")
-    safe_name = os.path.basename(filename).replace(" ", "_")[-100:] or "upload"
-    task.input_file.save(safe_name, ContentFile(data), save=False)
+    task.input_file.save(storage_name(filename), ContentFile(data), save=False)
     try:
         with transaction.atomic():
             task.save(force_insert=True)

@@ -49,11 +49,19 @@ env = environ.Env(
     OCR_SSE_KEEPALIVE_SECONDS=(float, 15.0),
     OCR_STREAM_RESYNC_SECONDS=(float, 2.0),
     OCR_TRUSTED_PROXIES=(int, 0),
+    CSRF_TRUSTED_ORIGINS=(list, []),
+    OCR_MAX_PAGE_PIXELS=(int, 50_000_000),
+    OCR_TESSERACT_MAX_MEMORY_MB=(int, 2048),
+    OCR_METRICS_TOKEN=(str, ""),
+    OCR_METRICS_ALLOW=(list, ["127.0.0.1", "::1"]),
 )
 
 SECRET_KEY = env("SECRET_KEY", default="dev-insecure-change-me-in-production")  # refused by check --deploy
 DEBUG = env("DEBUG")
 ALLOWED_HOSTS = env("ALLOWED_HOSTS")
+CSRF_TRUSTED_ORIGINS = env("CSRF_TRUSTED_ORIGINS")
+# WebSocket handshakes with an Origin must come from the service's own host or one of these.
+OCR_TRUSTED_ORIGINS = env.list("OCR_TRUSTED_ORIGINS", default=CSRF_TRUSTED_ORIGINS)
 
 INSTALLED_APPS = [
     "daphne",
@@ -195,6 +203,14 @@ OCR_CANCEL_RATE = env("OCR_CANCEL_RATE")
 OCR_MAX_IMAGE_BYTES = env("OCR_MAX_IMAGE_BYTES")
 OCR_MAX_PDF_BYTES = env("OCR_MAX_PDF_BYTES")
 OCR_MAX_PDF_PAGES = env("OCR_MAX_PDF_PAGES")
+# Pixels of one page as rendered or decoded (a tiny PDF can declare a huge page); larger: refused
+# at submit when the size is known there, else that page fails.
+OCR_MAX_PAGE_PIXELS = env("OCR_MAX_PAGE_PIXELS")
+# Address-space limit of each tesseract process (0: none), so one page can never take the host down.
+OCR_TESSERACT_MAX_MEMORY_MB = env("OCR_TESSERACT_MAX_MEMORY_MB")
+# GET /metrics (Prometheus): from these addresses, or with `Authorization: Bearer <OCR_METRICS_TOKEN>`.
+OCR_METRICS_TOKEN = env("OCR_METRICS_TOKEN")
+OCR_METRICS_ALLOW = env("OCR_METRICS_ALLOW")
 OCR_RETENTION_DAYS = env("OCR_RETENTION_DAYS")
 # Cancel audits are kept this long (0: as long as OCR_RETENTION_DAYS).
 OCR_AUDIT_RETENTION_DAYS = env("OCR_AUDIT_RETENTION_DAYS") or OCR_RETENTION_DAYS

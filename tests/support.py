@@ -179,7 +179,7 @@ class WebSocketClient:
 
     def __init__(self, base_url: str, path: str, timeout: float = 120) -> None:
         parts = urlsplit(base_url)
-        self.sock = socket.createconnection((parts.hostname, parts.port), timeout=timeout)
+        self.sock = socket.create_connection((parts.hostname, parts.port), timeout=timeout)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         key = base64.b64encode(os.urandom(16)).decode()
         host = f"{parts.hostname}:{parts.port}"

@@ -3,7 +3,6 @@
 import pytest
 from asgiref.sync import sync_to_async
 from channels.routing import URLRouter
-from channels.security.websocket import OriginValidator
 from channels.testing import WebsocketCommunicator
 from django.contrib.auth.models import AnonymousUser, User
 
@@ -130,17 +129,6 @@ async def test_anonymous_refused_when_not_allowed(settings):
     assert (await connect_to(task.pk).connect()) == (False, 4403)
 
 
-async def test_bad_origin_is_rejected():
-    task = await sync_to_async(make_task)()
-    app = OriginValidator(URLRouter(websocket_urlpatterns), ["good.example"])
-    communicator = WebsocketCommunicator(
-        app, f"/ws/ocr/tasks/{task.pk}/", headers=[(b"origin", b"http://evil.example")]
-    )
-    communicator.scope["user"] = AnonymousUser()
-    connected, _ = await communicator.connect()
-    assert not connected
-
-
 async def test_quiet_socket_survives_the_layer_read_timeout():
     """Quiet for longer than channels-redis's 5 s blocking read: the next event still arrives."""
     task = await sync_to_async(make_task)()
@@ -151,3 +139,59 @@ async def test_quiet_socket_survives_the_layer_read_timeout():
     await sync_to_async(services.task_cancel)(task=task, reason="late")
     assert (await communicator.receive_json_from(timeout=5))["type"] == "cancelled"
     assert (await communicator.receive_output(timeout=5))["code"] == 1000
+
+
+# --- The application's own stack (ocrsite.asgi): origins and token authentication -------------
+
+
+def through_app(task_id, headers, query=""):
+    from ocrsite.asgi import application
+
+    return WebsocketCommunicator(application, f"/ws/ocr/tasks/{task_id}/{query}", headers=headers)
+
+
+HOST = (b"host", b"ocr.example:8000")
+
+
+async def test_cross_site_origin_refused_whatever_allowed_hosts(settings):
+    settings.ALLOWED_HOSTS = ["*"]
+    task = await sync_to_async(make_task)()
+    evil = through_app(task.pk, [HOST, (b"origin", b"http://evil.example")])
+    assert (await evil.connect())[0] is False
+    own = through_app(task.pk, [HOST, (b"origin", b"http://ocr.example:8000")])
+    assert (await own.connect())[0]
+    await own.disconnect()
+    settings.OCR_TRUSTED_ORIGINS = ["https://app.example"]
+    trusted = through_app(task.pk, [HOST, (b"origin", b"https://app.example")])
+    assert (await trusted.connect())[0]
+    await trusted.disconnect()
+
+
+async def test_token_in_header_or_query_opens_the_owners_task(settings):
+    from rest_framework.authtoken.models import Token
+
+    settings.OCR_ALLOW_ANONYMOUS = False
+    alice = await sync_to_async(User.objects.create_user)("alice")
+    token = await sync_to_async(Token.objects.create)(user=alice)
+    task = await sync_to_async(make_task)(owner=alice)
+    by_header = through_app(task.pk, [HOST, (b"authorization", f"Token {token.key}".encode())])
+    assert (await by_header.connect())[0]
+    assert (await by_header.receive_json_from(timeout=5))["seq"] == 1
+    await by_header.disconnect()
+    by_query = through_app(task.pk, [HOST], query=f"?token={token.key}")
+    assert (await by_query.connect())[0]
+    await by_query.disconnect()
+    # no token, no Origin, anonymous off: refused; a wrong token: refused
+    assert (await through_app(task.pk, [HOST]).connect())[0] is False
+    assert (await through_app(task.pk, [HOST, (b"authorization", b"Token nope")]).connect())[0] is False
+    # a token with a foreign Origin is still a cross-site page
+    evil = through_app(task.pk, [HOST, (b"origin", b"http://evil.example")], query=f"?token={token.key}")
+    assert (await evil.connect())[0] is False
+
+
+async def test_scripts_without_origin_allowed_when_anonymous_access_is_on():
+    task = await sync_to_async(make_task)()
+    script = through_app(task.pk, [HOST])
+    assert (await script.connect())[0]
+    assert (await script.receive_json_from(timeout=5))["seq"] == 1
+    await script.disconnect()

@@ -18,6 +18,7 @@ from ..models import OCRTask, TaskStatus
 from ..params import PARAMETER_RANGES, TaskParams
 
 IMAGE_KINDS = ("jpeg", "png", "bmp", "tiff", "webp")
+REPAIRED_WARNING = "The PDF is damaged and was repaired: pages whose content was lost are reported as failed pages"
 MAX_REASON_LENGTH = 1000
 ALREADY_CANCELLED_MESSAGE = "Task was already cancelled"
 
@@ -146,6 +147,7 @@ class Upload:
     filename: str
     data: bytes
     total_pages: int
+    warnings: list[str]
 
 
 def read_upload(upload, kind: Kind, params: TaskParams) -> Upload:
@@ -175,7 +177,15 @@ def read_upload(upload, kind: Kind, params: TaskParams) -> Upload:
         except engine.EngineError as exc:
             raise InvalidInput(f"file: {exc}") from None
         page_count = doc.page_count
-        doc.close()
+        warnings = [REPAIRED_WARNING] if doc.is_repaired else []
+        try:
+            for number in params.pages_of(page_count) if not params.page_select else params.page_select:
+                if number <= page_count:
+                    engine.check_page_size(doc.load_page(number - 1), params.dpi, settings.OCR_MAX_PAGE_PIXELS)
+        except engine.EngineError as exc:
+            raise InvalidInput(f"file: {exc}") from None
+        finally:
+            doc.close()
         if params.page_select:
             outside = [n for n in params.page_select if n > page_count]
             if outside:
@@ -186,11 +196,12 @@ def read_upload(upload, kind: Kind, params: TaskParams) -> Upload:
         total_pages = len(params.pages_of(page_count))
     else:
         try:
-            engine.load_image(data)
+            engine.load_image(data, settings.OCR_MAX_PAGE_PIXELS)
         except engine.EngineError as exc:
             raise InvalidInput(f"file: {exc}") from None
-        total_pages = 1
-    return Upload(params=params, filename=getattr(upload, "name", "") or "upload", data=data, total_pages=total_pages)
+        total_pages, warnings = 1, []
+    name = getattr(upload, "name", "") or "upload"
+    return Upload(params=params, filename=name, data=data, total_pages=total_pages, warnings=warnings)
 
 
 # --- Cancel --------------------------------------------------------------------------------
@@ -288,6 +299,7 @@ class TaskSerializer(serializers.ModelSerializer):
             "cancellation_reason",
             "cancelled_by",
             "error_message",
+            "warnings",
             "deadline_at",
             "progress",
             "result",

@@ -44,6 +44,7 @@ def accept_submission(request: Request, *, kind: Kind, streaming: bool = False) 
         streaming=streaming,
         task_id=parsed.task_id,
         total_pages=upload.total_pages,
+        warnings=upload.warnings,
     )
 
 

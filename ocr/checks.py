@@ -5,6 +5,8 @@ import shutil
 from django.conf import settings
 from django.core.checks import Error, Warning, register
 
+from .llm import redact_url
+
 
 @register()
 def tesseract_installed(app_configs, **kwargs):
@@ -20,7 +22,7 @@ def redis_reachable(app_configs, **kwargs):
     try:
         redis.Redis.from_url(settings.REDIS_URL, socket_timeout=1).ping()
     except Exception as exc:
-        return [Warning(f"Redis at {settings.REDIS_URL} does not answer: {exc}", id="ocr.W002")]
+        return [Warning(f"Redis at {redact_url(settings.REDIS_URL)} does not answer: {exc}", id="ocr.W002")]
     return []
 
 

@@ -320,7 +320,8 @@ def run_tesseract(
     scope = scope or CancelScope()
     scope.check()
     # A PGM file is read 15-40% faster by tesseract than the same image on stdin.
-    fd, path = tempfile.mkstemp(suffix=".pgm", dir=tmpdir)
+    # named after this process, so that the pages of a killed worker can be told apart and removed
+    fd, path = tempfile.mkstemp(prefix=f"{PAGE_FILE_PREFIX}{os.getpid()}-", suffix=".pgm", dir=tmpdir)
     try:
         with os.fdopen(fd, "wb") as handle:
             image.save(handle, format="PPM")
@@ -351,6 +352,31 @@ def _limit_memory(pid: int, megabytes: int) -> None:
         resource.prlimit(pid, resource.RLIMIT_AS, (limit, limit))
     except (ProcessLookupError, PermissionError, OSError):
         pass  # gone already, or not allowed here: the slot cap still bounds how many run
+
+
+PAGE_FILE_PREFIX = "page-"
+
+
+def remove_orphan_pages(pages_dir: str) -> int:
+    """Delete page images whose worker process is gone (killed before its `finally` ran)."""
+    removed = 0
+    for name in os.listdir(pages_dir):
+        if not name.startswith(PAGE_FILE_PREFIX):
+            continue
+        try:
+            pid = int(name[len(PAGE_FILE_PREFIX) :].split("-", 1)[0])
+        except ValueError:
+            continue
+        if os.path.exists(f"/proc/{pid}"):
+            continue
+        try:
+            os.unlink(os.path.join(pages_dir, name))
+            removed += 1
+        except FileNotFoundError:
+            pass
+    if removed:
+        logger.warning("removed %d page images of workers that are gone", removed)
+    return removed
 
 
 def kill_orphans(pages_dir: str) -> int:

@@ -17,6 +17,7 @@ import threading
 import time
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 import httpx
 
@@ -118,6 +119,24 @@ class _SocketCloser:
             sock.shutdown(socket.SHUT_RDWR)  # wakes a recv() blocked in another thread; close() would not
         except OSError:
             pass
+
+
+SECRET_QUERY_KEYS = ("key", "token", "secret", "password", "auth", "signature", "sig")
+
+
+def redact_url(url: str) -> str:
+    """The URL as it may be shown or logged: no user:password, no secret-looking query values."""
+    if not url:
+        return url
+    parts = urlsplit(url)
+    netloc = parts.netloc.rpartition("@")[2]
+    if parts.username or parts.password:
+        netloc = f"***@{netloc}"
+    query = "&".join(
+        f"{name}=***" if any(word in name.lower() for word in SECRET_QUERY_KEYS) else f"{name}={value}"
+        for name, value in parse_qsl(parts.query, keep_blank_values=True)
+    )
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
 def _headers(config: LLMConfig) -> dict:
@@ -236,7 +255,8 @@ def _stream_once(config: LLMConfig, body: dict, model: str, scope: engine.Cancel
         if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout) or (
             isinstance(exc, httpx.RemoteProtocolError) and not parts
         ):
-            raise _Retryable(f"LLM server unreachable at {config.base_url}: {exc or type(exc).__name__}") from None
+            where = redact_url(config.base_url)
+            raise _Retryable(f"LLM server unreachable at {where}: {exc or type(exc).__name__}") from None
         raise LLMError(f"LLM request failed: {exc or type(exc).__name__}") from None
     scope.check()  # a shut-down socket may also look like a clean end of the stream
     return Completion(
@@ -315,7 +335,7 @@ def probe(config: LLMConfig, timeout: float = 2.0) -> dict:
     info: dict[str, Any] = {
         "configured": config.configured,
         "reachable": False,
-        "base_url": config.base_url or None,
+        "base_url": redact_url(config.base_url) or None,
         "model": config.model or None,
         "vision": config.vision,
     }

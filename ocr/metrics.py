@@ -11,7 +11,7 @@ from datetime import timedelta
 
 import redis
 from django.conf import settings
-from django.db.models import Count, DurationField, ExpressionWrapper, F, Q
+from django.db.models import Count, DurationField, ExpressionWrapper, F, Q, Sum
 from django.utils import timezone
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
@@ -51,25 +51,47 @@ def normalise_reason(reason: str) -> str:
     return " ".join(text.split())[:80] or "(none)"
 
 
-def _histogram(values: list[float], buckets: tuple) -> dict:
-    cumulative = [sum(1 for v in values if v <= bound) for bound in buckets]
+REASONS_SAMPLE = 1000  # the reasons breakdown reads the newest cancellations only
+
+
+def _histogram(rows, value, buckets: tuple) -> dict:
+    """Cumulative buckets, count and sum of `value` over `rows`, in one SQL aggregate (no rows
+    are loaded: the cost of a scrape must not grow with the pages stored)."""
+    annotated = rows.annotate(v=value)
+    aggregates = {f"b{i}": Count("pk", filter=Q(v__lte=bound)) for i, bound in enumerate(buckets)}
+    result = annotated.filter(v__isnull=False).aggregate(n=Count("pk"), total=Sum("v"), **aggregates)
+    total = result["total"] or 0
+    if isinstance(total, timedelta):
+        total = total.total_seconds()
     return {
-        "buckets": {str(bound): count for bound, count in zip(buckets, cumulative, strict=True)},
-        "count": len(values),
-        "sum": round(sum(values), 4),
+        "buckets": {str(bound): result[f"b{i}"] for i, bound in enumerate(buckets)},
+        "count": result["n"],
+        "sum": round(float(total), 4),
     }
 
 
-def _seconds(rows, start: str, end: str) -> list[float]:
-    delta = ExpressionWrapper(F(end) - F(start), output_field=DurationField())
-    return [d.total_seconds() for d in rows.annotate(d=delta).values_list("d", flat=True) if d is not None]
+def _seconds_between(start: str, end: str):
+    return ExpressionWrapper(F(end) - F(start), output_field=DurationField())
 
 
-def snapshot(window_minutes: int | None = None) -> dict:
-    """All figures; with `window_minutes`, task figures cover the tasks created in that window."""
+def _bounds_as_durations(buckets: tuple) -> tuple:
+    return tuple(timedelta(seconds=bound) for bound in buckets)
+
+
+def _duration_histogram(rows, start: str, end: str, buckets: tuple) -> dict:
+    hist = _histogram(rows, _seconds_between(start, end), _bounds_as_durations(buckets))
+    hist["buckets"] = dict(zip((str(b) for b in buckets), hist["buckets"].values(), strict=True))
+    return hist
+
+
+def snapshot(window_minutes: int | None = None, *, tasks=None, staff: bool = True) -> dict:
+    """All figures; with `window_minutes`, task figures cover the tasks created in that window.
+    `tasks` narrows them to a caller's own tasks; without `staff`, figures that speak of other
+    users (free-text cancel reasons, every client's cancel answers) are left out."""
     now = timezone.now()
-    tasks = OCRTask.objects.all()
-    pages = OCRPage.objects.all()
+    tasks = OCRTask.objects.all() if tasks is None else tasks
+    pages = OCRPage.objects.filter(task__in=tasks) if not staff else OCRPage.objects.all()
+    current = tasks  # running and pending: now, whatever the window
     if window_minutes:
         since = now - timedelta(minutes=window_minutes)
         tasks = tasks.filter(created_at__gte=since)
@@ -83,42 +105,48 @@ def snapshot(window_minutes: int | None = None) -> dict:
         kind: round(by_kind[kind][TaskStatus.CANCELLED] / totals[kind], 4) if totals[kind] else 0.0 for kind in KINDS
     }
     cancelled = tasks.filter(status=TaskStatus.CANCELLED)
-    reasons = Counter(normalise_reason(r) for r in cancelled.values_list("cancellation_reason", flat=True))
-    started_cancels = cancelled.filter(started_at__isnull=False)
-    stopped_cancels = cancelled.filter(work_stopped_at__isnull=False)
-
     ocr_pages = pages.filter(source=PageSource.OCR, success=True)
-    last_minute = OCRPage.objects.filter(created_at__gte=now - timedelta(seconds=60)).count()
+    last_minute = pages.filter(created_at__gte=now - timedelta(seconds=60)).count()
+    data = {
+        "window_minutes": window_minutes,
+        "generated_at": now.isoformat(),
+        "tasks": {"by_kind": by_kind, "submitted": totals},
+        "cancellation_rate": cancellation_rate,
+        "cancelled_by": {
+            row["cancelled_by"]: row["n"] for row in cancelled.values("cancelled_by").annotate(n=Count("id"))
+        },
+        "time_to_cancel_seconds": _duration_histogram(
+            cancelled.filter(started_at__isnull=False), "started_at", "cancelled_at", TIME_TO_CANCEL_BUCKETS
+        ),
+        "cancel_latency_seconds": _duration_histogram(
+            cancelled.filter(work_stopped_at__isnull=False), "cancelled_at", "work_stopped_at", CANCEL_LATENCY_BUCKETS
+        ),
+        "queue_depth": queue_depth(),
+        "running_tasks": current.filter(status=TaskStatus.PROCESSING).count(),
+        "pending_tasks": current.filter(status=TaskStatus.PENDING).count(),
+        "pages_per_second": round(last_minute / 60.0, 3),
+        "ocr_page_seconds": _histogram(ocr_pages, F("processing_time"), PAGE_SECONDS_BUCKETS),
+    }
+    if staff:
+        newest = cancelled.order_by("-cancelled_at").values_list("cancellation_reason", flat=True)[:REASONS_SAMPLE]
+        reasons = Counter(normalise_reason(r) for r in newest)
+        data["cancellation_reasons"] = [{"reason": r, "count": n} for r, n in reasons.most_common(10)]
+        data["cancel_requests"] = _cancel_requests()
+    return data
+
+
+def _cancel_requests() -> dict:
     try:
         codes = {int(k): int(v) for k, v in _redis().hgetall(_key(CANCEL_REQUESTS_KEY)).items()}
     except redis.RedisError:
         codes = {}
     requests_total = sum(codes.values())
     return {
-        "window_minutes": window_minutes,
-        "generated_at": now.isoformat(),
-        "tasks": {"by_kind": by_kind, "submitted": totals},
-        "cancellation_rate": cancellation_rate,
-        "cancellation_reasons": [{"reason": r, "count": n} for r, n in reasons.most_common(10)],
-        "cancelled_by": dict(Counter(cancelled.values_list("cancelled_by", flat=True))),
-        "time_to_cancel_seconds": _histogram(
-            _seconds(started_cancels, "started_at", "cancelled_at"), TIME_TO_CANCEL_BUCKETS
-        ),
-        "cancel_latency_seconds": _histogram(
-            _seconds(stopped_cancels, "cancelled_at", "work_stopped_at"), CANCEL_LATENCY_BUCKETS
-        ),
-        "cancel_requests": {
-            "by_status": codes,
-            "error_rate": {
-                str(code): round(codes.get(code, 0) / requests_total, 4) if requests_total else 0.0
-                for code in (400, 404, 429)
-            },
+        "by_status": codes,
+        "error_rate": {
+            str(code): round(codes.get(code, 0) / requests_total, 4) if requests_total else 0.0
+            for code in (400, 404, 429)
         },
-        "queue_depth": queue_depth(),
-        "running_tasks": OCRTask.objects.filter(status=TaskStatus.PROCESSING).count(),
-        "pending_tasks": OCRTask.objects.filter(status=TaskStatus.PENDING).count(),
-        "pages_per_second": round(last_minute / 60.0, 3),
-        "ocr_page_seconds": _histogram(list(ocr_pages.values_list("processing_time", flat=True)), PAGE_SECONDS_BUCKETS),
     }
 
 

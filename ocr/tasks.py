@@ -93,6 +93,7 @@ def reap() -> dict:
         lost_after=settings.OCR_WORKER_LOST_SECONDS, requeue_pending_after=settings.OCR_PENDING_REQUEUE_SECONDS
     )
     report["orphans_killed"] = engine.kill_orphans(pages_dir())
+    report["orphan_pages_removed"] = engine.remove_orphan_pages(pages_dir())
     return report
 
 

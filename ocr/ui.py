@@ -29,7 +29,7 @@ def _login_required(request: HttpRequest) -> HttpResponse | None:
     """Without anonymous access the API answers 401, so send the visitor to log in first."""
     if settings.OCR_ALLOW_ANONYMOUS or request.user.is_authenticated:
         return None
-    return redirect_to_login(request.get_full_path(), login_url=reverse("admin:login"))
+    return redirect_to_login(request.get_full_path(), login_url=reverse("login"))
 
 
 def _languages() -> tuple[str, ...]:

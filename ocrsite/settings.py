@@ -249,6 +249,10 @@ OCR_SLOT_DIR = env("OCR_SLOT_DIR", default=os.path.join(tempfile.gettempdir(), f
 FILE_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
 DATA_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
 
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "ui-index"
+LOGOUT_REDIRECT_URL = "login"
+
 # --- Static, media, i18n -----------------------------------------------------------------
 STATIC_URL = "static/"
 STATIC_ROOT = env("STATIC_ROOT", default=None)

@@ -1,14 +1,29 @@
 #!/usr/bin/env bash
-# `make run`: daphne (API, WebSocket, UI) + qcluster (workers) + deadline sweeper, in the
-# foreground; Ctrl-C or SIGTERM stops all of them (and a Redis we started) within seconds.
+# `make run`: daphne (API, WebSocket, UI) + qcluster (workers) + sweeper, in the foreground.
+# Ctrl-C, SIGTERM or SIGHUP (terminal closed) stops all of them (and a Redis we started) within
+# seconds. Each child runs in its own session (a qcluster stops cleanly only when its leader alone
+# gets the signal) and with a parent-death signal, so that it also dies if this script is killed.
 set -uo pipefail
 HOST="${HOST:-127.0.0.1}"
 PORT="${PORT:-8000}"
 PY=.venv/bin/python
 redis_pid=$(scripts/ensure_redis.sh) || exit 1
 pids=()
+child() {  # child COMMAND...: own session; SIGTERM when this script dies, however it dies
+  setsid setpriv --pdeathsig TERM -- "$@" &
+  pids+=($!)
+}
+# This instance's tesseracts read their pages from its own slot folder (never pkill -f by pattern).
+slot_dir=$($PY manage.py ocr_sweeper --print-slot-dir) || exit 1
+kill_own_tesseracts() {
+  local proc argv
+  for proc in /proc/[0-9]*; do
+    argv=$(tr '\0' '\n' < "$proc/cmdline" 2>/dev/null | head -2 | tr '\n' ' ') || continue
+    case "$argv" in "tesseract $slot_dir/"*) kill -KILL "${proc#/proc/}" 2>/dev/null ;; esac
+  done
+}
 stop() {
-  trap - INT TERM
+  trap - INT TERM HUP
   echo "Stopping ..."
   for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null; done
   for _ in $(seq 80); do
@@ -16,14 +31,15 @@ stop() {
     [ $alive = 0 ] && break; sleep 0.1
   done
   for pid in "${pids[@]}"; do kill -KILL -- "-$pid" 2>/dev/null; kill -KILL "$pid" 2>/dev/null; done
-  pkill -KILL -f "tesseract .*${OCR_QUEUE_NAME:-ocrsite}" 2>/dev/null || true
+  # tesseracts of this instance's workers (their pages are in its own slot folder), no others
+  kill_own_tesseracts
   [ -n "$redis_pid" ] && kill -TERM "$redis_pid" 2>/dev/null
   exit 0
 }
-trap stop INT TERM
-setsid $PY manage.py qcluster & pids+=($!)
-setsid $PY manage.py ocr_sweeper & pids+=($!)
-setsid .venv/bin/daphne -b "$HOST" -p "$PORT" ocrsite.asgi:application & pids+=($!)
+trap stop INT TERM HUP
+child $PY manage.py qcluster
+child $PY manage.py ocr_sweeper
+child .venv/bin/daphne -b "$HOST" -p "$PORT" ocrsite.asgi:application
 echo "ocrsite: http://$HOST:$PORT/  (API under /v1/ocr/, admin under /admin/); Ctrl-C stops"
 wait -n "${pids[@]}"
 stop

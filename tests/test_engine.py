@@ -1,5 +1,7 @@
 """The engine with real tesseract and pymupdf: accuracy, text layer, sniffing, killing."""
 
+import os
+import subprocess
 import threading
 import time
 
@@ -117,3 +119,15 @@ def test_slots_limit_concurrency(tmp_path):
     for thread in threads:
         thread.join()
     assert peak[0] == 2
+
+
+def test_page_images_of_dead_workers_are_removed(tmp_path):
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    orphan = tmp_path / f"{engine.PAGE_FILE_PREFIX}{dead.pid}-abc.pgm"
+    mine = tmp_path / f"{engine.PAGE_FILE_PREFIX}{os.getpid()}-def.pgm"
+    other = tmp_path / "unrelated.txt"
+    for path in (orphan, mine, other):
+        path.write_bytes(b"P5")
+    assert engine.remove_orphan_pages(str(tmp_path)) == 1
+    assert not orphan.exists() and mine.exists() and other.exists()

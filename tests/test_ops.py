@@ -52,7 +52,9 @@ def test_metrics_after_a_known_sequence(no_worker, clean_metric_counters):
     done = OCRTask.objects.filter(status="completed").first()
     assert api.post(f"/v1/ocr/tasks/{done.pk}/cancel").status_code == 400
 
-    data = api.get("/v1/ocr/metrics").json()
+    staff = APIClient()
+    staff.force_authenticate(User.objects.create_user("ops", is_staff=True))
+    data = staff.get("/v1/ocr/metrics").json()
     assert data["tasks"]["by_kind"]["pdf"] == {
         "pending": 0,
         "processing": 0,
@@ -76,6 +78,30 @@ def test_metrics_after_a_known_sequence(no_worker, clean_metric_counters):
     assert 'ocr_cancel_requests_total{code="404"} 1.0' in text
     assert 'ocr_cancellation_reasons{reason="deadline of N s exceeded"} 2.0' in text
     assert "ocr_cancel_latency_seconds_count 1.0" in text
+
+    # anyone else: their own figures only, and no one's free-text reasons
+    alice = User.objects.create_user("alice")
+    mine = factories.submit_task("pdf", owner=alice)
+    services.task_cancel(task=mine, reason="my private reason", user=alice)
+    as_alice = APIClient()
+    as_alice.force_authenticate(alice)
+    own = as_alice.get("/v1/ocr/metrics").json()
+    assert own["tasks"]["submitted"] == {"ocr": 0, "llm": 0, "pdf": 1, "pdf_llm": 0}
+    assert "cancellation_reasons" not in own and "cancel_requests" not in own
+    assert "private" not in json.dumps(own) and "deadline" not in json.dumps(own)
+    assert "cancellation_reasons" not in APIClient().get("/v1/ocr/metrics").json()
+
+
+@pytest.mark.django_db
+def test_prometheus_metrics_only_for_allowed_scrapers(settings):
+    assert Client().get("/metrics").status_code == 200  # loopback, the default
+    remote = Client(REMOTE_ADDR="203.0.113.9")
+    assert remote.get("/metrics").status_code == 403
+    settings.OCR_METRICS_TOKEN = "scrape-token"
+    assert remote.get("/metrics", HTTP_AUTHORIZATION="Bearer scrape-token").status_code == 200
+    assert remote.get("/metrics", HTTP_AUTHORIZATION="Bearer wrong").status_code == 403
+    settings.OCR_METRICS_ALLOW = ["203.0.113.0/24"]
+    assert remote.get("/metrics").status_code == 200
 
 
 @pytest.mark.django_db(transaction=True)
@@ -214,3 +240,24 @@ def test_metrics_window_is_validated():
     for bad in ("x", "-5", "15026526"):
         response = api.get(f"/v1/ocr/metrics?window={bad}")
         assert response.status_code == 400 and "window" in response.json()["detail"]
+
+
+@pytest.mark.django_db
+def test_credentials_in_urls_are_never_shown(settings):
+    from ocr.llm import redact_url
+
+    settings.OCR_LLM_BASE_URL = "http://user:s3cret@127.0.0.1:9/v1?api_key=s3cret&x=1"
+    for path in ("/v1/ocr/health", "/v1/ocr/service-info"):
+        text = APIClient().get(path).content.decode()
+        assert "s3cret" not in text and "127.0.0.1:9" in text, path
+    assert redact_url("redis://:pw@host:6379/0") == "redis://***@host:6379/0"
+
+
+@pytest.mark.django_db
+def test_health_without_anonymous_access_gives_probes_the_status_only(settings):
+    settings.OCR_ALLOW_ANONYMOUS = False
+    response = APIClient().get("/v1/ocr/health")
+    assert response.status_code in (200, 503) and set(response.json()) == {"status"}
+    staff = APIClient()
+    staff.force_authenticate(User.objects.create_user("ops", is_staff=True))
+    assert {"database", "redis", "tesseract"} <= set(staff.get("/v1/ocr/health").json())

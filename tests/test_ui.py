@@ -236,3 +236,20 @@ def test_the_upload_form_reports_api_errors(live_daphne, browser_context, tmp_pa
     page.fill("input[name=page_select]", "1-")
     page.click("#submit")
     error.get_by_text('"1-" is not a page number').wait_for()
+
+
+@pytest.mark.django_db
+def test_without_anonymous_access_any_user_signs_in_to_the_ui(settings):
+    from django.contrib.auth.models import User
+    from django.test import Client
+
+    settings.OCR_ALLOW_ANONYMOUS = False
+    User.objects.create_user("reader", password="pw-for-tests")  # not staff
+    browser = Client()
+    response = browser.get("/tasks/")
+    assert response.status_code == 302 and response["Location"].startswith("/accounts/login/?next=/tasks/")
+    assert browser.get(response["Location"]).status_code == 200
+    response = browser.post("/accounts/login/", {"username": "reader", "password": "pw-for-tests", "next": "/tasks/"})
+    assert response.status_code == 302 and response["Location"] == "/tasks/"
+    assert browser.get("/tasks/").status_code == 200
+    assert browser.get("/v1/ocr/tasks").status_code == 200  # the session works for the API too

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import hmac
+import ipaddress
+
 from django.conf import settings
 from django.db import connection
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers
-from rest_framework.decorators import api_view
-from rest_framework.permissions import IsAdminUser
+from rest_framework.decorators import api_view, permission_classes
+from rest_framework.permissions import AllowAny, IsAdminUser
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from .. import engine, llm, metrics, queue, upkeep
+from .. import engine, llm, metrics, queue, selectors, upkeep
 from ..exceptions import InvalidInput
 from ..kinds import KINDS
 from ..models import OCRTask
@@ -43,9 +46,12 @@ def _queue_info() -> dict:
         return {"queue_depth": None, "workers": 0, "error": str(exc)}
 
 
-@extend_schema(responses={200: dict})
+@extend_schema(responses={200: dict, 503: dict})
 @api_view(["GET"])
+@permission_classes([AllowAny])
 def health(request: Request) -> Response:
+    """Status of the database, Redis, tesseract, workers and the LLM server (200, or 503 when
+    an essential part is down); without anonymous access, anonymous callers get the status only."""
     checks: dict[str, dict] = {}
     try:
         OCRTask.objects.exists()
@@ -73,6 +79,8 @@ def health(request: Request) -> Response:
     essential = all(checks[name]["ok"] for name in ("database", "redis", "tesseract"))
     optional = checks["workers"]["ok"] and checks["llm"]["ok"]
     body = {"status": "ok" if essential and optional else ("degraded" if essential else "down"), **checks}
+    if not (settings.OCR_ALLOW_ANONYMOUS or request.user.is_authenticated):
+        body = {"status": body["status"]}  # a load balancer's probe: the verdict, no details
     return Response(body, status=200 if essential else 503)
 
 
@@ -124,16 +132,44 @@ class MetricsQuerySerializer(serializers.Serializer):
 )
 @api_view(["GET"])
 def metrics_json(request: Request) -> Response:
+    """Staff see the whole service; anyone else the figures of their own tasks, without other
+    users' cancel reasons or other clients' cancel answers."""
     query = MetricsQuerySerializer(data={k: v for k, v in request.query_params.items() if v != ""})
     if not query.is_valid():
         raise InvalidInput(f"window: must be a whole number of minutes between 1 and {MAX_METRICS_WINDOW}")
-    return Response(metrics.snapshot(query.validated_data.get("window")))
+    window = query.validated_data.get("window")
+    if request.user.is_authenticated and request.user.is_staff:
+        return Response(metrics.snapshot(window))
+    own = selectors.task_list_for(user=request.user, session_key=request.session.session_key)
+    return Response(metrics.snapshot(window, tasks=own, staff=False))
+
+
+def _may_scrape(request: HttpRequest) -> bool:
+    token = settings.OCR_METRICS_TOKEN
+    if token and hmac.compare_digest(request.headers.get("Authorization", ""), f"Bearer {token}"):
+        return True
+    try:
+        client = ipaddress.ip_address(request.META.get("REMOTE_ADDR", ""))
+    except ValueError:
+        return False
+    for allowed in settings.OCR_METRICS_ALLOW:
+        try:
+            if client in ipaddress.ip_network(allowed, strict=False):
+                return True
+        except ValueError:
+            continue
+    return False
 
 
 def metrics_prometheus(request: HttpRequest) -> HttpResponse:
-    """GET /metrics in Prometheus text format."""
+    """GET /metrics in Prometheus text format: from OCR_METRICS_ALLOW (default loopback) or with
+    `Authorization: Bearer <OCR_METRICS_TOKEN>`; 403 otherwise, whatever OCR_ALLOW_ANONYMOUS says."""
     from prometheus_client import CONTENT_TYPE_LATEST
 
+    if not _may_scrape(request):
+        return JsonResponse(
+            {"detail": "Metrics are for the configured scrapers (OCR_METRICS_ALLOW, OCR_METRICS_TOKEN)"}, status=403
+        )
     return HttpResponse(metrics.prometheus_text(), content_type=CONTENT_TYPE_LATEST)
 
 

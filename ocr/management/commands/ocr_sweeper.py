@@ -7,10 +7,11 @@ import signal
 import threading
 import time
 
+from django.conf import settings
 from django.core.management.base import BaseCommand
 from django.db import close_old_connections
 
-from ocr import services, tasks
+from ocr import engine, pipeline, services, tasks
 
 logger = logging.getLogger(__name__)
 
@@ -22,8 +23,22 @@ class Command(BaseCommand):
         parser.add_argument("--interval", type=float, default=0.5, help="deadline pass every N s")
         parser.add_argument("--reap-interval", type=float, default=5.0, help="lost-work pass every N s")
         parser.add_argument("--once", action="store_true")
+        parser.add_argument("--print-slot-dir", action="store_true", help="print OCR_SLOT_DIR and exit")
+        parser.add_argument(
+            "--orphans-only",
+            action="store_true",
+            help="only kill this instance's orphan tesseracts and remove their page images, then exit",
+        )
 
-    def handle(self, *args, interval: float, reap_interval: float, once: bool, **options):
+    def handle(self, *args, interval: float, reap_interval: float, once: bool, orphans_only: bool, **options):
+        if options["print_slot_dir"]:
+            self.stdout.write(settings.OCR_SLOT_DIR)
+            return
+        if orphans_only:
+            killed = engine.kill_orphans(pipeline.pages_dir())
+            removed = engine.remove_orphan_pages(pipeline.pages_dir())
+            self.stdout.write(f"killed {killed} orphan tesseracts, removed {removed} page images")
+            return
         stop = threading.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: stop.set())

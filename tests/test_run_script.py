@@ -1,0 +1,67 @@
+"""`make run`'s script (scripts/run.sh) stops everything it started, however it is stopped:
+Ctrl-C/SIGTERM, a closed terminal (SIGHUP to its process group), or its own death (SIGKILL)."""
+
+import os
+import signal
+import subprocess
+
+import pytest
+
+from tests.conftest import ROOT, service_env
+from tests.support import free_port, port_open, proc_ppid, wait_for
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("no_worker")]
+
+
+def descendants(root: int) -> set[int]:
+    """Every live process below `root` (children in other sessions included)."""
+    found, frontier = set(), {root}
+    while frontier:
+        children = {int(p) for p in os.listdir("/proc") if p.isdigit() and proc_ppid(int(p)) in frontier}
+        children -= found
+        found |= children
+        frontier = children
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def start_run_script():
+    port = free_port()
+    proc = subprocess.Popen(
+        ["bash", "scripts/run.sh"],
+        cwd=ROOT,
+        env={**service_env(), "PORT": str(port)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # its own process group, as in a terminal
+    )
+    wait_for(lambda: port_open(port), timeout=60)
+    wait_for(lambda: len(descendants(proc.pid)) >= 4, timeout=30)  # daphne, sweeper, qcluster and its workers
+    return proc, descendants(proc.pid)
+
+
+@pytest.mark.parametrize(
+    "how",
+    [
+        pytest.param(lambda proc: os.killpg(proc.pid, signal.SIGHUP), id="terminal-closed"),
+        pytest.param(lambda proc: proc.send_signal(signal.SIGTERM), id="sigterm"),
+        pytest.param(lambda proc: proc.send_signal(signal.SIGKILL), id="script-killed"),
+    ],
+)
+def test_every_way_of_stopping_leaves_nothing_running(how):
+    proc, started = start_run_script()
+    how(proc)
+    try:
+        wait_for(lambda: not any(alive(pid) for pid in started) and proc.poll() is not None, timeout=10, interval=0.1)
+    finally:
+        for pid in started:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        proc.wait(10)

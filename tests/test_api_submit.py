@@ -239,3 +239,51 @@ def test_info_endpoints(client):
     assert health.status_code == 200
     body = health.json()
     assert body["database"]["ok"] and body["redis"]["ok"] and body["tesseract"]["ok"]
+
+
+def test_oversized_pdf_is_413(client, settings):
+    settings.OCR_MAX_PDF_BYTES = 1000
+    response = upload(client, "/v1/ocr/process-pdf", factories.text_pdf(3), "big.pdf")
+    assert response.status_code == 413 and "limit of 1000 bytes" in response.json()["detail"]
+    assert OCRTask.objects.count() == 0
+
+
+@pytest.mark.parametrize("fmt,name", [("JPEG", "a.jpg"), ("BMP", "a.bmp"), ("TIFF", "a.tiff"), ("WEBP", "a.webp")])
+def test_every_image_type_is_accepted(client, no_worker, fmt, name):
+    response = upload(client, "/v1/ocr/process", factories.text_image(format=fmt), name)
+    assert response.status_code == 202, response.content
+    # judged by content, not by the name
+    response = upload(client, "/v1/ocr/process", factories.text_image(format=fmt), "no-extension")
+    assert response.status_code == 202
+
+
+def test_max_concurrent_tasks_is_503_with_retry_after(client, settings, no_worker):
+    settings.MAX_CONCURRENT_TASKS = 2
+    statuses = [upload(client, "/v1/ocr/process", factories.text_image(), "a.png").status_code for _ in range(3)]
+    assert statuses == [202, 202, 503]
+    busy = upload(client, "/v1/ocr/process", factories.text_image(), "a.png")
+    assert busy.status_code == 503 and int(busy["Retry-After"]) >= 1 and "busy" in busy.json()["detail"]
+    assert OCRTask.objects.count() == 2
+
+
+def test_task_list_is_paginated(client, no_worker):
+    ids = [upload(client, "/v1/ocr/process", factories.text_image(), "a.png").json()["task_id"] for _ in range(23)]
+    first = client.get("/v1/ocr/tasks").json()
+    assert first["count"] == 23 and len(first["results"]) == 20 and first["next"]
+    second = client.get("/v1/ocr/tasks?page=2").json()
+    assert len(second["results"]) == 3 and second["previous"]
+    seen = [t["task_id"] for t in first["results"] + second["results"]]
+    assert seen == list(reversed(ids))
+    assert client.get("/v1/ocr/tasks?page=9").status_code == 404
+
+
+def test_default_cancel_rate_is_20_per_minute_per_ip_for_anonymous_callers(no_worker):
+    tasks = [factories.submit_task() for _ in range(22)]
+    here = APIClient(REMOTE_ADDR="198.51.100.7")
+    statuses = [here.post(f"/v1/ocr/tasks/{task.pk}/cancel").status_code for task in tasks[:21]]
+    assert statuses == [200] * 20 + [429]
+    elsewhere = APIClient(REMOTE_ADDR="198.51.100.8")  # another address has its own budget
+    assert elsewhere.post(f"/v1/ocr/tasks/{tasks[21].pk}/cancel").status_code == 200
+    # X-Forwarded-For is not believed (OCR_TRUSTED_PROXIES=0): no way around the limit
+    spoofed = here.post(f"/v1/ocr/tasks/{tasks[20].pk}/cancel", HTTP_X_FORWARDED_FOR="192.0.2.1")
+    assert spoofed.status_code == 429

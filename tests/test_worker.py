@@ -148,14 +148,77 @@ def test_deadline_cancels_running_and_queued_tasks(api):
     wait_for(lambda: not tesseract_pids(), timeout=3)
 
 
-def test_damaged_page_fails_alone(api):
-    import pymupdf
+def test_workers_apply_threshold_contrast_and_page_select(api):
+    """A worker that ignored the parameters would read the page anyway, and every page."""
+    data = factories.image_pdf(3, dpi=200)
+    plain = submit(
+        api,
+        "/v1/ocr/process-pdf",
+        data,
+        {"threshold": 0, "contrast_level": 1.0, "dpi": 200, "page_select": [2], "text_layer": "ocr"},
+    )
+    blinded = submit(
+        api, "/v1/ocr/process-pdf", data, {"threshold": 1024, "contrast_level": 0.1, "dpi": 200, "page_select": [2]}
+    )
+    flat = submit(api, "/v1/ocr/process-pdf", data, {"threshold": 0, "contrast_level": 0.1, "dpi": 200})
+    wait_status(plain, ["completed"])
+    body = api.get(f"/v1/ocr/pdf-tasks/{plain}").json()
+    (page,) = body["result"]["results"]
+    assert page["page_number"] == 2 and "Page 2 of the sample" in page["extracted_text"]
+    assert page["threshold_used"] == 0 and page["contrast_level_used"] == 1.0 and body["result"]["dpi_used"] == 200
+    # contrast 0.1 pulls white down to grey 140, and threshold 1024 turns every pixel under 255
+    # black: nothing left to read (with either parameter ignored, the text would survive)
+    wait_status(blinded, ["completed", "failed"])
+    (page,) = api.get(f"/v1/ocr/pdf-tasks/{blinded}").json()["result"]["results"]
+    assert "sample" not in page["extracted_text"] and page["threshold_used"] == 1024
+    # every page of the document when no page_select is given
+    wait_status(flat, ["completed", "failed"])
+    results = api.get(f"/v1/ocr/pdf-tasks/{flat}").json()["result"]["results"]
+    assert [r["page_number"] for r in results] == [1, 2, 3]
+    assert all(r["contrast_level_used"] == 0.1 for r in results)
 
-    doc = pymupdf.open(stream=factories.text_pdf(2), filetype="pdf")
-    # page 2 gets a content stream that the renderer cannot parse into anything useful
-    xref = doc[1].get_contents()[0]
-    doc.update_stream(xref, b"BT /F9 99 Tf (broken) Tj ET q 1 0 0 1 0 0 cm /Im9 Do Q")
-    task_id = submit(api, "/v1/ocr/process-pdf", doc.tobytes(), {"dpi": 150})
-    task = wait_status(task_id, ["completed", "failed"], timeout=30)
-    assert task.processed_pages + task.failed_pages == 2
-    assert task.processed_pages >= 1
+
+def test_admin_cancel_stops_a_real_worker_mid_page(api):
+    from django.contrib.auth.models import Permission, User
+    from django.test import Client
+
+    task_id = submit(api, "/v1/ocr/process-pdf", factories.slow_pdf(3), {"dpi": 600, "text_layer": "ocr"})
+    wait_mid_page(task_id)
+    operator = User.objects.create_user("operator", is_staff=True)
+    operator.user_permissions.add(Permission.objects.get(codename="cancel_any_task"))
+    browser = Client()
+    browser.force_login(operator)
+    response = browser.post(f"/admin/ocr/ocrtask/{task_id}/cancel/", {"reason": "from the admin"})
+    assert response.status_code == 302
+    wait_for(lambda: not tesseract_pids(), timeout=2, interval=0.005)
+    task = wait_status(task_id, ["cancelled"])
+    assert task.cancelled_by == "admin" and task.cancellation_reason == "from the admin"
+    assert_event_log(task_id, "cancelled")
+    wait_for(lambda: OCRTask.objects.get(pk=task_id).work_stopped_at is not None, timeout=5)
+
+
+def test_websocket_cancel_stops_a_real_worker_mid_page(api):
+    from asgiref.sync import async_to_sync
+    from channels.testing import WebsocketCommunicator
+
+    from ocrsite.asgi import application
+
+    task_id = submit(api, "/v1/ocr/process-pdf", factories.slow_pdf(3), {"dpi": 600, "text_layer": "ocr"})
+    wait_mid_page(task_id)
+
+    async def cancel_over_the_socket():
+        socket = WebsocketCommunicator(application, f"/ws/ocr/tasks/{task_id}/", headers=[(b"host", b"t")])
+        assert (await socket.connect())[0]
+        await socket.send_json_to({"action": "cancel", "reason": "from the socket"})
+        frames = []
+        while not frames or frames[-1].get("type") != "cancelled":
+            frames.append(await socket.receive_json_from(timeout=10))
+        await socket.disconnect()
+        return frames
+
+    frames = async_to_sync(cancel_over_the_socket)()
+    answers = [f for f in frames if f["type"] == "cancel_result"]
+    assert len(answers) == 1 and answers[0]["status_code"] == 200
+    assert frames.index(answers[0]) < len(frames) - 1  # the answer precedes the cancelled event
+    wait_for(lambda: not tesseract_pids(), timeout=2, interval=0.005)
+    assert wait_status(task_id, ["cancelled"]).cancelled_by == "websocket"

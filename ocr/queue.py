@@ -72,6 +72,36 @@ def wake_task_worker(task_id) -> None:
         logger.warning("task %s: worker wake-up not sent (its poll will see the change)", task_id)
 
 
+def _sweeper_channel() -> str:
+    from django.conf import settings
+
+    return f"{settings.OCR_QUEUE_NAME}:sweeper-wakeup"
+
+
+def wake_sweeper() -> None:
+    """Tell the sweeper that a new deadline exists (it sleeps until the next one is due)."""
+    import redis
+    from django.conf import settings
+
+    try:
+        redis_client(settings.REDIS_URL).publish(_sweeper_channel(), b"1")
+    except redis.RedisError:
+        logger.warning("sweeper wake-up not sent (it wakes on its own within its interval)")
+
+
+def subscribe_sweeper_wakeups():
+    import redis
+    from django.conf import settings
+
+    try:
+        pubsub = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=None).pubsub(ignore_subscribe_messages=True)
+        pubsub.subscribe(_sweeper_channel())
+        return pubsub
+    except redis.RedisError:
+        logger.warning("sweeper: no wake-up channel, waking on its interval only")
+        return None
+
+
 def subscribe_task_wakeups(task_id):
     """A subscription to the task's wake-up channel, or None when Redis does not answer."""
     import redis

@@ -140,6 +140,8 @@ def task_submit(
             task.save(force_insert=True)
             _store_event(task, EventType.STATUS)
             transaction.on_commit(lambda: enqueue_task(task.pk))
+            if task.deadline_at is not None:
+                transaction.on_commit(queue.wake_sweeper)
     except IntegrityError as exc:
         task.input_file.delete(save=False)
         raise TaskConflict(f"Task {task.pk} already exists") from exc
@@ -392,6 +394,16 @@ def task_cancel_if_expired(*, task: OCRTask) -> bool:
     if task.deadline_at is None or task.deadline_at > timezone.now():
         return False
     return task_cancel_if_active(task_id=task.pk, reason=deadline_reason(task), cancelled_by=CancelledBy.DEADLINE)
+
+
+def next_deadline():
+    """The earliest deadline of an active task (None when there is none)."""
+    return (
+        OCRTask.objects.filter(status__in=ACTIVE_STATUSES, deadline_at__isnull=False)
+        .order_by("deadline_at")
+        .values_list("deadline_at", flat=True)
+        .first()
+    )
 
 
 def expire_deadlines() -> int:

@@ -4,14 +4,14 @@ Safe to run on several hosts: every change is a conditional UPDATE."""
 
 import logging
 import signal
-import threading
 import time
 
 from django.conf import settings
 from django.core.management.base import BaseCommand
 from django.db import close_old_connections
+from django.utils import timezone
 
-from ocr import engine, pipeline, services, tasks
+from ocr import engine, pipeline, queue, services, tasks
 
 logger = logging.getLogger(__name__)
 
@@ -20,7 +20,9 @@ class Command(BaseCommand):
     help = "Enforce task deadlines (deadline_seconds) for queued and running tasks."
 
     def add_arguments(self, parser):
-        parser.add_argument("--interval", type=float, default=0.5, help="deadline pass every N s")
+        parser.add_argument(
+            "--interval", type=float, default=5.0, help="longest sleep between passes (woken earlier when due)"
+        )
         parser.add_argument("--reap-interval", type=float, default=5.0, help="lost-work pass every N s")
         parser.add_argument("--once", action="store_true")
         parser.add_argument("--print-slot-dir", action="store_true", help="print OCR_SLOT_DIR and exit")
@@ -39,9 +41,13 @@ class Command(BaseCommand):
             removed = engine.remove_orphan_pages(pipeline.pages_dir())
             self.stdout.write(f"killed {killed} orphan tesseracts, removed {removed} page images")
             return
-        stop = threading.Event()
+
+        def leave(*_):
+            raise SystemExit(0)  # interrupts the wait at once
+
         for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, lambda *_: stop.set())
+            signal.signal(sig, leave)
+        wakeups = queue.subscribe_sweeper_wakeups()
         next_reap = 0.0
         while True:
             if time.monotonic() >= next_reap:
@@ -52,12 +58,22 @@ class Command(BaseCommand):
                 except Exception:
                     logger.exception("sweeper: reaper pass failed")
                 next_reap = time.monotonic() + reap_interval
+            sleep = min(interval, max(0.0, next_reap - time.monotonic()))
             try:
                 count = services.expire_deadlines()
                 if count:
                     logger.info("sweeper: %d tasks cancelled on deadline", count)
+                due = services.next_deadline()
+                if due is not None:
+                    sleep = min(sleep, max(0.0, (due - timezone.now()).total_seconds()))
             except Exception:
                 logger.exception("sweeper: deadline pass failed")
             close_old_connections()
-            if once or stop.wait(interval):
+            if once:
                 return
+            # asleep until the next deadline or reap is due, or a submit announces a new deadline
+            sleep = max(sleep, 0.05)
+            if wakeups is not None:
+                queue.wait_for_wakeup(wakeups, timeout=sleep)
+            else:
+                time.sleep(sleep)

@@ -98,6 +98,8 @@ def task_submit(
     streaming: bool = False,
     task_id: uuid.UUID | None = None,
     total_pages: int = 0,
+    batch=None,
+    resumed_from: uuid.UUID | None = None,
 ) -> OCRTask:
     """Admit, then create a pending task with its input file and first event; queued on commit."""
     task_admit(kind=kind)
@@ -106,6 +108,9 @@ def task_submit(
         task_type=kind.slug,
         streaming=streaming,
         params=params.to_json(),
+        priority=params.priority,
+        batch=batch,
+        resumed_from=resumed_from,
         owner=owner,
         session_key=session_key or "",
         input_name=filename[:255],

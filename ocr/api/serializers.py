@@ -50,12 +50,28 @@ class StrictCharField(serializers.CharField):
         return super().to_internal_value(data)
 
 
+class LimitsSerializer(serializers.Serializer):
+    """`request.limits`: the worker cancels the task past either (cancelled_by `system`)."""
+
+    max_processing_seconds = StrictIntegerField(min_value=1, required=False)
+    max_cpu_seconds = StrictIntegerField(min_value=1, required=False)
+
+    def to_internal_value(self, data):
+        if isinstance(data, dict):
+            unknown = sorted(set(data) - set(self.fields))
+            if unknown:
+                raise serializers.ValidationError({name: ["unknown field"] for name in unknown})
+        return super().to_internal_value(data)
+
+
 class OCRParamsSerializer(serializers.Serializer):
     threshold = StrictIntegerField(**_range("threshold"), default=PARAMETER_RANGES["threshold"]["default"])
     contrast_level = StrictFloatField(**_range("contrast_level"), default=PARAMETER_RANGES["contrast_level"]["default"])
     lang = StrictCharField(default=PARAMETER_RANGES["lang"]["default"], max_length=200)
     deadline_seconds = StrictIntegerField(min_value=1, required=False, allow_null=True)
     task_id = serializers.UUIDField(required=False, allow_null=True)
+    priority = serializers.ChoiceField(choices=PARAMETER_RANGES["priority"]["choices"], default="normal")
+    limits = LimitsSerializer(required=False, allow_null=True)
 
     def validate_lang(self, value: str) -> str:
         installed = engine.tesseract_languages()
@@ -271,6 +287,7 @@ class TaskSerializer(serializers.ModelSerializer):
 
     task_id = serializers.UUIDField(source="id", read_only=True)
     file_name = serializers.CharField(source="input_name", read_only=True)
+    batch_id = serializers.UUIDField(read_only=True, allow_null=True)
     progress = serializers.SerializerMethodField()
 
     class Meta:
@@ -289,6 +306,9 @@ class TaskSerializer(serializers.ModelSerializer):
             "cancelled_by",
             "error_message",
             "deadline_at",
+            "priority",
+            "batch_id",
+            "resumed_from",
             "progress",
             "result",
         ]

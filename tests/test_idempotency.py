@@ -15,7 +15,6 @@ from ocr.models import Batch, IdempotencyRecord, OCRTask
 from tests import factories
 from tests.support import connection, multipart
 
-
 DOCUMENT = factories.text_pdf(2)  # pymupdf stamps each PDF it writes: make the bytes once
 
 

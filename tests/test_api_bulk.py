@@ -244,3 +244,53 @@ def test_finished_batch_cannot_be_cancelled_and_foreign_batch_is_404(client):
     assert client.get(f"/v1/ocr/batches/{batch_id}").status_code == 404
     assert client.post(f"/v1/ocr/batches/{batch_id}/cancel").status_code == 404
     assert client.get("/v1/ocr/batches/nonsense").status_code == 404
+
+
+# --- Resume -----------------------------------------------------------------------------------
+
+
+def cancelled_at_page(pages_done: int, total: int = 4, **kwargs) -> OCRTask:
+    task = factories.submit_task("pdf", pages=total, start=True, **kwargs)
+    for number in range(1, pages_done + 1):
+        factories.record_page(task_id=task.pk, page_number=number, text=f"page {number}", attempt=task.attempt)
+    factories.record_page(task_id=task.pk, page_number=pages_done + 1, success=False, error="x", attempt=task.attempt)
+    services.task_cancel(task=task, reason="stop")
+    return OCRTask.objects.get(pk=task.pk)
+
+
+def test_resume_copies_the_successful_pages_into_a_new_task(client):
+    old = cancelled_at_page(2)
+    response = client.post(f"/v1/ocr/pdf-tasks/{old.pk}/resume")
+    assert response.status_code == 202, response.content
+    body = response.json()
+    assert body["resumed_from"] == str(old.pk) and body["task_id"] != str(old.pk)
+    assert body["task_type"] == "pdf" and body["status"] == "pending"
+    assert body["progress"] == {"total_pages": 4, "processed_pages": 2, "failed_pages": 0, "percentage": 50.0}
+    new = OCRTask.objects.get(pk=body["task_id"])
+    assert new.params == old.params and new.input_name == old.input_name
+    assert list(new.pages.values_list("page_number", "text", "source")) == [(1, "page 1", "ocr"), (2, "page 2", "ocr")]
+    unchanged = OCRTask.objects.get(pk=old.pk)
+    assert (unchanged.status, unchanged.result, unchanged.event_seq) == ("cancelled", old.result, old.event_seq)
+    assert client.get(f"/v1/ocr/tasks/{old.pk}").json()["resumed_from"] is None
+
+
+def test_resume_refusals(client):
+    pending = factories.submit_task("pdf")
+    response = client.post(f"/v1/ocr/tasks/{pending.pk}/resume")
+    assert response.status_code == 400
+    assert response.json() == {"detail": f"Task {pending.pk} cannot be resumed: pending"}
+    done = finish(factories.submit_task("pdf"))
+    assert client.post(f"/v1/ocr/tasks/{done.pk}/resume").json()["detail"].endswith("cannot be resumed: completed")
+    image = factories.submit_task("ocr")
+    services.task_cancel(task=image)
+    assert client.post(f"/v1/ocr/tasks/{image.pk}/resume").status_code == 400
+    old = cancelled_at_page(1)
+    assert client.post(f"/v1/ocr/llm-tasks/{old.pk}/resume").status_code == 404  # wrong kind
+    assert client.post("/v1/ocr/tasks/nonsense/resume").status_code == 404
+    bob = User.objects.create_user("bob")
+    bobs = cancelled_at_page(1, owner=bob)
+    assert client.post(f"/v1/ocr/tasks/{bobs.pk}/resume").status_code == 404
+    old.input_file.delete(save=False)
+    response = client.post(f"/v1/ocr/tasks/{old.pk}/resume")
+    assert response.status_code == 410 and "input file is gone" in response.json()["detail"]
+    assert OCRTask.objects.filter(resumed_from__isnull=False).count() == 0

@@ -108,6 +108,7 @@ class BulkCancelView(APIView):
     throttle_scope = throttles.CANCEL_SCOPE
 
     @extend_schema(
+        operation_id="tasks_bulk_cancel",
         request=BulkCancelInputSerializer,
         responses={200: BulkCancelResultSerializer, 400: schema.ErrorSerializer, 429: schema.ErrorSerializer},
         description="Cancel up to 1000 tasks by id, or the caller's tasks matched by a filter (oldest first, "

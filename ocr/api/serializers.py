@@ -11,7 +11,7 @@ from django.conf import settings
 from django.utils.module_loading import import_string
 from rest_framework import serializers
 
-from .. import engine
+from .. import engine, scheduling
 from ..exceptions import InvalidInput, PayloadTooLarge, UnsupportedMediaType
 from ..kinds import KINDS, STREAM_CANCEL_MESSAGE, Kind
 from ..models import OCRTask, TaskStatus
@@ -289,6 +289,8 @@ class TaskSerializer(serializers.ModelSerializer):
     file_name = serializers.CharField(source="input_name", read_only=True)
     batch_id = serializers.UUIDField(read_only=True, allow_null=True)
     progress = serializers.SerializerMethodField()
+    queue_position = serializers.SerializerMethodField()
+    estimated_start_seconds = serializers.SerializerMethodField()
 
     class Meta:
         model = OCRTask
@@ -307,6 +309,8 @@ class TaskSerializer(serializers.ModelSerializer):
             "error_message",
             "deadline_at",
             "priority",
+            "queue_position",
+            "estimated_start_seconds",
             "batch_id",
             "resumed_from",
             "progress",
@@ -320,6 +324,18 @@ class TaskSerializer(serializers.ModelSerializer):
             "failed_pages": task.failed_pages,
             "percentage": task.progress_percentage,
         }
+
+    def _start_order(self) -> dict:
+        """Pending ids -> position, computed once per response (a list shares its context)."""
+        if "start_order" not in self.context:
+            self.context["start_order"] = {pk: n for n, pk in enumerate(scheduling.start_order(), 1)}
+        return self.context["start_order"]
+
+    def get_queue_position(self, task: OCRTask) -> int | None:
+        return self._start_order().get(task.pk) if task.status == TaskStatus.PENDING else None
+
+    def get_estimated_start_seconds(self, task: OCRTask) -> float | None:
+        return scheduling.estimated_start_seconds(self.get_queue_position(task))
 
     def to_representation(self, task: OCRTask) -> dict:
         data = super().to_representation(task)

@@ -125,10 +125,14 @@ def tasks_cancel_many(
         matched = list((task_filter or TaskFilter()).apply(tasks).order_by("created_at")[: MAX_BULK_CANCEL + 1])
         result.truncated = len(matched) > MAX_BULK_CANCEL
         selected = matched[:MAX_BULK_CANCEL]
-    # running work first: its tesseracts stop before the long tail of pending tasks is written
-    selected.sort(key=lambda task: task.status != TaskStatus.PROCESSING)
+    # running work first, so its tesseracts stop before the pending tail is written; the lists
+    # keep the order asked for (ids) or oldest first (filter)
+    outcomes = {
+        task.pk: _cancel_one(task, result.reason, dry_run, cancelled_by, user, client)
+        for task in sorted(selected, key=lambda task: task.status != TaskStatus.PROCESSING)
+    }
     for task in selected:
-        getattr(result, _cancel_one(task, result.reason, dry_run, cancelled_by, user, client)).append(str(task.pk))
+        getattr(result, outcomes[task.pk]).append(str(task.pk))
     logger.info(
         "bulk cancel by %s%s: %d cancelled, %d already cancelled, %d finished, %d not found (tasks %s)",
         cancelled_by,

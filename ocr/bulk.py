@@ -271,8 +271,7 @@ def task_resume(*, task: OCRTask) -> OCRTask:
             session_key=task.session_key,
             streaming=task.streaming,
             total_pages=task.total_pages,
-            batch=task.batch,
-            resumed_from=task.pk,
+            resumed_from=task.pk,  # not in the old task's batch: a cancelled batch stays as it ended
         )
         OCRPage.objects.bulk_create(
             OCRPage(

@@ -45,7 +45,9 @@ def idempotency_claim(
             logger.info("idempotency key %r of %s reused with other content", key, caller)
             raise TaskConflict(f"Idempotency-Key {key!r} was already used with another file or request")
         if record.status_code is not None:
-            logger.info("idempotency key %r of %s: replaying the first answer", key, caller)
+            body = record.body if isinstance(record.body, dict) else {}
+            first = body.get("task_id") or f"batch {body.get('batch_id')}"
+            logger.info("task %s: idempotency key %r of %s, first answer replayed", first, key, caller)
             return record
         if time.monotonic() >= give_up_at:
             raise TaskConflict(f"Idempotency-Key {key!r}: the first request with this key is still being handled")

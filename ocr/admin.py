@@ -16,9 +16,8 @@ from django.utils.html import escape
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.utils.safestring import mark_safe
 
-from . import metrics, services
+from . import bulk, metrics
 from .api.serializers import MAX_REASON_LENGTH, CancelInputSerializer
-from .exceptions import TaskNotCancellable
 from .models import ACTIVE_STATUSES, CancelAudit, CancelledBy, OCRPage, OCRTask, TaskEvent
 
 logger = logging.getLogger(__name__)
@@ -75,20 +74,21 @@ def may_cancel(request, task: OCRTask | None = None) -> bool:
 
 
 def cancel_tasks(request, tasks, reason: str) -> tuple[int, int]:
-    """Cancel through the one service; returns (cancelled, already finished)."""
+    """Cancel through the bulk service (one services.task_cancel per task); returns (cancelled,
+    already finished or cancelled)."""
+    ids = [str(task.pk) for task in tasks]
     cancelled = finished = 0
-    for task in tasks:
-        try:
-            outcome = services.task_cancel(
-                task=task, reason=reason, cancelled_by=CancelledBy.ADMIN, user=request.user, client="admin"
-            )
-        except TaskNotCancellable:
-            finished += 1
-            continue
-        if outcome.newly_cancelled:
-            cancelled += 1
-        else:
-            finished += 1
+    for start in range(0, len(ids), bulk.MAX_BULK_CANCEL):
+        result = bulk.tasks_cancel_many(
+            tasks=OCRTask.objects.all(),
+            task_ids=ids[start : start + bulk.MAX_BULK_CANCEL],
+            reason=reason,
+            cancelled_by=CancelledBy.ADMIN,
+            user=request.user,
+            client="admin",
+        )
+        cancelled += len(result.cancelled)
+        finished += len(result.already_finished) + len(result.already_cancelled)
     return cancelled, finished
 
 

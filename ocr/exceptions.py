@@ -53,6 +53,28 @@ class TaskNotCancellable(DomainError):
         super().__init__(f"Task {task_id} is already {status}", status=status)
 
 
+class BatchNotCancellable(DomainError):
+    """Every task of the batch had already finished (and the batch was not cancelled)."""
+
+    status_code = 400
+
+    def __init__(self, batch_id: object, status: str) -> None:
+        super().__init__(f"Batch {batch_id} is already {status}", status=status)
+
+
+class BatchNotFound(DomainError):
+    status_code = 404
+
+    def __init__(self, batch_id: object = None) -> None:
+        super().__init__(f"Batch {batch_id} not found")
+
+
+class InputGone(DomainError):
+    """The task's input file was deleted (retention): it cannot be run again."""
+
+    status_code = 410
+
+
 class ServiceUnavailable(DomainError):
     """The service cannot take this now (LLM not configured, too busy); 503, `Retry-After` when known."""
 

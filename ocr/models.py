@@ -44,6 +44,13 @@ class CancelledBy(models.TextChoices):
     WEBSOCKET = "websocket"
     DEADLINE = "deadline"
     DISCONNECT = "disconnect"
+    SYSTEM = "system"
+
+
+class Priority(models.TextChoices):
+    LOW = "low"
+    NORMAL = "normal"
+    HIGH = "high"
 
 
 class PageSource(models.TextChoices):
@@ -68,6 +75,25 @@ def upload_path(task: "OCRTask", filename: str) -> str:
     return f"uploads/{timezone.now():%Y/%m/%d}/{task.pk}/{filename}"
 
 
+class Batch(models.Model):
+    """Tasks submitted together (POST /v1/ocr/batches); its status is derived from its tasks'."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="ocr_batches"
+    )
+    session_key = models.CharField(max_length=64, blank=True, default="")
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    cancelled_at = models.DateTimeField(null=True, blank=True)
+    cancellation_reason = models.TextField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"batch {self.pk}"
+
+
 class OCRTask(models.Model):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     task_type = models.CharField(max_length=16, choices=TaskType.choices)
@@ -79,6 +105,9 @@ class OCRTask(models.Model):
     # Anonymous tasks belong to the browser session that made them (for listing only).
     session_key = models.CharField(max_length=64, blank=True, default="", db_index=True)
     params = models.JSONField(default=dict, help_text="The validated request parameters.")
+    priority = models.CharField(max_length=8, choices=Priority.choices, default=Priority.NORMAL)
+    batch = models.ForeignKey(Batch, null=True, blank=True, on_delete=models.SET_NULL, related_name="tasks")
+    resumed_from = models.UUIDField(null=True, blank=True, help_text="The cancelled or failed task this one resumes")
     input_file = models.FileField(upload_to=upload_path, max_length=300, blank=True)
     input_name = models.CharField(max_length=255, blank=True, default="")
     input_size = models.PositiveBigIntegerField(default=0)
@@ -137,6 +166,25 @@ class OCRTask(models.Model):
     @property
     def parameters(self) -> TaskParams:
         return TaskParams.from_json(self.params)
+
+
+class IdempotencyRecord(models.Model):
+    """The first answer to a submit with an `Idempotency-Key`, replayed to the same caller for 24 h.
+
+    `status_code` is null while the first submit is still being handled (a concurrent retry waits)."""
+
+    caller = models.CharField(max_length=128)
+    key = models.CharField(max_length=255)
+    fingerprint = models.CharField(max_length=64, help_text="sha256 of the endpoint, request and file bytes")
+    status_code = models.PositiveSmallIntegerField(null=True, blank=True)
+    body = models.JSONField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["caller", "key"], name="idempotency_unique_caller_key")]
+
+    def __str__(self) -> str:
+        return f"idempotency {self.caller} {self.key}"
 
 
 class OCRPage(models.Model):

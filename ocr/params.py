@@ -24,6 +24,15 @@ PARAMETER_RANGES = {
     "model": {"type": "string", "default": None, "llm_only": True},
     "deadline_seconds": {"type": "integer", "min": 1, "default": None},
     "task_id": {"type": "uuid", "default": None, "sync_only": True},
+    "priority": {"type": "string", "choices": ["low", "normal", "high"], "default": "normal"},
+    "limits": {
+        "type": "object",
+        "fields": {
+            "max_processing_seconds": {"type": "integer", "min": 1},
+            "max_cpu_seconds": {"type": "integer", "min": 1},
+        },
+        "default": None,
+    },
 }
 
 
@@ -33,6 +42,9 @@ class TaskParams:
     contrast_level: float = DEFAULT_CONTRAST
     lang: str = DEFAULT_LANG
     deadline_seconds: int | None = None
+    priority: str = "normal"
+    # {"max_processing_seconds": N, "max_cpu_seconds": N}: the worker cancels the task past either
+    limits: dict | None = None
     # PDF kinds
     dpi: int = DEFAULT_DPI
     page_select: tuple[int, ...] | None = None

@@ -24,7 +24,7 @@ from django.db import connection
 from django.utils import timezone
 
 from . import engine, llm, queue, services
-from .models import OCRTask, PageSource, TaskStatus
+from .models import CancelledBy, OCRTask, PageSource, TaskStatus
 from .refine import PageText, refine_page
 from .services import PageOutcome
 
@@ -44,6 +44,7 @@ class CancelWatcher(threading.Thread):
         self.stopped = threading.Event()
         self.detected_at: float | None = None
         self._poll_sql: str | None = None
+        self.limits = task.parameters.limits or {}
         self._poll_pk = None
 
     def run(self) -> None:
@@ -65,6 +66,11 @@ class CancelWatcher(threading.Thread):
                 if running and deadline and timezone.now() >= deadline:
                     services.task_cancel_if_expired(task=self.task)
                     continue  # the next poll sees the cancel
+                breach = self.limit_exceeded() if running else None
+                if breach:
+                    logger.info("task %s: %s", self.task.pk, breach)
+                    services.task_cancel_if_active(task_id=self.task.pk, reason=breach, cancelled_by=CancelledBy.SYSTEM)
+                    continue
                 if running and time.monotonic() >= next_beat:
                     services.task_heartbeat(task_id=self.task.pk, attempt=self.task.attempt)
                     next_beat = time.monotonic() + settings.OCR_HEARTBEAT_SECONDS
@@ -80,6 +86,18 @@ class CancelWatcher(threading.Thread):
             if wakeups is not None:
                 wakeups.close()
             connection.close()
+
+    def limit_exceeded(self) -> str | None:
+        """The cancel reason when the task went past one of its `request.limits`, else None."""
+        limits = self.limits
+        max_seconds = limits.get("max_processing_seconds")
+        if max_seconds and self.task.started_at:
+            if (timezone.now() - self.task.started_at).total_seconds() > max_seconds:
+                return f"Limit exceeded: max_processing_seconds={max_seconds}"
+        max_cpu = limits.get("max_cpu_seconds")
+        if max_cpu and self.scope.cpu_seconds() > max_cpu:
+            return f"Limit exceeded: max_cpu_seconds={max_cpu}"
+        return None
 
     def poll_row(self) -> tuple[str, int] | None:
         """(status, attempt) of the task, by plain SQL: this runs 20 times a second per task,

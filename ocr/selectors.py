@@ -6,8 +6,8 @@ import uuid
 
 from django.db.models import Q, QuerySet
 
-from .exceptions import TaskNotFound
-from .models import OCRTask, TaskEvent
+from .exceptions import BatchNotFound, TaskNotFound
+from .models import Batch, OCRTask, TaskEvent
 
 
 def can_see_any(user) -> bool:
@@ -68,3 +68,29 @@ def events_after(*, task_id: uuid.UUID, seq: int = 0) -> list[dict]:
     return list(
         TaskEvent.objects.filter(task_id=task_id, seq__gt=seq).order_by("seq").values_list("payload", flat=True)
     )
+
+
+def tasks_owned_by(*, user, session_key: str | None) -> QuerySet[OCRTask]:
+    """The caller's own tasks (a user's, or an anonymous session's); every task for staff who may
+    cancel any: what a selective (filter) cancel may touch."""
+    if can_see_any(user):
+        return OCRTask.objects.all()
+    return task_list_for(user=user, session_key=session_key)
+
+
+def batch_get_for(*, user, batch_id) -> Batch:
+    """The batch if `user` may see it (the same rules as for tasks); BatchNotFound otherwise."""
+    try:
+        pk = uuid.UUID(str(batch_id))
+    except ValueError:
+        raise BatchNotFound(batch_id) from None
+    batches = Batch.objects.filter(pk=pk)
+    if not can_see_any(user):
+        owner = Q(owner__isnull=True)
+        if user is not None and user.is_authenticated:
+            owner |= Q(owner=user)
+        batches = batches.filter(owner)
+    batch = batches.first()
+    if batch is None:
+        raise BatchNotFound(pk)
+    return batch

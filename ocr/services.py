@@ -22,7 +22,7 @@ from django.db.models import Case, F, Value, When
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from . import progress, queue
+from . import progress, queue, scheduling
 from .exceptions import ServiceUnavailable, TaskConflict, TaskNotCancellable
 from .kinds import Kind
 from .models import (
@@ -32,6 +32,7 @@ from .models import (
     EventType,
     OCRPage,
     OCRTask,
+    Priority,
     TaskEvent,
     TaskStatus,
 )
@@ -43,6 +44,7 @@ DEFAULT_CANCEL_REASON = "User requested cancellation"
 DISCONNECT_REASON = "Client disconnected"
 LLM_NOT_CONFIGURED = "LLM OCR is not configured: set OCR_LLM_BASE_URL (and OCR_LLM_MODEL, OCR_LLM_API_KEY)"
 BUSY_RETRY_AFTER_SECONDS = 5
+PREEMPTED_REASON = "Preempted by higher-priority work"
 
 
 def _advance(task_id: uuid.UUID, from_statuses, *, only_attempt: int | None = None, **fields) -> OCRTask | None:
@@ -89,13 +91,19 @@ def storage_name(filename: str) -> str:
     return stem + suffix
 
 
-def task_admit(*, kind: Kind) -> None:
-    """Refuse a submit the service cannot take now (ServiceUnavailable, 503)."""
+def task_admit(*, kind: Kind, priority: str = Priority.NORMAL) -> None:
+    """Refuse a submit the service cannot take now (ServiceUnavailable, 503); when only full, a
+    high-priority submit preempts the newest pending low-priority task instead."""
     if kind.uses_llm and not settings.OCR_LLM_BASE_URL:
         raise ServiceUnavailable(LLM_NOT_CONFIGURED)
     if settings.MAX_CONCURRENT_TASKS:
         active = OCRTask.objects.filter(status__in=ACTIVE_STATUSES).count()
-        if active >= settings.MAX_CONCURRENT_TASKS:
+        if active < settings.MAX_CONCURRENT_TASKS:
+            return
+        victim = scheduling.newest_pending_low() if priority == Priority.HIGH else None
+        if victim and task_cancel_if_active(task_id=victim, reason=PREEMPTED_REASON, cancelled_by=CancelledBy.SYSTEM):
+            logger.info("task %s: preempted by a high-priority submit", victim)
+        else:
             raise ServiceUnavailable(
                 f"Server busy: {active} tasks queued or running (MAX_CONCURRENT_TASKS); retry later",
                 retry_after=BUSY_RETRY_AFTER_SECONDS,
@@ -114,14 +122,19 @@ def task_submit(
     task_id: uuid.UUID | None = None,
     total_pages: int = 0,
     warnings: list[str] | None = None,
+    batch=None,
+    resumed_from: uuid.UUID | None = None,
 ) -> OCRTask:
     """Admit, then create a pending task with its input file and first event; queued on commit."""
-    task_admit(kind=kind)
+    task_admit(kind=kind, priority=params.priority)
     task = OCRTask(
         id=task_id or uuid.uuid4(),
         task_type=kind.slug,
         streaming=streaming,
         params=params.to_json(),
+        priority=params.priority,
+        batch=batch,
+        resumed_from=resumed_from,
         owner=owner,
         session_key=session_key or "",
         input_name=filename[:255],

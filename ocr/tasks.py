@@ -10,28 +10,38 @@ import uuid
 from django.conf import settings
 from django.db import close_old_connections
 
-from . import engine, services, upkeep
+from . import engine, scheduling, services, upkeep
 from .models import OCRPage, OCRTask, TaskStatus
 from .pipeline import CancelWatcher, PagePipeline, pages_dir
 
 logger = logging.getLogger(__name__)
 
+PICK_CANDIDATES = 20  # pending tasks a job tries, in start order, before it gives up
+
 
 def process_task(task_id: str) -> None:
-    """The job: OCR every page of one task unless it is cancelled first."""
+    """The job: start the first pending task of the start order (ocr/scheduling.py), which is
+    this job's own task unless a higher-priority or fairer one waits, and OCR it to its end."""
     close_old_connections()
     task = OCRTask.objects.filter(pk=uuid.UUID(task_id)).first()
     if task is None:
-        logger.warning("task %s: not found, job dropped", task_id)
-        return
-    if task.status != TaskStatus.PENDING:
+        logger.warning("task %s: not found, its job starts the next pending task", task_id)
+    elif task.status != TaskStatus.PENDING:
         logger.info("task %s: %s before start, skipped without work", task.pk, task.status)
-        return
-    if services.task_cancel_if_expired(task=task):
-        logger.info("task %s: deadline passed before start", task.pk)
-        return
+    for candidate_id in scheduling.start_order(limit=PICK_CANDIDATES):
+        candidate = OCRTask.objects.filter(pk=candidate_id, status=TaskStatus.PENDING).first()
+        if candidate is None or services.task_cancel_if_expired(task=candidate):
+            continue
+        if candidate.pk != uuid.UUID(task_id):
+            logger.info("task %s: started by the job of task %s (start order)", candidate.pk, task_id)
+        if _run_guarded(candidate):
+            return
+
+
+def _run_guarded(task: OCRTask) -> bool:
+    """Run `task`; False when another job started it first (the caller tries the next one)."""
     try:
-        _run(task)
+        return _run(task)
     except Exception as exc:  # never leave a task processing behind
         logger.exception("task %s: unexpected error", task.pk)
         services.task_fail(task_id=task.pk, error=f"Internal error: {exc}")
@@ -40,9 +50,10 @@ def process_task(task_id: str) -> None:
         logger.error("task %s: %s", task.pk, message)
         services.task_fail(task_id=task.pk, error=message)
         raise
+    return True
 
 
-def _run(task: OCRTask) -> None:
+def _run(task: OCRTask) -> bool:
     with task.input_file.open("rb") as handle:
         data = handle.read()
     doc = None
@@ -51,7 +62,7 @@ def _run(task: OCRTask) -> None:
             doc = engine.open_pdf(data)
         except engine.EngineError as exc:
             services.task_fail(task_id=task.pk, error=str(exc))
-            return
+            return True
         page_numbers = task.parameters.pages_of(doc.page_count)
     else:
         page_numbers = [1]
@@ -59,7 +70,7 @@ def _run(task: OCRTask) -> None:
     started = services.task_start(task_id=task.pk, total_pages=len(page_numbers))
     if started is None:
         logger.info("task %s: cancelled before start, skipped without work", task.pk)
-        return
+        return False
     done = set(OCRPage.objects.filter(task_id=task.pk).values_list("page_number", flat=True))
     page_numbers = [number for number in page_numbers if number not in done]  # kept from a lost attempt
     logger.info("task %s: started (attempt %d), %d pages to do", task.pk, started.attempt, len(page_numbers))
@@ -85,6 +96,7 @@ def _run(task: OCRTask) -> None:
         stopped_ms = (time.monotonic() - watcher.detected_at) * 1000
         services.task_work_stopped(task_id=task.pk)
         logger.info("task %s: work stopped %.0f ms after the cancel was detected", task.pk, stopped_ms)
+    return True
 
 
 def reap() -> dict:

@@ -61,7 +61,13 @@ def task_page(request: HttpRequest, task_id) -> HttpResponse:
         task = selectors.task_get_for(user=request.user, task_id=task_id)
     except TaskNotFound:
         raise Http404(f"Task {task_id} not found") from None
-    context = {"nav": "tasks", "task": task, "task_id": task.pk, "kind": task.kind.ui_label}
+    context = {
+        "nav": "tasks",
+        "task": task,
+        "task_id": task.pk,
+        "kind": task.kind.ui_label,
+        "task_id_placeholder": TASK_ID_PLACEHOLDER,
+    }
     return render(request, "ocr/task.html", context)
 
 

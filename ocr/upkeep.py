@@ -13,7 +13,8 @@ from django.db.models import Q
 from django.utils import timezone
 
 from . import queue, services
-from .models import ACTIVE_STATUSES, CancelAudit, OCRTask, TaskStatus
+from .idempotency import REPLAY_WINDOW
+from .models import ACTIVE_STATUSES, CancelAudit, IdempotencyRecord, OCRTask, TaskStatus
 
 logger = logging.getLogger(__name__)
 
@@ -77,5 +78,6 @@ def purge_expired(*, retention_days: int, audit_retention_days: int | None = Non
                 logger.warning("task %s: input file could not be deleted", task.pk)
     old.delete()
     audits.delete()
+    IdempotencyRecord.objects.filter(created_at__lt=now - REPLAY_WINDOW).delete()  # replays last 24 h
     logger.info("retention: deleted %s", report)
     return report

@@ -22,6 +22,17 @@ class UploadSerializer(serializers.Serializer):
     )
 
 
+class BatchUploadSerializer(serializers.Serializer):
+    file = serializers.ListField(
+        child=serializers.FileField(), help_text="1..100 files (images or PDFs, each judged by content)"
+    )
+    request = serializers.CharField(
+        required=False,
+        help_text='JSON object applied to every file, e.g. {"dpi": 300, "llm": false}; `llm: true` makes '
+        "`llm` / `pdf_llm` tasks.",
+    )
+
+
 class ErrorSerializer(serializers.Serializer):
     detail = serializers.CharField()
 

@@ -11,7 +11,7 @@ from django.conf import settings
 from django.utils.module_loading import import_string
 from rest_framework import serializers
 
-from .. import engine
+from .. import engine, scheduling
 from ..exceptions import InvalidInput, PayloadTooLarge, UnsupportedMediaType
 from ..kinds import KINDS, STREAM_CANCEL_MESSAGE, Kind
 from ..models import OCRTask, TaskStatus
@@ -51,12 +51,28 @@ class StrictCharField(serializers.CharField):
         return super().to_internal_value(data)
 
 
+class LimitsSerializer(serializers.Serializer):
+    """`request.limits`: the worker cancels the task past either (cancelled_by `system`)."""
+
+    max_processing_seconds = StrictIntegerField(min_value=1, required=False)
+    max_cpu_seconds = StrictIntegerField(min_value=1, required=False)
+
+    def to_internal_value(self, data):
+        if isinstance(data, dict):
+            unknown = sorted(set(data) - set(self.fields))
+            if unknown:
+                raise serializers.ValidationError({name: ["unknown field"] for name in unknown})
+        return super().to_internal_value(data)
+
+
 class OCRParamsSerializer(serializers.Serializer):
     threshold = StrictIntegerField(**_range("threshold"), default=PARAMETER_RANGES["threshold"]["default"])
     contrast_level = StrictFloatField(**_range("contrast_level"), default=PARAMETER_RANGES["contrast_level"]["default"])
     lang = StrictCharField(default=PARAMETER_RANGES["lang"]["default"], max_length=200)
     deadline_seconds = StrictIntegerField(min_value=1, required=False, allow_null=True)
     task_id = serializers.UUIDField(required=False, allow_null=True)
+    priority = serializers.ChoiceField(choices=PARAMETER_RANGES["priority"]["choices"], default="normal")
+    limits = LimitsSerializer(required=False, allow_null=True)
 
     def validate_lang(self, value: str) -> str:
         installed = engine.tesseract_languages()
@@ -282,7 +298,10 @@ class TaskSerializer(serializers.ModelSerializer):
 
     task_id = serializers.UUIDField(source="id", read_only=True)
     file_name = serializers.CharField(source="input_name", read_only=True)
+    batch_id = serializers.UUIDField(read_only=True, allow_null=True)
     progress = serializers.SerializerMethodField()
+    queue_position = serializers.SerializerMethodField()
+    estimated_start_seconds = serializers.SerializerMethodField()
 
     class Meta:
         model = OCRTask
@@ -301,6 +320,11 @@ class TaskSerializer(serializers.ModelSerializer):
             "error_message",
             "warnings",
             "deadline_at",
+            "priority",
+            "queue_position",
+            "estimated_start_seconds",
+            "batch_id",
+            "resumed_from",
             "progress",
             "result",
         ]
@@ -312,6 +336,18 @@ class TaskSerializer(serializers.ModelSerializer):
             "failed_pages": task.failed_pages,
             "percentage": task.progress_percentage,
         }
+
+    def _start_order(self) -> dict:
+        """Pending ids -> position, computed once per response (a list shares its context)."""
+        if "start_order" not in self.context:
+            self.context["start_order"] = {pk: n for n, pk in enumerate(scheduling.start_order(), 1)}
+        return self.context["start_order"]
+
+    def get_queue_position(self, task: OCRTask) -> int | None:
+        return self._start_order().get(task.pk) if task.status == TaskStatus.PENDING else None
+
+    def get_estimated_start_seconds(self, task: OCRTask) -> float | None:
+        return scheduling.estimated_start_seconds(self.get_queue_position(task))
 
     def to_representation(self, task: OCRTask) -> dict:
         data = super().to_representation(task)

@@ -19,12 +19,13 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from .. import services, streams
+from .. import idempotency, services, streams
 from ..exceptions import error_json
 from ..kinds import Kind
 from ..models import CancelledBy, OCRTask
 from . import schema, throttles
 from .common import drf_request, require_access, session_key
+from .idempotency import REPLAYED_HEADER, caller_of, fingerprint, idempotency_key, idempotent
 from .serializers import TaskSerializer, parse_request, read_upload
 
 logger = logging.getLogger(__name__)
@@ -63,16 +64,33 @@ class SubmitView(APIView):
         "answer `stream_url` (SSE) and `ws_url` (WebSocket).",
     )
     def post(self, request: Request) -> Response:
-        task = accept_submission(request, kind=self.kind, streaming=self.streaming)
-        return Response(TaskSerializer(task, context={"request": request}).data, status=202)
+        def respond() -> tuple[int, dict]:
+            task = accept_submission(request, kind=self.kind, streaming=self.streaming)
+            return 202, TaskSerializer(task, context={"request": request}).data
+
+        return idempotent(request, respond)
 
 
-def _accept_sync(request: HttpRequest, kind: Kind) -> tuple[OCRTask, Request]:
+def _accept_sync(request: HttpRequest, kind: Kind) -> tuple[uuid.UUID, Request, bool]:
+    """(task id, DRF request, replayed): a replay (same Idempotency-Key) follows the first call's task."""
     wrapped = drf_request(request)
     try:
         require_access(wrapped)
         throttles.enforce(wrapped, throttles.SUBMIT_SCOPE)
-        return accept_submission(wrapped, kind=kind), wrapped
+        key = idempotency_key(wrapped)
+        if key is None:
+            return accept_submission(wrapped, kind=kind).pk, wrapped, False
+        caller = caller_of(wrapped)
+        record = idempotency.idempotency_claim(caller=caller, key=key, fingerprint=fingerprint(wrapped))
+        if record is not None:
+            return uuid.UUID(record.body["task_id"]), wrapped, True
+        try:
+            task = accept_submission(wrapped, kind=kind)
+        except BaseException:
+            idempotency.idempotency_release(caller=caller, key=key)
+            raise
+        idempotency.idempotency_store(caller=caller, key=key, status_code=200, body={"task_id": str(task.pk)})
+        return task.pk, wrapped, False
     finally:
         connection.close_if_unusable_or_obsolete()
 
@@ -104,23 +122,27 @@ def make_sync_view(kind: Kind):
         if request.method != "POST":
             return JsonResponse({"detail": f'Method "{request.method}" not allowed.'}, status=405)
         try:
-            task, wrapped = await sync_to_async(_accept_sync)(request, kind)
+            task_id, wrapped, replayed = await sync_to_async(_accept_sync)(request, kind)
         except Exception as exc:  # domain errors, DRF's parse and auth errors: 4xx, 503
             response = error_json(exc)
             if response is None:
                 raise
             return response
-        logger.info("task %s: sync request received, waiting", task.pk)
+        logger.info("task %s: sync request received%s, waiting", task_id, " (idempotent replay)" if replayed else "")
         try:
-            await wait_terminal(task.pk)
+            await wait_terminal(task_id)
         except asyncio.CancelledError:
-            logger.info("task %s: sync client disconnected", task.pk)
-            await asyncio.shield(
-                sync_to_async(services.task_cancel_if_active)(
-                    task_id=task.pk, reason=services.DISCONNECT_REASON, cancelled_by=CancelledBy.DISCONNECT
+            logger.info("task %s: sync client disconnected", task_id)
+            if not replayed:  # the first caller's disconnect cancels; a replaying one only leaves
+                await asyncio.shield(
+                    sync_to_async(services.task_cancel_if_active)(
+                        task_id=task_id, reason=services.DISCONNECT_REASON, cancelled_by=CancelledBy.DISCONNECT
+                    )
                 )
-            )
             raise
-        return JsonResponse(await sync_to_async(_representation)(task.pk, wrapped), status=200)
+        response = JsonResponse(await sync_to_async(_representation)(task_id, wrapped), status=200)
+        if replayed:
+            response[REPLAYED_HEADER] = "true"
+        return response
 
     return view

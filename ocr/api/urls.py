@@ -3,7 +3,7 @@
 from django.urls import path
 
 from ..kinds import KINDS
-from . import cancel, operations, streams, submit, tasks
+from . import bulk, cancel, operations, streams, submit, tasks
 
 urlpatterns = [
     path("health", operations.health, name="health"),
@@ -12,8 +12,13 @@ urlpatterns = [
     path("metrics", operations.metrics_json, name="metrics"),
     path("tasks", tasks.TaskListView.as_view(), name="task-list"),
     path("tasks/cleanup", operations.CleanupView.as_view(), name="task-cleanup"),
+    path("tasks/cancel", bulk.BulkCancelView.as_view(), name="task-bulk-cancel"),
+    path("batches", bulk.BatchSubmitView.as_view(), name="batch-submit"),
+    path("batches/<str:batch_id>", bulk.BatchDetailView.as_view(), name="batch-detail"),
+    path("batches/<str:batch_id>/cancel", bulk.BatchCancelView.as_view(), name="batch-cancel"),
     path("tasks/<str:task_id>", tasks.TaskDetailView.as_view(), name="task-detail"),
     path("tasks/<str:task_id>/cancel", cancel.CancelView.as_view(), name="task-cancel"),
+    path("tasks/<str:task_id>/resume", bulk.ResumeView.as_view(), name="task-resume"),
     path("stream/<str:task_id>", streams.stream_events, name="stream"),
     path("stream/<str:task_id>/cancel", cancel.CancelView.as_view(streaming_only=True), name="stream-cancel"),
 ]
@@ -31,4 +36,5 @@ for kind in KINDS.values():
         urlpatterns += [
             path(f"{kind.typed_prefix}/<str:task_id>", tasks.TaskDetailView.as_view(kind=kind)),
             path(f"{kind.typed_prefix}/<str:task_id>/cancel", cancel.CancelView.as_view(kind=kind)),
+            path(f"{kind.typed_prefix}/<str:task_id>/resume", bulk.ResumeView.as_view(kind=kind)),
         ]

@@ -189,6 +189,7 @@ const CANCELLED_BY = {
   admin: " by an administrator",
   deadline: " by its deadline",
   disconnect: " as its client disconnected",
+  system: " by the service (a limit, or preempted)",
   websocket: " over a WebSocket",
 };
 

@@ -4,7 +4,7 @@
 import { ACTIVE, KIND_LABELS, el, errorText, formatDateTime, requestJson, setBadge, urlWithId } from "./common.js";
 
 const root = document.getElementById("task-list-page");
-const { apiUrl, taskUrl, placeholder } = root.dataset;
+const { apiUrl, taskUrl, placeholder, bulkCancelUrl } = root.dataset;
 const pageSize = Number(root.dataset.pageSize) || 20;
 const filters = document.getElementById("filters");
 const list = document.getElementById("tasks");
@@ -13,6 +13,8 @@ const pager = document.getElementById("pager");
 const prev = document.getElementById("prev");
 const next = document.getElementById("next");
 const pageLabel = document.getElementById("page-label");
+const bulkCancel = document.getElementById("bulk-cancel");
+const bulkMessage = document.getElementById("bulk-message");
 
 const REFRESH_MS = 3000;
 const query = new URLSearchParams(window.location.search);
@@ -84,8 +86,38 @@ async function load() {
   prev.disabled = !data.previous;
   next.disabled = !data.next;
   pageLabel.textContent = `page ${page} of ${Math.max(1, Math.ceil(data.count / pageSize))}`;
-  if (data.results.some((task) => ACTIVE.has(task.status))) refreshTimer = setTimeout(load, REFRESH_MS);
+  const anyActive = data.results.some((task) => ACTIVE.has(task.status));
+  bulkCancel.hidden = !anyActive && page === 1;
+  if (anyActive) refreshTimer = setTimeout(load, REFRESH_MS);
 }
+
+// Bulk cancel of the caller's active tasks (of the selected kind): a dry run says how many,
+// the confirmation names that number, then the same filter cancels them.
+function activeFilter() {
+  const filter = { status: ["pending", "processing"] };
+  if (filters.elements.task_type.value) filter.task_type = [filters.elements.task_type.value];
+  return filter;
+}
+
+function say(text) {
+  bulkMessage.textContent = text;
+  bulkMessage.hidden = !text;
+}
+
+bulkCancel.addEventListener("click", async () => {
+  const body = { filter: activeFilter(), dry_run: true };
+  const dry = await requestJson(bulkCancelUrl, { method: "POST", body });
+  if (!dry.ok) return say(`Could not cancel: ${errorText(dry.status, dry.data)}`);
+  const count = dry.data.cancelled.length;
+  if (!count) return say("No running or queued task to cancel.");
+  const more = dry.data.truncated ? " (the first 1000)" : "";
+  if (!window.confirm(`Cancel ${count} task${count === 1 ? "" : "s"}${more}?`)) return;
+  const done = await requestJson(bulkCancelUrl, { method: "POST", body: { filter: activeFilter() } });
+  if (!done.ok) return say(`Could not cancel: ${errorText(done.status, done.data)}`);
+  const n = done.data.cancelled.length;
+  say(`${n} task${n === 1 ? "" : "s"} cancelled.`);
+  load();
+});
 
 filters.addEventListener("change", () => {
   page = 1;

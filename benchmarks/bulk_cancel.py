@@ -1,0 +1,105 @@
+"""Bulk cancel: one POST /v1/ocr/tasks/cancel of `--tasks` running and pending tasks.
+
+Submits `--tasks` `slow_pdf` tasks (600 dpi OCR, seconds per page) to an isolated service
+(benchmarks/harness.py), waits until every worker is mid-page (a tesseract running per worker
+slot), then cancels them all in one call. A thread polls the service's tesseract processes every
+1 ms from just before the request.
+
+Figures: `response_ms` (the bulk call's round trip through daphne), `last_tesseract_gone_ms`
+(the call's start -> no tesseract of the service left, reaped), the lists' sizes, and checks:
+every task `cancelled` with exactly one `cancelled` event, no page recorded after `cancelled_at`.
+
+Prints one JSON object; logs go to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import threading
+import time
+
+import harness
+from harness import log
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tasks", type=int, default=500)
+    parser.add_argument("--task-pages", type=int, default=2)
+    parser.add_argument("--dpi", type=int, default=600)
+    args = parser.parse_args()
+
+    from tests import factories
+
+    pdf = factories.slow_pdf(args.task_pages)
+    request = {"text_layer": "ocr", "dpi": args.dpi}
+    with harness.Service(http=True) as service:
+        from django.db.models import Count, F, Q
+
+        from ocr.models import OCRPage, OCRTask
+
+        prefix = str(service.tesseract_tmp)
+        submit_started = time.monotonic()
+        ids = [service.submit_pdf(pdf, request)[1]["task_id"] for _ in range(args.tasks)]
+        submit_seconds = time.monotonic() - submit_started
+        log("submitted %d tasks in %.1f s", len(ids), submit_seconds)
+        deadline = time.monotonic() + 120
+        while len(harness.tesseract_pids(prefix)) < service.workers:
+            if time.monotonic() > deadline:
+                raise RuntimeError("workers did not start OCR within 120 s")
+            time.sleep(0.01)
+        time.sleep(0.3)  # mid-page
+        statuses_before = dict(
+            OCRTask.objects.filter(pk__in=ids).values_list("status").annotate(n=Count("id")).values_list("status", "n")
+        )
+        gone_at: list[float] = []
+
+        def watch() -> None:
+            while harness.tesseract_pids(prefix):
+                time.sleep(0.001)
+            gone_at.append(time.monotonic())
+
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+        started = time.monotonic()
+        code, body = harness.http_request(
+            service.base_url,
+            "POST",
+            "/v1/ocr/tasks/cancel",
+            json.dumps({"task_ids": ids, "reason": "bulk benchmark"}).encode(),
+            {"Content-Type": "application/json"},
+        )
+        response_ms = (time.monotonic() - started) * 1000
+        watcher.join(30)
+        if code != 200:
+            raise RuntimeError(f"bulk cancel answered {code}: {body}")
+        tasks = OCRTask.objects.filter(pk__in=ids).annotate(
+            cancelled_events=Count("events", filter=Q(events__type="cancelled"))
+        )
+        wrong_events = tasks.exclude(cancelled_events=1).count()
+        not_cancelled = tasks.exclude(status="cancelled").count()
+        late_pages = OCRPage.objects.filter(task_id__in=ids, created_at__gt=F("task__cancelled_at")).count()
+        database = "postgresql" if service.pg_name else "sqlite"
+
+    result = {
+        "tasks": args.tasks,
+        "workers": service.workers,
+        "database": database,
+        "code": harness.code_version(),
+        "statuses_before": statuses_before,
+        "submit_seconds": round(submit_seconds, 1),
+        "response_ms": round(response_ms, 1),
+        "last_tesseract_gone_ms": round((gone_at[0] - started) * 1000, 1) if gone_at else None,
+        "cancelled": len(body["cancelled"]),
+        "already_finished": len(body["already_finished"]),
+        "already_cancelled": len(body["already_cancelled"]),
+        "not_cancelled": not_cancelled,
+        "tasks_without_exactly_one_cancelled_event": wrong_events,
+        "pages_after_cancel": late_pages,
+    }
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

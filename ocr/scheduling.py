@@ -1,0 +1,96 @@
+"""Which pending task starts next: high priority first, then round-robin across clients, then
+oldest first; a task's place in that order (`queue_position`) and a start estimate.
+
+Jobs on the broker do not choose their task: a job starts the first pending task of this order
+(ocr/tasks.py). Every pending task has a job of its own on the queue, so every one is started.
+
+Round-robin: within a priority, a client's next task ranks by how many of its tasks are already
+running or ahead of it, so one client's 200 queued tasks never keep another's single task waiting
+behind all of them.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import uuid
+from collections import defaultdict
+from datetime import timedelta
+
+from django.conf import settings
+from django.db.models import Avg, F
+from django.utils import timezone
+
+from .models import OCRTask, Priority, TaskStatus
+
+PRIORITY_RANK = {Priority.HIGH: 0, Priority.NORMAL: 1, Priority.LOW: 2}
+DEFAULT_TASK_SECONDS = 10.0
+ESTIMATE_WINDOW = timedelta(hours=1)
+
+
+def client_of(owner_id, session_key: str, task_id) -> str:
+    """A user, an anonymous session, or (no session) the task alone."""
+    if owner_id:
+        return f"user:{owner_id}"
+    return f"session:{session_key}" if session_key else f"task:{task_id}"
+
+
+def start_order(limit: int | None = None) -> list[uuid.UUID]:
+    """Pending task ids in the order they are to start (at most `limit`)."""
+    running: dict[str, int] = defaultdict(int)
+    for owner_id, session_key, pk in OCRTask.objects.filter(status=TaskStatus.PROCESSING).values_list(
+        "owner_id", "session_key", "id"
+    ):
+        running[client_of(owner_id, session_key, pk)] += 1
+    queues: dict[tuple[int, str], list[tuple]] = defaultdict(list)
+    pending = OCRTask.objects.filter(status=TaskStatus.PENDING).order_by("created_at", "id")
+    for pk, priority, owner_id, session_key, created_at in pending.values_list(
+        "id", "priority", "owner_id", "session_key", "created_at"
+    ):
+        rank = PRIORITY_RANK.get(priority, PRIORITY_RANK[Priority.NORMAL])
+        queues[(rank, client_of(owner_id, session_key, pk))].append((created_at, pk))
+    # one heap entry per (priority, client): its oldest task, keyed by how busy the client is
+    heap = [(rank, running[client], tasks[0][0], client) for (rank, client), tasks in queues.items()]
+    heapq.heapify(heap)
+    taken = {key: 0 for key in queues}
+    order: list[uuid.UUID] = []
+    while heap and (limit is None or len(order) < limit):
+        rank, busy, _, client = heapq.heappop(heap)
+        tasks = queues[(rank, client)]
+        index = taken[(rank, client)]
+        order.append(tasks[index][1])
+        taken[(rank, client)] = index + 1
+        if index + 1 < len(tasks):
+            heapq.heappush(heap, (rank, busy + 1, tasks[index + 1][0], client))
+    return order
+
+
+def queue_position(task: OCRTask) -> int | None:
+    """1 = the next to start; None unless pending."""
+    if task.status != TaskStatus.PENDING:
+        return None
+    order = start_order()
+    return order.index(task.pk) + 1 if task.pk in order else None
+
+
+def estimated_start_seconds(position: int | None) -> float | None:
+    """Rounds of OCR_WORKERS tasks ahead times the mean task duration of the last hour."""
+    if position is None:
+        return None
+    recent = OCRTask.objects.filter(
+        status=TaskStatus.COMPLETED, completed_at__gte=timezone.now() - ESTIMATE_WINDOW, started_at__isnull=False
+    ).aggregate(mean=Avg(F("completed_at") - F("started_at")))["mean"]
+    seconds = recent.total_seconds() if recent else DEFAULT_TASK_SECONDS
+    busy = OCRTask.objects.filter(status=TaskStatus.PROCESSING).count()
+    rounds = math.ceil((position + busy) / max(1, settings.OCR_WORKERS)) - 1
+    return round(max(0, rounds) * seconds + (seconds / 2 if busy >= settings.OCR_WORKERS else 0), 1)
+
+
+def newest_pending_low() -> uuid.UUID | None:
+    """The task a high-priority submit preempts when the service is full."""
+    return (
+        OCRTask.objects.filter(status=TaskStatus.PENDING, priority=Priority.LOW)
+        .order_by("-created_at")
+        .values_list("id", flat=True)
+        .first()
+    )

@@ -1,0 +1,118 @@
+"""Priorities (API.md section 8): the start order, queue positions, preemption when full, and
+real workers starting the high-priority task first."""
+
+import json
+
+import pytest
+from django.contrib.auth.models import User
+from django.core.files.uploadedfile import SimpleUploadedFile
+from rest_framework.test import APIClient
+
+from ocr import scheduling, services
+from ocr.models import OCRTask
+from tests import factories
+from tests.support import wait_for
+
+
+def submit(priority="normal", *, owner=None, **kwargs) -> OCRTask:
+    task = factories.submit_task("pdf", owner=owner, **kwargs)
+    OCRTask.objects.filter(pk=task.pk).update(priority=priority)
+    return task
+
+
+@pytest.mark.django_db
+def test_high_first_then_oldest_first(no_worker):
+    low = submit("low")
+    normal = submit("normal")
+    high = submit("high")
+    later_high = submit("high")
+    assert scheduling.start_order() == [high.pk, later_high.pk, normal.pk, low.pk]
+
+
+@pytest.mark.django_db
+def test_one_clients_many_tasks_do_not_hold_back_another_client(no_worker):
+    alice, bob = User.objects.create_user("alice"), User.objects.create_user("bob")
+    alices = [submit(owner=alice) for _ in range(20)]
+    bobs = submit(owner=bob)
+    order = scheduling.start_order()
+    assert order.index(bobs.pk) <= 1 and order[0] == alices[0].pk
+    # one of alice's tasks is running: bob's comes first
+    services.task_start(task_id=alices[0].pk, total_pages=1)
+    assert scheduling.start_order()[0] == bobs.pk
+
+
+@pytest.mark.django_db
+def test_task_json_has_priority_queue_position_and_estimate(no_worker):
+    client = APIClient()
+    done = submit("normal", start=True)  # a finished task feeds the estimate
+    factories.record_page(task_id=done.pk, page_number=1)
+    services.task_finish(task_id=done.pk)
+    first = submit("normal")
+    high = submit("high")
+    body = client.get(f"/v1/ocr/tasks/{first.pk}").json()
+    assert body["priority"] == "normal" and body["queue_position"] == 2
+    assert body["estimated_start_seconds"] >= 0
+    assert client.get(f"/v1/ocr/tasks/{high.pk}").json()["queue_position"] == 1
+    services.task_start(task_id=high.pk, total_pages=1)
+    body = client.get(f"/v1/ocr/tasks/{high.pk}").json()
+    assert body["queue_position"] is None and body["estimated_start_seconds"] is None
+
+
+@pytest.mark.django_db
+def test_priority_is_validated_and_stored(no_worker):
+    client = APIClient()
+    upload = {"file": SimpleUploadedFile("a.png", factories.text_image()), "request": json.dumps({"priority": "top"})}
+    response = client.post("/v1/ocr/process", upload, format="multipart")
+    assert response.status_code == 400 and "request.priority" in response.json()["detail"]
+    upload = {"file": SimpleUploadedFile("a.png", factories.text_image()), "request": json.dumps({"priority": "high"})}
+    response = client.post("/v1/ocr/process", upload, format="multipart")
+    assert response.status_code == 202 and response.json()["priority"] == "high"
+
+
+@pytest.mark.django_db
+def test_high_priority_submit_preempts_the_newest_low_task_when_full(no_worker, settings):
+    settings.MAX_CONCURRENT_TASKS = 3
+    client = APIClient()
+    older_low, newer_low, normal = submit("low"), submit("low"), submit("normal")
+
+    def post(priority):
+        upload = {
+            "file": SimpleUploadedFile("a.png", factories.text_image()),
+            "request": json.dumps({"priority": priority}),
+        }
+        return client.post("/v1/ocr/process", upload, format="multipart")
+
+    refused = post("normal")
+    assert refused.status_code == 503 and refused.has_header("Retry-After")
+    accepted = post("high")
+    assert accepted.status_code == 202, accepted.content
+    preempted = OCRTask.objects.get(pk=newer_low.pk)
+    assert preempted.status == "cancelled" and preempted.cancelled_by == "system"
+    assert preempted.cancellation_reason == "Preempted by higher-priority work"
+    assert OCRTask.objects.get(pk=older_low.pk).status == "pending"
+    assert OCRTask.objects.get(pk=normal.pk).status == "pending"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_workers_start_the_high_priority_task_before_older_ones(cluster):
+    client = APIClient()
+
+    def post(priority, pages=1):
+        body = {
+            "file": SimpleUploadedFile("doc.pdf", factories.slow_pdf(pages)),
+            "request": json.dumps({"dpi": 600, "text_layer": "ocr", "priority": priority}),
+        }
+        response = client.post("/v1/ocr/process-pdf", body, format="multipart")
+        assert response.status_code == 202, response.content
+        return response.json()["task_id"]
+
+    busy = [post("normal", pages=3) for _ in range(2)]
+    wait_for(lambda: OCRTask.objects.filter(pk__in=busy, status="processing").count() == 2, timeout=30)
+    low, high = post("low"), post("high")
+    assert client.get(f"/v1/ocr/tasks/{high}").json()["queue_position"] == 1
+    client.post("/v1/ocr/tasks/cancel", {"task_ids": busy}, format="json")
+    wait_for(lambda: OCRTask.objects.filter(pk__in=[low, high], status="processing").exists(), timeout=30)
+    wait_for(lambda: OCRTask.objects.get(pk=high).started_at is not None, timeout=30)
+    started_low = OCRTask.objects.get(pk=low).started_at
+    assert started_low is None or started_low >= OCRTask.objects.get(pk=high).started_at
+    client.post("/v1/ocr/tasks/cancel", {"task_ids": [low, high]}, format="json")

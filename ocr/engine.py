@@ -12,6 +12,7 @@ import functools
 import io
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import tempfile
@@ -19,11 +20,13 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pymupdf
 import pytesseract
 from PIL import Image
+
+from .imaging import page_text_layer, preprocess, render_page  # noqa: F401  (the engine's page steps)
 
 logger = logging.getLogger(__name__)
 
@@ -94,44 +97,6 @@ def open_pdf(data: bytes, max_pages: int | None = None) -> pymupdf.Document:
         doc.close()
         raise EngineError(f"PDF has {count} pages, more than the limit of {max_pages}")
     return doc
-
-
-# --- Preprocessing ---------------------------------------------------------------------------
-
-
-@functools.lru_cache(maxsize=64)
-def _lut(contrast_level: float, threshold: int) -> tuple[int, ...]:
-    cut = threshold * 255 / 1024
-    table = []
-    for value in range(256):
-        scaled = min(255.0, max(0.0, (value - 128) * contrast_level + 128))
-        if threshold > 0:
-            scaled = 255 if scaled >= cut else 0
-        table.append(int(round(scaled)))
-    return tuple(table)
-
-
-def preprocess(image: Image.Image, *, contrast_level: float, threshold: int) -> Image.Image:
-    """Greyscale, scale contrast around mid grey, then binarise at threshold*255/1024 (0: off)."""
-    if image.mode not in ("L",):
-        if image.mode in ("RGBA", "LA", "P"):
-            image = image.convert("RGBA")
-            background = Image.new("RGBA", image.size, (255, 255, 255, 255))
-            image = Image.alpha_composite(background, image)
-        image = image.convert("L")
-    return image.point(list(_lut(float(contrast_level), int(threshold))))
-
-
-def render_page(doc: pymupdf.Document, index: int, dpi: int) -> Image.Image:
-    """Render one page (0-based) to a greyscale image at `dpi`."""
-    page = doc.load_page(index)
-    pix = page.get_pixmap(dpi=dpi, colorspace=pymupdf.csGRAY, alpha=False)
-    return Image.frombuffer("L", (pix.width, pix.height), pix.samples, "raw", "L", pix.stride, 1)
-
-
-def page_text_layer(doc: pymupdf.Document, index: int) -> str:
-    """The page's existing text layer ('' when the page is only an image)."""
-    return doc.load_page(index).get_text().strip()
 
 
 # --- Tesseract -------------------------------------------------------------------------------
@@ -257,10 +222,43 @@ class TesseractSlots:
                 os.close(fd)  # closing the held descriptor releases its lock
 
 
+# Formats tesseract writes in its one run, by our output name -> (config name, file suffix).
+TESSERACT_FORMATS = {
+    "text": ("txt", "txt"),
+    "tsv": ("tsv", "tsv"),
+    "hocr": ("hocr", "hocr"),
+    "alto": ("alto", "xml"),
+    "pdf": ("pdf", "pdf"),
+}
+SAUVOLA = "thresholding_method=2"  # tesseract 5's adaptive binarisation (threshold "auto")
+
+
 @dataclass
 class OCRText:
     text: str
     seconds: float
+    files: dict[str, bytes] = field(default_factory=dict)  # format -> what tesseract wrote
+
+
+def _run(argv: list[str], *, scope: CancelScope, slots: TesseractSlots | None) -> tuple[int, bytes, bytes]:
+    """Run one tesseract in its own process group, tracked by `scope` (killed on cancel)."""
+    with slots.acquire(scope) if slots is not None else nullcontext():
+        proc = subprocess.Popen(
+            argv,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=TESSERACT_ENV,
+            start_new_session=True,
+        )
+        with scope.track(proc):
+            stdout, stderr = proc.communicate()
+    scope.check()
+    return proc.returncode, stdout, stderr
+
+
+def _failure(returncode: int, stderr: bytes) -> OCRFailed:
+    message = stderr.decode(errors="replace").strip().splitlines()
+    return OCRFailed(f"tesseract exited with {returncode}: {message[-1] if message else ''}")
 
 
 def run_tesseract(
@@ -271,35 +269,91 @@ def run_tesseract(
     scope: CancelScope | None = None,
     tmpdir: str | None = None,
     slots: TesseractSlots | None = None,
+    formats: tuple[str, ...] = (),
+    adaptive: bool = False,
 ) -> OCRText:
     """OCR one preprocessed image with a tesseract subprocess that `scope.cancel()` can kill.
 
+    The text always, and each of `formats` (tsv, hocr, alto, pdf: a text-only PDF page) from the
+    same run, read back from files in a temporary folder under `tmpdir` that is then deleted.
+    `adaptive` lets tesseract binarise with Sauvola's local thresholds.
     With `slots`, a slot is held only while tesseract runs (not while its input is written)."""
     started = time.perf_counter()
     scope = scope or CancelScope()
     scope.check()
-    # A PGM file is read 15-40% faster by tesseract than the same image on stdin.
-    fd, path = tempfile.mkstemp(suffix=".pgm", dir=tmpdir)
+    wanted = ["text", *(name for name in TESSERACT_FORMATS if name in formats and name != "text")]
+    workdir = tempfile.mkdtemp(prefix="page-", dir=tmpdir)
     try:
-        with os.fdopen(fd, "wb") as handle:
-            image.save(handle, format="PPM")
-        with slots.acquire(scope) if slots is not None else nullcontext():
-            proc = subprocess.Popen(
-                ["tesseract", path, "stdout", "-l", lang, "--dpi", str(dpi)],
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                env=TESSERACT_ENV,
-                start_new_session=True,
-            )
-            with scope.track(proc):
-                stdout, stderr = proc.communicate()
+        # A PGM file is read 15-40% faster by tesseract than the same image on stdin.
+        path = os.path.join(workdir, "page.pgm")
+        image.save(path, format="PPM")
+        outbase = os.path.join(workdir, "out")
+        argv = ["tesseract", path, outbase, "-l", lang, "--dpi", str(dpi)]
+        if adaptive:
+            argv += ["-c", SAUVOLA]
+        if "pdf" in wanted:
+            argv += ["-c", "textonly_pdf=1"]
+        argv += [TESSERACT_FORMATS[name][0] for name in wanted]
+        returncode, _, stderr = _run(argv, scope=scope, slots=slots)
+        if returncode != 0:
+            raise _failure(returncode, stderr)
+        files = {}
+        for name in wanted:
+            with open(f"{outbase}.{TESSERACT_FORMATS[name][1]}", "rb") as handle:
+                files[name] = handle.read()
     finally:
-        os.unlink(path)
+        shutil.rmtree(workdir, ignore_errors=True)
+    text = files.pop("text").decode(errors="replace").strip()
+    return OCRText(text=text, seconds=time.perf_counter() - started, files=files)
+
+
+@dataclass
+class Orientation:
+    rotation: int  # degrees clockwise that turn the page upright (0, 90, 180, 270)
+    script: str | None
+    confidence: float
+
+
+OSD_MAX_SIDE = 1800  # OSD costs about as much as OCR at full size; half a 300 dpi page answers the same
+
+
+def detect_orientation(
+    image: Image.Image,
+    *,
+    dpi: int,
+    scope: CancelScope | None = None,
+    tmpdir: str | None = None,
+    slots: TesseractSlots | None = None,
+) -> Orientation:
+    """Orientation and script of a page (tesseract --psm 0, the `osd` data), cancellable like OCR.
+    A page with too little text answers rotation 0 and no script."""
+    scope = scope or CancelScope()
     scope.check()
-    if proc.returncode != 0:
-        message = stderr.decode(errors="replace").strip().splitlines()
-        raise OCRFailed(f"tesseract exited with {proc.returncode}: {message[-1] if message else ''}")
-    return OCRText(text=stdout.decode(errors="replace").strip(), seconds=time.perf_counter() - started)
+    factor = max(1.0, max(image.size) / OSD_MAX_SIDE)
+    small = image.resize((round(image.width / factor), round(image.height / factor))) if factor > 1 else image
+    workdir = tempfile.mkdtemp(prefix="osd-", dir=tmpdir)
+    try:
+        path = os.path.join(workdir, "page.pgm")
+        small.save(path, format="PPM")
+        argv = ["tesseract", path, "stdout", "--psm", "0", "--dpi", str(max(70, round(dpi / factor)))]
+        returncode, stdout, stderr = _run(argv, scope=scope, slots=slots)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    found = dict(line.split(":", 1) for line in stdout.decode(errors="replace").splitlines() if ":" in line)
+    if returncode != 0 or "Rotate" not in found:
+        logger.info("orientation not detected: %s", stderr.decode(errors="replace").strip()[-200:])
+        return Orientation(rotation=0, script=None, confidence=0.0)
+    try:
+        rotation = int(found["Rotate"].strip()) % 360
+        confidence = float(found.get("Orientation confidence", "0").strip())
+    except ValueError:
+        return Orientation(rotation=0, script=None, confidence=0.0)
+    return Orientation(rotation=rotation, script=(found.get("Script") or "").strip() or None, confidence=confidence)
+
+
+@functools.lru_cache(maxsize=1)
+def osd_available() -> bool:
+    return "osd" in pytesseract.get_languages(config="")
 
 
 def kill_orphans(pages_dir: str) -> int:

@@ -197,6 +197,8 @@ class PageOutcome:
     success: bool = True
     error: str | None = None
     extra: dict = field(default_factory=dict)
+    outputs: dict = field(default_factory=dict)  # OCRPage.outputs
+    text_pdf: bytes | None = None
 
 
 def page_record(*, task_id: uuid.UUID, page_number: int, outcome: PageOutcome, attempt: int | None = None) -> bool:
@@ -216,6 +218,8 @@ def page_record(*, task_id: uuid.UUID, page_number: int, outcome: PageOutcome, a
             success=outcome.success,
             error=outcome.error,
             extra=outcome.extra,
+            outputs=outcome.outputs,
+            text_pdf=outcome.text_pdf,
         )
         _store_event(
             task,

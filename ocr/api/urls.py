@@ -3,7 +3,7 @@
 from django.urls import path
 
 from ..kinds import KINDS
-from . import cancel, operations, streams, submit, tasks
+from . import cancel, download, operations, streams, submit, tasks
 
 urlpatterns = [
     path("health", operations.health, name="health"),
@@ -14,6 +14,7 @@ urlpatterns = [
     path("tasks/cleanup", operations.CleanupView.as_view(), name="task-cleanup"),
     path("tasks/<str:task_id>", tasks.TaskDetailView.as_view(), name="task-detail"),
     path("tasks/<str:task_id>/cancel", cancel.CancelView.as_view(), name="task-cancel"),
+    path("tasks/<str:task_id>/download", download.DownloadView.as_view(), name="task-download"),
     path("stream/<str:task_id>", streams.stream_events, name="stream"),
     path("stream/<str:task_id>/cancel", cancel.CancelView.as_view(streaming_only=True), name="stream-cancel"),
 ]
@@ -31,4 +32,5 @@ for kind in KINDS.values():
         urlpatterns += [
             path(f"{kind.typed_prefix}/<str:task_id>", tasks.TaskDetailView.as_view(kind=kind)),
             path(f"{kind.typed_prefix}/<str:task_id>/cancel", cancel.CancelView.as_view(kind=kind)),
+            path(f"{kind.typed_prefix}/<str:task_id>/download", download.DownloadView.as_view(kind=kind)),
         ]

@@ -264,7 +264,7 @@ def write_pdf(pages: Iterable[OCRPage], *, source: bytes, is_pdf: bool, out_file
                 # the text page is upright; turn it back onto the page as it was scanned
                 rotation = page.extra.get("rotation") or 0
                 target.show_pdf_page(target.rect, layer, 0, overlay=True, rotate=rotation)
-        out.save(out_file, garbage=3, deflate=True)
+        out_file.write(out.tobytes(garbage=3, deflate=True))
     finally:
         out.close()
         if src is not None:

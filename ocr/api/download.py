@@ -38,7 +38,11 @@ def _pages(task: OCRTask, *, with_pdf: bool = False):
 class DownloadView(generics.GenericAPIView):
     kind: Kind | None = None
     serializer_class = TaskSerializer
-    renderer_classes = [JSONRenderer]  # errors; the documents are sent as they are
+    renderer_classes = [JSONRenderer]  # errors and the json format; the documents are sent as they are
+
+    def perform_content_negotiation(self, request, force=False):
+        # `?format=` names the document here, not one of DRF's renderers (its URL format override)
+        return JSONRenderer(), JSONRenderer.media_type
 
     @extend_schema(
         parameters=[

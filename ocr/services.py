@@ -67,7 +67,8 @@ def _store_event(task: OCRTask, type: str, **details) -> progress.TaskEventPaylo
 
 
 def _store_result(task: OCRTask) -> None:
-    task.result = progress.assemble_result(task, list(OCRPage.objects.filter(task_id=task.pk)))
+    pages = OCRPage.objects.filter(task_id=task.pk).defer("outputs", "text_pdf")  # documents: downloads only
+    task.result = progress.assemble_result(task, list(pages))
     OCRTask.objects.filter(pk=task.pk).update(result=task.result)
 
 

@@ -261,9 +261,11 @@ def write_pdf(pages: Iterable[OCRPage], *, source: bytes, is_pdf: bool, out_file
             if page.source == PageSource.TEXT_LAYER or not page.text_pdf:
                 continue
             with pymupdf.open(stream=bytes(page.text_pdf), filetype="pdf") as layer:
-                # the text page is upright; turn it back onto the page as it was scanned
-                rotation = page.extra.get("rotation") or 0
-                target.show_pdf_page(target.rect, layer, 0, overlay=True, rotate=rotation)
+                # The text page is upright as OCR read it: turn it back by the rotation OCR applied
+                # and by the page's own /Rotate (show_pdf_page places it in unrotated coordinates).
+                rotation = (page.extra.get("rotation") or 0) + target.rotation
+                rect = target.rect * target.derotation_matrix
+                target.show_pdf_page(rect, layer, 0, overlay=True, rotate=rotation % 360)
         out_file.write(out.tobytes(garbage=3, deflate=True))
     finally:
         out.close()

@@ -232,3 +232,25 @@ def test_cancel_kills_orientation_detection(tmp_path):
     thread.join(10)
     assert failure and time.monotonic() - started < 2
     assert tesseract_pids(str(tmp_path)) == [] and list(tmp_path.iterdir()) == []
+
+
+def test_searchable_pdf_of_a_page_with_its_own_rotate_attribute():
+    source = text_page(["Rotated page attribute test"])
+    scan = pymupdf.open()
+    scan_page = scan.new_page()
+    scan_page.insert_image(scan_page.rect, pixmap=source[0].get_pixmap(dpi=200, colorspace=pymupdf.csGRAY))
+    scan_page.set_rotation(90)  # shown sideways: OCR reads the page as displayed
+    data = scan.tobytes()
+    image = imaging.render_page(pymupdf.open(stream=data, filetype="pdf"), 0, 200)
+    page = page_from(read(image, dpi=200, outputs=("text", "pdf")), 1, dpi=200)
+    out = io.BytesIO()
+    outputs.write_pdf([page], source=data, is_pdf=True, out_file=out)
+    result = pymupdf.open(stream=out.getvalue(), filetype="pdf")[0]
+    assert result.rotation == 90
+    # text coordinates of the unrotated page: the layer's words sit on the scanned words
+    truth = {w[4]: pymupdf.Rect(w[:4]) for w in source[0].get_text("words")}
+    layer = {w[4]: pymupdf.Rect(w[:4]) for w in result.get_text("words")}
+    assert set(layer) == set(truth)
+    for word, box in layer.items():
+        centre = pymupdf.Point((box.x0 + box.x1) / 2, (box.y0 + box.y1) / 2)
+        assert centre in truth[word] + (-3, -3, 3, 3), (word, box, truth[word])

@@ -125,18 +125,23 @@ def _otsu(histogram: list[int]) -> int:
     return best_cut
 
 
-def skew_angle(image: Image.Image, max_degrees: float = MAX_SKEW_DEGREES) -> float:
+def skew_angle(image: Image.Image, max_degrees: float = MAX_SKEW_DEGREES, check=None) -> float:
     """The counter-clockwise rotation (degrees) that makes the text lines horizontal.
 
     Projection profiles: the ink of each row of a small copy, turned by each candidate angle;
-    lines are horizontal where neighbouring rows differ most (1 degree steps, then 0.1)."""
-    small = greyscale(image).copy()
-    small.thumbnail((SKEW_SAMPLE_SIDE, SKEW_SAMPLE_SIDE))
+    lines are horizontal where neighbouring rows differ most (1 degree steps, then 0.1).
+    `check` is called between angles (a cancelled scope raises there)."""
+    grey = greyscale(image)
+    factor = max(1, -(-max(grey.size) // SKEW_SAMPLE_SIDE))  # ceil: box-reduce to at most the sample side
+    small = grey.reduce(factor) if factor > 1 else grey
     cut = _otsu(small.histogram())
     ink = small.point([255 if value <= cut else 0 for value in range(256)])
 
     def score(angle: float) -> int:
-        turned = ink.rotate(angle, resample=Image.Resampling.BILINEAR, fillcolor=0)
+        if check is not None:
+            check()
+        # nearest neighbour: ~10x cheaper than bilinear here, and enough for a row profile
+        turned = ink.rotate(angle, resample=Image.Resampling.NEAREST, fillcolor=0)
         rows = turned.resize((1, turned.height), Image.Resampling.BOX).tobytes()
         return sum((a - b) * (a - b) for a, b in zip(rows, rows[1:], strict=False))
 
@@ -148,6 +153,6 @@ def skew_angle(image: Image.Image, max_degrees: float = MAX_SKEW_DEGREES) -> flo
 
 def straighten(image: Image.Image, angle: float) -> Image.Image:
     """Turn the page by `angle` degrees counter-clockwise around its centre, same size, white corners."""
-    if abs(angle) < 0.05:
+    if abs(angle) < 0.2:  # below the measurement's resolution: leave a straight page untouched
         return image
-    return image.rotate(angle, resample=Image.Resampling.BICUBIC, fillcolor=255)
+    return image.rotate(angle, resample=Image.Resampling.BILINEAR, fillcolor=255)

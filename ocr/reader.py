@@ -119,8 +119,7 @@ def read_page(
             rotation = found.rotation
             prepared = imaging.upright(prepared, rotation)
     if params.deskew:
-        scope.check()
-        skew = imaging.skew_angle(prepared)
+        skew = imaging.skew_angle(prepared, check=scope.check)
         prepared = imaging.straighten(prepared, skew)
     lang = languages_for(script, engine.tesseract_languages()) if params.lang == "auto" else params.lang
     formats = ["tsv"]  # always: words and the mean confidence come from it

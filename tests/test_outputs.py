@@ -228,10 +228,12 @@ def test_cancel_kills_orientation_detection(tmp_path):
     thread.start()
     wait_for(lambda: tesseract_pids(str(tmp_path)), timeout=30, interval=0.005)
     started = time.monotonic()
-    assert scope.cancel() == 1
+    scope.cancel()  # kills it (or, cancelled before `track` registered it, track kills it)
     thread.join(10)
-    assert failure and time.monotonic() - started < 2
-    assert tesseract_pids(str(tmp_path)) == [] and list(tmp_path.iterdir()) == []
+    # killed: done at once (the detection itself takes over a second on this page)
+    assert failure and time.monotonic() - started < 0.5
+    wait_for(lambda: not tesseract_pids(str(tmp_path)), timeout=2, interval=0.005)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_searchable_pdf_of_a_page_with_its_own_rotate_attribute():

@@ -13,6 +13,7 @@ import io
 import logging
 import os
 import resource
+import shutil
 import signal
 import subprocess
 import tempfile
@@ -20,11 +21,14 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pymupdf
 import pytesseract
 from PIL import Image
+
+from . import imaging
+from .imaging import page_text_layer, preprocess  # noqa: F401  (the engine's page steps)
 
 logger = logging.getLogger(__name__)
 
@@ -108,32 +112,6 @@ def open_pdf(data: bytes, max_pages: int | None = None) -> pymupdf.Document:
     return doc
 
 
-# --- Preprocessing ---------------------------------------------------------------------------
-
-
-@functools.lru_cache(maxsize=64)
-def _lut(contrast_level: float, threshold: int) -> tuple[int, ...]:
-    cut = threshold * 255 / 1024
-    table = []
-    for value in range(256):
-        scaled = min(255.0, max(0.0, (value - 128) * contrast_level + 128))
-        if threshold > 0:
-            scaled = 255 if scaled >= cut else 0
-        table.append(int(round(scaled)))
-    return tuple(table)
-
-
-def preprocess(image: Image.Image, *, contrast_level: float, threshold: int) -> Image.Image:
-    """Greyscale, scale contrast around mid grey, then binarise at threshold*255/1024 (0: off)."""
-    if image.mode not in ("L",):
-        if image.mode in ("RGBA", "LA", "P"):
-            image = image.convert("RGBA")
-            background = Image.new("RGBA", image.size, (255, 255, 255, 255))
-            image = Image.alpha_composite(background, image)
-        image = image.convert("L")
-    return image.point(list(_lut(float(contrast_level), int(threshold))))
-
-
 def page_pixels(page: pymupdf.Page, dpi: int) -> tuple[int, int]:
     """Width and height in pixels of a page rendered at `dpi`."""
     return round(page.rect.width * dpi / 72), round(page.rect.height * dpi / 72)
@@ -152,25 +130,20 @@ def check_page_size(page: pymupdf.Page, dpi: int, max_pixels: int | None) -> Non
 def render_page(doc: pymupdf.Document, index: int, dpi: int, max_pixels: int | None = None) -> Image.Image:
     """Render one page (0-based) to a greyscale image at `dpi`; EngineError when the page is
     larger than `max_pixels`, or when MuPDF complained while rendering a page of a repaired
-    (damaged) document: its content was lost, the image would be blank or partial."""
-    page = doc.load_page(index)
-    check_page_size(page, dpi, max_pixels)
+    (damaged) document, or it came out blank: its content was lost."""
+    check_page_size(doc.load_page(index), dpi, max_pixels)
     pymupdf.TOOLS.mupdf_warnings()  # drop older complaints: those from here on are this page's
-    pix = page.get_pixmap(dpi=dpi, colorspace=pymupdf.csGRAY, alpha=False)
+    image = imaging.render_page(doc, index, dpi)
     if doc.is_repaired:
         complaints = pymupdf.TOOLS.mupdf_warnings().strip()
         if complaints:
             raise EngineError(
                 f"page {index + 1} of a damaged PDF could not be rendered: {complaints.splitlines()[-1][:300]}"
             )
-        if pix.is_unicolor:
+        low, high = image.getextrema()
+        if low == high:
             raise EngineError(f"page {index + 1} of a damaged PDF rendered blank: its content was lost")
-    return Image.frombuffer("L", (pix.width, pix.height), pix.samples, "raw", "L", pix.stride, 1)
-
-
-def page_text_layer(doc: pymupdf.Document, index: int) -> str:
-    """The page's existing text layer ('' when the page is only an image)."""
-    return doc.load_page(index).get_text().strip()
+    return image
 
 
 # --- Tesseract -------------------------------------------------------------------------------
@@ -195,14 +168,6 @@ class CancelScope:
         self._procs: set[subprocess.Popen] = set()
         self._closers: set[Callable[[], None]] = set()
         self.cancelled = threading.Event()
-        # A worker process runs one job at a time: its reaped children since now are this task's.
-        self._reaped_cpu_at_start = reaped_children_cpu()
-
-    def cpu_seconds(self) -> float:
-        """CPU time of this scope's processes: those reaped since it began, plus the running ones."""
-        with self._lock:
-            pids = [proc.pid for proc in self._procs]
-        return reaped_children_cpu() - self._reaped_cpu_at_start + sum(process_cpu(pid) for pid in pids)
 
     def cancel(self) -> int:
         """Mark cancelled, run the closers, kill every running process group; return how many were killed."""
@@ -250,22 +215,6 @@ class CancelScope:
         finally:
             with self._lock:
                 self._closers.discard(closer)
-
-
-def reaped_children_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
-def process_cpu(pid: int) -> float:
-    """utime + stime of a live (or not yet reaped) process from /proc/<pid>/stat; 0 once gone."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as handle:
-            stat = handle.read()
-    except OSError:
-        return 0.0
-    fields = stat[stat.rindex(b")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _run_closer(closer: Callable[[], None]) -> None:
@@ -320,10 +269,48 @@ class TesseractSlots:
                 os.close(fd)  # closing the held descriptor releases its lock
 
 
+# Formats tesseract writes in its one run, by our output name -> (config name, file suffix).
+TESSERACT_FORMATS = {
+    "text": ("txt", "txt"),
+    "tsv": ("tsv", "tsv"),
+    "hocr": ("hocr", "hocr"),
+    "alto": ("alto", "xml"),
+    "pdf": ("pdf", "pdf"),
+}
+SAUVOLA = "thresholding_method=2"  # tesseract 5's adaptive binarisation (threshold "auto")
+
+
 @dataclass
 class OCRText:
     text: str
     seconds: float
+    files: dict[str, bytes] = field(default_factory=dict)  # format -> what tesseract wrote
+
+
+def _run(
+    argv: list[str], *, scope: CancelScope, slots: TesseractSlots | None, memory_limit_mb: int = 0
+) -> tuple[int, bytes, bytes]:
+    """Run one tesseract in its own process group, tracked by `scope` (killed on cancel); with
+    `memory_limit_mb`, its address space is capped (it fails instead of taking the host down)."""
+    with slots.acquire(scope) if slots is not None else nullcontext():
+        proc = subprocess.Popen(
+            argv,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=TESSERACT_ENV,
+            start_new_session=True,
+        )
+        if memory_limit_mb:
+            _limit_memory(proc.pid, memory_limit_mb)
+        with scope.track(proc):
+            stdout, stderr = proc.communicate()
+    scope.check()
+    return proc.returncode, stdout, stderr
+
+
+def _failure(returncode: int, stderr: bytes) -> OCRFailed:
+    message = stderr.decode(errors="replace").strip().splitlines()
+    return OCRFailed(f"tesseract exited with {returncode}: {message[-1] if message else ''}")
 
 
 def run_tesseract(
@@ -334,40 +321,93 @@ def run_tesseract(
     scope: CancelScope | None = None,
     tmpdir: str | None = None,
     slots: TesseractSlots | None = None,
+    formats: tuple[str, ...] = (),
+    adaptive: bool = False,
     memory_limit_mb: int = 0,
 ) -> OCRText:
     """OCR one preprocessed image with a tesseract subprocess that `scope.cancel()` can kill.
 
-    With `slots`, a slot is held only while tesseract runs (not while its input is written);
-    with `memory_limit_mb`, tesseract's address space is capped (it fails instead of swapping)."""
+    The text always, and each of `formats` (tsv, hocr, alto, pdf: a text-only PDF page) from the
+    same run, read back from files in a temporary folder under `tmpdir` that is then deleted.
+    `adaptive` lets tesseract binarise with Sauvola's local thresholds.
+    With `slots`, a slot is held only while tesseract runs (not while its input is written)."""
     started = time.perf_counter()
     scope = scope or CancelScope()
     scope.check()
-    # A PGM file is read 15-40% faster by tesseract than the same image on stdin.
+    wanted = ["text", *(name for name in TESSERACT_FORMATS if name in formats and name != "text")]
     # named after this process, so that the pages of a killed worker can be told apart and removed
-    fd, path = tempfile.mkstemp(prefix=f"{PAGE_FILE_PREFIX}{os.getpid()}-", suffix=".pgm", dir=tmpdir)
+    workdir = tempfile.mkdtemp(prefix=f"{PAGE_FILE_PREFIX}{os.getpid()}-", dir=tmpdir)
     try:
-        with os.fdopen(fd, "wb") as handle:
-            image.save(handle, format="PPM")
-        with slots.acquire(scope) if slots is not None else nullcontext():
-            proc = subprocess.Popen(
-                ["tesseract", path, "stdout", "-l", lang, "--dpi", str(dpi)],
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                env=TESSERACT_ENV,
-                start_new_session=True,
-            )
-            if memory_limit_mb:
-                _limit_memory(proc.pid, memory_limit_mb)
-            with scope.track(proc):
-                stdout, stderr = proc.communicate()
+        # A PGM file is read 15-40% faster by tesseract than the same image on stdin.
+        path = os.path.join(workdir, "page.pgm")
+        image.save(path, format="PPM")
+        outbase = os.path.join(workdir, "out")
+        argv = ["tesseract", path, outbase, "-l", lang, "--dpi", str(dpi)]
+        if adaptive:
+            argv += ["-c", SAUVOLA]
+        if "pdf" in wanted:
+            argv += ["-c", "textonly_pdf=1"]
+        argv += [TESSERACT_FORMATS[name][0] for name in wanted]
+        returncode, _, stderr = _run(argv, scope=scope, slots=slots, memory_limit_mb=memory_limit_mb)
+        if returncode != 0:
+            raise _failure(returncode, stderr)
+        files = {}
+        for name in wanted:
+            with open(f"{outbase}.{TESSERACT_FORMATS[name][1]}", "rb") as handle:
+                files[name] = handle.read()
     finally:
-        os.unlink(path)
+        shutil.rmtree(workdir, ignore_errors=True)
+    text = files.pop("text").decode(errors="replace").strip()
+    return OCRText(text=text, seconds=time.perf_counter() - started, files=files)
+
+
+@dataclass
+class Orientation:
+    rotation: int  # degrees clockwise that turn the page upright (0, 90, 180, 270)
+    script: str | None
+    confidence: float
+
+
+OSD_MAX_SIDE = 1800  # OSD costs about as much as OCR at full size; half a 300 dpi page answers the same
+
+
+def detect_orientation(
+    image: Image.Image,
+    *,
+    dpi: int,
+    scope: CancelScope | None = None,
+    tmpdir: str | None = None,
+    slots: TesseractSlots | None = None,
+) -> Orientation:
+    """Orientation and script of a page (tesseract --psm 0, the `osd` data), cancellable like OCR.
+    A page with too little text answers rotation 0 and no script."""
+    scope = scope or CancelScope()
     scope.check()
-    if proc.returncode != 0:
-        message = stderr.decode(errors="replace").strip().splitlines()
-        raise OCRFailed(f"tesseract exited with {proc.returncode}: {message[-1] if message else ''}")
-    return OCRText(text=stdout.decode(errors="replace").strip(), seconds=time.perf_counter() - started)
+    factor = max(1.0, max(image.size) / OSD_MAX_SIDE)
+    small = image.resize((round(image.width / factor), round(image.height / factor))) if factor > 1 else image
+    workdir = tempfile.mkdtemp(prefix=f"{PAGE_FILE_PREFIX}{os.getpid()}-osd-", dir=tmpdir)
+    try:
+        path = os.path.join(workdir, "page.pgm")
+        small.save(path, format="PPM")
+        argv = ["tesseract", path, "stdout", "--psm", "0", "--dpi", str(max(70, round(dpi / factor)))]
+        returncode, stdout, stderr = _run(argv, scope=scope, slots=slots)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    found = dict(line.split(":", 1) for line in stdout.decode(errors="replace").splitlines() if ":" in line)
+    if returncode != 0 or "Rotate" not in found:
+        logger.info("orientation not detected: %s", stderr.decode(errors="replace").strip()[-200:])
+        return Orientation(rotation=0, script=None, confidence=0.0)
+    try:
+        rotation = int(found["Rotate"].strip()) % 360
+        confidence = float(found.get("Orientation confidence", "0").strip())
+    except ValueError:
+        return Orientation(rotation=0, script=None, confidence=0.0)
+    return Orientation(rotation=rotation, script=(found.get("Script") or "").strip() or None, confidence=confidence)
+
+
+@functools.lru_cache(maxsize=1)
+def osd_available() -> bool:
+    return "osd" in pytesseract.get_languages(config="")
 
 
 def _limit_memory(pid: int, megabytes: int) -> None:
@@ -382,7 +422,8 @@ PAGE_FILE_PREFIX = "page-"
 
 
 def remove_orphan_pages(pages_dir: str) -> int:
-    """Delete page images whose worker process is gone (killed before its `finally` ran)."""
+    """Delete page images (and their folders) whose worker process is gone (killed before its
+    `finally` ran)."""
     removed = 0
     for name in os.listdir(pages_dir):
         if not name.startswith(PAGE_FILE_PREFIX):
@@ -393,11 +434,15 @@ def remove_orphan_pages(pages_dir: str) -> int:
             continue
         if os.path.exists(f"/proc/{pid}"):
             continue
-        try:
-            os.unlink(os.path.join(pages_dir, name))
-            removed += 1
-        except FileNotFoundError:
-            pass
+        path = os.path.join(pages_dir, name)
+        if os.path.isdir(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                continue
+        removed += 1
     if removed:
         logger.warning("removed %d page images of workers that are gone", removed)
     return removed

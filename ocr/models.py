@@ -196,6 +196,10 @@ class OCRPage(models.Model):
     success = models.BooleanField(default=True)
     error = models.TextField(null=True, blank=True)
     extra = models.JSONField(default=dict, blank=True, help_text="Kind-specific fields (LLM model, timings)")
+    # The formats asked for in request.outputs, from the page's one tesseract run (API.md section 9):
+    # "words" (list of {text, confidence, bbox}), "hocr", "alto", "tsv" (text as tesseract wrote it).
+    outputs = models.JSONField(default=dict, blank=True, help_text="Requested output formats of this page")
+    text_pdf = models.BinaryField(null=True, blank=True, help_text="tesseract's text-only PDF page (invisible text)")
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

@@ -8,15 +8,21 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 
-DEFAULT_THRESHOLD = 500
+DEFAULT_THRESHOLD = "auto"  # adaptive (Sauvola) binarisation by tesseract; an int cuts globally
+DEFAULT_OUTPUTS = ("text",)
+OUTPUT_FORMATS = ("text", "words", "hocr", "alto", "tsv", "pdf")
+ROTATE_CHOICES = ("none", "auto")
 DEFAULT_CONTRAST = 1.3
 DEFAULT_LANG = "eng"
 DEFAULT_DPI = 300
 
 PARAMETER_RANGES = {
-    "threshold": {"type": "integer", "min": 0, "max": 1024, "default": DEFAULT_THRESHOLD},
+    "threshold": {"type": "'auto' or integer", "min": 0, "max": 1024, "default": DEFAULT_THRESHOLD},
     "contrast_level": {"type": "number", "min": 0.1, "max": 5.0, "default": DEFAULT_CONTRAST},
-    "lang": {"type": "string", "default": DEFAULT_LANG},
+    "lang": {"type": "string: installed languages joined with '+', or 'auto'", "default": DEFAULT_LANG},
+    "outputs": {"type": "array", "choices": list(OUTPUT_FORMATS), "default": list(DEFAULT_OUTPUTS)},
+    "rotate": {"type": "string", "choices": list(ROTATE_CHOICES), "default": "none"},
+    "deskew": {"type": "boolean", "default": False, "max_degrees": 15},
     "dpi": {"type": "integer", "min": 150, "max": 600, "default": DEFAULT_DPI, "pdf_only": True},
     "page_select": {"type": "array of 1-based page numbers", "default": None, "pdf_only": True},
     "text_layer": {"type": "string", "choices": ["auto", "ocr"], "default": "auto", "pdf_only": True},
@@ -38,9 +44,12 @@ PARAMETER_RANGES = {
 
 @dataclass(frozen=True)
 class TaskParams:
-    threshold: int = DEFAULT_THRESHOLD
+    threshold: int | str = DEFAULT_THRESHOLD
     contrast_level: float = DEFAULT_CONTRAST
     lang: str = DEFAULT_LANG
+    outputs: tuple[str, ...] = DEFAULT_OUTPUTS
+    rotate: str = "none"
+    deskew: bool = False
     deadline_seconds: int | None = None
     priority: str = "normal"
     # {"max_processing_seconds": N, "max_cpu_seconds": N}: the worker cancels the task past either
@@ -60,13 +69,23 @@ class TaskParams:
         values = {key: value for key, value in (data or {}).items() if key in known and value is not None}
         if "page_select" in values:
             values["page_select"] = tuple(values["page_select"])
+        if "outputs" in values:
+            values["outputs"] = tuple(values["outputs"])
         return cls(**values)
 
     def to_json(self) -> dict:
         data = asdict(self)
         if self.page_select is not None:
             data["page_select"] = list(self.page_select)
+        data["outputs"] = list(self.outputs)
         return data
+
+    @property
+    def adaptive_threshold(self) -> bool:
+        return self.threshold == "auto"
+
+    def wants(self, output: str) -> bool:
+        return output in self.outputs
 
     def pages_of(self, page_count: int) -> list[int]:
         """The 1-based pages to read of a document of `page_count` pages."""

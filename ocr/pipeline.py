@@ -23,7 +23,7 @@ from django.conf import settings
 from django.db import connection
 from django.utils import timezone
 
-from . import engine, llm, queue, services
+from . import engine, imaging, llm, queue, reader, services
 from .models import CancelledBy, OCRTask, PageSource, TaskStatus
 from .refine import PageText, refine_page
 from .services import PageOutcome
@@ -143,16 +143,16 @@ class PagePipeline:
 
     # --- one page's steps (pool threads) ---
 
-    def ocr(self, prepared, dpi: int) -> str:
-        return engine.run_tesseract(
-            prepared,
-            lang=self.params.lang,
+    def ocr(self, image, dpi: int) -> reader.PageRead:
+        return reader.read_page(
+            image,
+            params=self.params,
             dpi=dpi,
             scope=self.scope,
             tmpdir=pages_dir(),
             slots=self.slots,
             memory_limit_mb=settings.OCR_TESSERACT_MAX_MEMORY_MB,
-        ).text
+        )
 
     def refine_text(self, text: str, source: str, image) -> PageText:
         """LLM kinds: the model corrects the page's text (cancellable, falls back to `text`)."""
@@ -168,15 +168,33 @@ class PagePipeline:
             scope=self.scope,
         )
 
-    def read(self, prepared, image, dpi: int) -> PageText:
-        return self.refine_text(self.ocr(prepared, dpi), PageSource.OCR, image)
+    def read(self, image, dpi: int) -> PageText:
+        found = self.ocr(image, dpi)
+        page = self.refine_text(found.text, PageSource.OCR, image)
+        page.extra = {**found.details(), **page.extra}
+        page.outputs = self.stored_outputs(found.words, found.size, dpi, files=found.files)
+        page.text_pdf = found.files.get("pdf")
+        return page
+
+    def stored_outputs(self, words: list[dict], size, dpi: int, *, files: dict | None = None) -> dict:
+        """What OCRPage.outputs keeps of a page: the requested formats (words also when a
+        document is assembled from them, as for text-layer pages), and the page's pixel size."""
+        params = self.params
+        stored: dict = {"size": list(size), "dpi": dpi}
+        from_words = files is None and any(params.wants(name) for name in ("hocr", "alto", "tsv"))
+        if params.wants("words") or from_words:
+            stored["words"] = words
+        for name in ("hocr", "alto", "tsv"):
+            if files and name in files:
+                stored[name] = files[name].decode(errors="replace")
+        return stored
 
     # --- recording ---
 
     def record(self, page_number: int, page: PageText, started: float) -> bool:
         """The one write of a page's result (refused once the task is no longer this attempt's)."""
         extra = page.extra
-        if not self.kind.is_pdf and extra:
+        if not self.kind.is_pdf and self.kind.uses_llm:
             # a one-page result has no page list: it says itself where its text came from, and why
             extra = {**extra, "source": page.source, "error_message": page.error}
         outcome = PageOutcome(
@@ -185,6 +203,8 @@ class PagePipeline:
             processing_time=time.perf_counter() - started,
             error=page.error,
             extra=extra,
+            outputs=page.outputs,
+            text_pdf=page.text_pdf,
         )
         return services.page_record(
             task_id=self.task.pk, page_number=page_number, outcome=outcome, attempt=self.task.attempt
@@ -209,10 +229,7 @@ class PagePipeline:
         started = time.perf_counter()
         try:
             image = engine.load_image(data, settings.OCR_MAX_PAGE_PIXELS)
-            prepared = engine.preprocess(
-                image, contrast_level=self.params.contrast_level, threshold=self.params.threshold
-            )
-            page = self.read(prepared, image, image_dpi(image))
+            page = self.read(image, image_dpi(image))
         except (engine.EngineError, engine.OCRFailed) as exc:
             self.record_failure(1, exc, started)
             return
@@ -268,8 +285,20 @@ class PagePipeline:
             if text and self.kind.uses_llm:  # the model refines text layers too
                 return pool.submit(self.refine_text, text, PageSource.TEXT_LAYER, None)
             if text:
-                self.record(page_number, PageText(text=text, source=PageSource.TEXT_LAYER), started)
+                self.record(page_number, self.text_layer_page(doc, page_number, text), started)
                 return None
         image = engine.render_page(doc, page_number - 1, self.params.dpi, settings.OCR_MAX_PAGE_PIXELS)
-        prepared = engine.preprocess(image, contrast_level=self.params.contrast_level, threshold=self.params.threshold)
-        return pool.submit(self.read, prepared, image, self.params.dpi)
+        return pool.submit(self.read, image, self.params.dpi)
+
+    def text_layer_page(self, doc, page_number: int, text: str) -> PageText:
+        """A page read from its text layer: its words in render pixels, its size at the task's dpi."""
+        dpi = self.params.dpi
+        rect = doc.load_page(page_number - 1).rect
+        size = (round(rect.width * dpi / 72), round(rect.height * dpi / 72))
+        words = imaging.text_layer_words(doc, page_number - 1, dpi) if self.wants_words() else []
+        page = PageText(text=text, source=PageSource.TEXT_LAYER)
+        page.outputs = self.stored_outputs(words, size, dpi)
+        return page
+
+    def wants_words(self) -> bool:
+        return any(self.params.wants(name) for name in ("words", "hocr", "alto", "tsv"))

@@ -40,6 +40,8 @@ class PageText:
     source: str
     error: str | None = None
     extra: dict = field(default_factory=dict)
+    outputs: dict = field(default_factory=dict)  # the page's requested formats (OCRPage.outputs)
+    text_pdf: bytes | None = None
 
 
 def image_data_url(image, max_side: int) -> str:

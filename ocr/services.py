@@ -69,7 +69,8 @@ def _store_event(task: OCRTask, type: str, **details) -> progress.TaskEventPaylo
 
 
 def _store_result(task: OCRTask) -> None:
-    task.result = progress.assemble_result(task, list(OCRPage.objects.filter(task_id=task.pk)))
+    pages = OCRPage.objects.filter(task_id=task.pk).defer("outputs", "text_pdf")  # documents: downloads only
+    task.result = progress.assemble_result(task, list(pages))
     OCRTask.objects.filter(pk=task.pk).update(result=task.result)
 
 
@@ -228,6 +229,8 @@ class PageOutcome:
     success: bool = True
     error: str | None = None
     extra: dict = field(default_factory=dict)
+    outputs: dict = field(default_factory=dict)  # OCRPage.outputs
+    text_pdf: bytes | None = None
 
 
 def page_record(*, task_id: uuid.UUID, page_number: int, outcome: PageOutcome, attempt: int | None = None) -> bool:
@@ -247,6 +250,8 @@ def page_record(*, task_id: uuid.UUID, page_number: int, outcome: PageOutcome, a
             success=outcome.success,
             error=outcome.error,
             extra=outcome.extra,
+            outputs=outcome.outputs,
+            text_pdf=outcome.text_pdf,
         )
         _store_event(
             task,

@@ -15,11 +15,21 @@ from django.shortcuts import render
 from django.urls import reverse
 from django.views.decorators.csrf import ensure_csrf_cookie
 
-from . import engine, selectors
+from . import engine, outputs, selectors
 from .exceptions import TaskNotFound
 from .params import PARAMETER_RANGES
 
 logger = logging.getLogger(__name__)
+
+# The outputs a person can ask for on the upload form, as the form names them.
+OUTPUT_CHOICES = [
+    ("text", "Plain text"),
+    ("pdf", "Searchable PDF"),
+    ("words", "Words with positions (JSON)"),
+    ("hocr", "hOCR"),
+    ("alto", "ALTO XML"),
+    ("tsv", "TSV"),
+]
 
 # Stands for the task id in URL templates that the scripts fill in.
 TASK_ID_PLACEHOLDER = "00000000-0000-0000-0000-000000000000"
@@ -48,6 +58,7 @@ def index(request: HttpRequest) -> HttpResponse:
         "nav": "upload",
         "ranges": PARAMETER_RANGES,
         "languages": _languages(),
+        "output_choices": OUTPUT_CHOICES,
         "task_id_placeholder": TASK_ID_PLACEHOLDER,
     }
     return render(request, "ocr/index.html", context)
@@ -61,12 +72,16 @@ def task_page(request: HttpRequest, task_id) -> HttpResponse:
         task = selectors.task_get_for(user=request.user, task_id=task_id)
     except TaskNotFound:
         raise Http404(f"Task {task_id} not found") from None
+    requested = task.parameters.outputs
+    downloads = [(name, label) for name, label in OUTPUT_CHOICES if outputs.is_available(name, requested)]
+    downloads.append(("json", "Task JSON"))
     context = {
         "nav": "tasks",
         "task": task,
         "task_id": task.pk,
         "kind": task.kind.ui_label,
         "task_id_placeholder": TASK_ID_PLACEHOLDER,
+        "downloads": downloads,
     }
     return render(request, "ocr/task.html", context)
 

@@ -4,6 +4,11 @@
 set -euo pipefail
 need=()
 command -v tesseract >/dev/null 2>&1 || need+=(tesseract-ocr)
+# Language packs for request.lang (and "auto"), and the osd data for rotate/lang "auto" (API.md section 9)
+tessdata=$(ls -d /usr/share/tesseract-ocr/*/tessdata 2>/dev/null | head -1)
+for lang in eng deu fra spa ita por nld osd; do
+  [ -n "$tessdata" ] && [ -f "$tessdata/$lang.traineddata" ] || need+=("tesseract-ocr-$lang")
+done
 command -v redis-server >/dev/null 2>&1 || command -v redis-cli >/dev/null 2>&1 || need+=(redis-server)
 if [ "${WITH_BROWSER:-0}" = 1 ] && [ ! -x /usr/bin/chromium ]; then need+=(chromium); fi
 [ ${#need[@]} -eq 0 ] && exit 0

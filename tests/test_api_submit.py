@@ -142,6 +142,14 @@ def test_decompression_bomb_is_a_400(client, settings):
         ({"deadline_seconds": 0}, "request.deadline_seconds"),
         ({"task_id": "nope"}, "request.task_id"),
         ({"thresold": 500}, "request.thresold"),
+        ({"threshold": "adaptive"}, "request.threshold"),
+        ({"threshold": 1.5}, "request.threshold"),
+        ({"outputs": ["docx"]}, "request.outputs"),
+        ({"outputs": []}, "request.outputs"),
+        ({"outputs": "pdf"}, "request.outputs"),
+        ({"rotate": "left"}, "request.rotate"),
+        ({"deskew": "yes"}, "request.deskew"),
+        ({"lang": "auto+eng"}, "not installed"),
     ],
 )
 def test_bad_parameters_get_400_naming_the_field(client, request_part, field):
@@ -162,6 +170,24 @@ def test_parameters_are_echoed_and_page_select_counts(client):
     assert response.status_code == 202
     task = OCRTask.objects.get(pk=response.json()["task_id"])
     assert task.params["page_select"] == [3, 1] and task.total_pages == 2
+
+
+def test_output_and_page_options_are_stored(client):
+    request = {
+        "threshold": "auto",
+        "outputs": ["pdf", "words", "pdf"],
+        "rotate": "auto",
+        "deskew": True,
+        "lang": "auto",
+    }
+    response = upload(client, "/v1/ocr/process-pdf", factories.text_pdf(1), "a.pdf", request)
+    assert response.status_code == 202, response.content
+    params = OCRTask.objects.get(pk=response.json()["task_id"]).parameters
+    assert params.outputs == ("pdf", "words") and params.rotate == "auto" and params.deskew is True
+    assert params.lang == "auto" and params.threshold == "auto"
+    default = upload(client, "/v1/ocr/process", factories.text_image(), "a.png")
+    params = OCRTask.objects.get(pk=default.json()["task_id"]).parameters
+    assert params.outputs == ("text",) and params.threshold == "auto" and params.rotate == "none"
 
 
 def test_client_task_id_conflict_is_409(client):
@@ -234,7 +260,8 @@ def test_info_endpoints(client):
     info = client.get("/v1/ocr/service-info").json()
     assert "eng" in info["languages"] and info["tesseract_version"].startswith("5")
     params = client.get("/v1/ocr/parameters").json()["parameters"]
-    assert params["threshold"] == {"type": "integer", "min": 0, "max": 1024, "default": 500}
+    assert params["threshold"] == {"type": "'auto' or integer", "min": 0, "max": 1024, "default": "auto"}
+    assert params["outputs"]["default"] == ["text"] and params["rotate"]["choices"] == ["none", "auto"]
     health = client.get("/v1/ocr/health")
     assert health.status_code == 200
     body = health.json()

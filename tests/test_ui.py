@@ -253,3 +253,31 @@ def test_without_anonymous_access_any_user_signs_in_to_the_ui(settings):
     assert response.status_code == 302 and response["Location"] == "/tasks/"
     assert browser.get("/tasks/").status_code == 200
     assert browser.get("/v1/ocr/tasks").status_code == 200  # the session works for the API too
+
+
+@needs_chromium
+def test_outputs_chosen_on_the_form_are_offered_for_download(live_daphne, cluster, browser_context, tmp_path):
+    image = tmp_path / "scan.png"
+    image.write_bytes(factories.text_image("Searchable image text"))
+    page = browser_context.new_page()
+
+    def fill(page):
+        assert page.is_checked("input[name=outputs][value=text]")
+        page.check("input[name=outputs][value=pdf]")
+        page.check("input[name=outputs][value=words]")
+        page.select_option("select[name=rotate]", "auto")
+        assert page.is_hidden("input[name=threshold]")  # "auto" needs no number
+        page.select_option("select[name=threshold_mode]", "global")
+        page.fill("input[name=threshold]", "0")
+        shot(page, "upload-outputs-desktop")
+
+    task_id = submit_upload(page, live_daphne, image, fill=fill)
+    page.wait_for_selector("#downloads-section:not([hidden])", timeout=45_000)
+    formats = page.locator("#downloads a").evaluate_all("nodes => nodes.map(n => n.dataset.format)")
+    assert formats == ["text", "pdf", "words", "json"]
+    assert re.match(r"\d+% conf\.", page.locator("#pages .page .confidence").inner_text())
+    shot(page, "task-downloads-desktop")
+    response = page.request.get(f"{live_daphne}/v1/ocr/tasks/{task_id}/download?format=pdf")
+    assert response.ok and response.body().startswith(b"%PDF") and response.headers["ocr-pages"] == "1/1"
+    params = page.request.get(f"{live_daphne}/v1/ocr/tasks/{task_id}").json()
+    assert params["result"]["threshold_used"] == 0 and params["result"]["rotation"] == 0

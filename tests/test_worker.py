@@ -65,7 +65,8 @@ def test_pdf_is_ocrd_page_by_page(api):
     assert result["success"] and result["dpi_used"] == 200 and result["total_pages"] == 3
     for number, page in enumerate(result["results"], 1):
         assert page["page_number"] == number and page["source"] == "ocr" and page["success"]
-        assert page["threshold_used"] == 500 and page["contrast_level_used"] == 1.3
+        assert page["threshold_used"] == "auto" and page["contrast_level_used"] == 1.3
+        assert 80 <= page["mean_confidence"] <= 100 and page["lang_used"] == "eng"
         assert support.cer("\n".join(factories.page_lines(number)), page["extracted_text"]) < 0.02
     assert task.started_at and task.completed_at and task.completed_at >= task.started_at
     events = assert_event_log(task_id, "completed")
@@ -79,7 +80,8 @@ def test_text_layer_pages_skip_ocr_and_image_tasks_complete(api):
     image_id = submit(api, "/v1/ocr/process", factories.text_image("Hello OCR world"), name="a.png")
     task = wait_status(image_id, ["completed"], timeout=30)
     assert "Hello OCR world" in task.result["extracted_text"]
-    assert task.result["threshold_used"] == 500 and task.result["success"] is True
+    assert task.result["threshold_used"] == "auto" and task.result["success"] is True
+    assert task.result["mean_confidence"] > 50
 
 
 def test_cancel_mid_page_kills_tesseract_and_keeps_partial_pages(api):

@@ -20,7 +20,8 @@ from .. import engine, llm, metrics, queue, selectors, upkeep
 from ..exceptions import InvalidInput
 from ..kinds import KINDS
 from ..models import OCRTask
-from ..params import PARAMETER_RANGES
+from ..outputs import DOWNLOAD_FORMATS
+from ..params import OUTPUT_FORMATS, PARAMETER_RANGES
 from . import schema
 from .serializers import IMAGE_KINDS
 
@@ -116,6 +117,9 @@ def parameters(request: Request) -> Response:
         {
             "parameters": PARAMETER_RANGES,
             "languages": engine.tesseract_languages(),
+            "osd": engine.osd_available(),
+            "output_formats": list(OUTPUT_FORMATS),
+            "download_formats": list(DOWNLOAD_FORMATS),
             "image_types": ["jpg", *IMAGE_KINDS],
             "pdf_types": ["pdf"],
         }

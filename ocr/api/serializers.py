@@ -15,7 +15,7 @@ from .. import engine, scheduling
 from ..exceptions import InvalidInput, PayloadTooLarge, UnsupportedMediaType
 from ..kinds import KINDS, STREAM_CANCEL_MESSAGE, Kind
 from ..models import OCRTask, TaskStatus
-from ..params import PARAMETER_RANGES, TaskParams
+from ..params import DEFAULT_OUTPUTS, OUTPUT_FORMATS, PARAMETER_RANGES, TaskParams
 
 IMAGE_KINDS = ("jpeg", "png", "bmp", "tiff", "webp")
 REPAIRED_WARNING = "The PDF is damaged and was repaired: pages whose content was lost are reported as failed pages"
@@ -65,16 +65,64 @@ class LimitsSerializer(serializers.Serializer):
         return super().to_internal_value(data)
 
 
+class StrictBooleanField(serializers.BooleanField):
+    """true or false in JSON, not "yes", 1 or "true"."""
+
+    def to_internal_value(self, data):
+        if not isinstance(data, bool):
+            self.fail("invalid", input=data)
+        return data
+
+
+class ThresholdField(serializers.Field):
+    """ "auto" (adaptive binarisation) or an integer 0..1024 (a global cut at threshold*255/1024)."""
+
+    default_error_messages = {
+        "invalid": 'Must be "auto" or an integer between {min} and {max}.',
+    }
+
+    def to_internal_value(self, data):
+        spec = PARAMETER_RANGES["threshold"]
+        if data == "auto":
+            return data
+        if isinstance(data, bool) or not isinstance(data, int) or not spec["min"] <= data <= spec["max"]:
+            self.fail("invalid", min=spec["min"], max=spec["max"])
+        return data
+
+    def to_representation(self, value):
+        return value
+
+
 class OCRParamsSerializer(serializers.Serializer):
-    threshold = StrictIntegerField(**_range("threshold"), default=PARAMETER_RANGES["threshold"]["default"])
+    threshold = ThresholdField(default=PARAMETER_RANGES["threshold"]["default"])
     contrast_level = StrictFloatField(**_range("contrast_level"), default=PARAMETER_RANGES["contrast_level"]["default"])
     lang = StrictCharField(default=PARAMETER_RANGES["lang"]["default"], max_length=200)
+    outputs = serializers.ListField(
+        child=serializers.ChoiceField(choices=OUTPUT_FORMATS),
+        default=list(DEFAULT_OUTPUTS),
+        allow_empty=False,
+        max_length=len(OUTPUT_FORMATS),
+    )
+    rotate = serializers.ChoiceField(choices=PARAMETER_RANGES["rotate"]["choices"], default="none")
+    deskew = StrictBooleanField(default=False)
     deadline_seconds = StrictIntegerField(min_value=1, required=False, allow_null=True)
     task_id = serializers.UUIDField(required=False, allow_null=True)
     priority = serializers.ChoiceField(choices=PARAMETER_RANGES["priority"]["choices"], default="normal")
     limits = LimitsSerializer(required=False, allow_null=True)
 
+    def validate_rotate(self, value: str) -> str:
+        if value == "auto" and not engine.osd_available():
+            raise serializers.ValidationError("'auto' needs tesseract's osd data (tesseract-ocr-osd)")
+        return value
+
+    def validate_outputs(self, value: list[str]) -> list[str]:
+        return list(dict.fromkeys(value))
+
     def validate_lang(self, value: str) -> str:
+        if value == "auto":
+            if not engine.osd_available():
+                raise serializers.ValidationError("'auto' needs tesseract's osd data (tesseract-ocr-osd)")
+            return value
         installed = engine.tesseract_languages()
         missing = [part for part in value.split("+") if part not in installed]
         if missing or not value:

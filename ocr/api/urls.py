@@ -3,7 +3,7 @@
 from django.urls import path
 
 from ..kinds import KINDS
-from . import bulk, cancel, operations, streams, submit, tasks
+from . import bulk, cancel, download, operations, streams, submit, tasks
 
 urlpatterns = [
     path("health", operations.health, name="health"),
@@ -19,6 +19,7 @@ urlpatterns = [
     path("tasks/<str:task_id>", tasks.TaskDetailView.as_view(), name="task-detail"),
     path("tasks/<str:task_id>/cancel", cancel.CancelView.as_view(), name="task-cancel"),
     path("tasks/<str:task_id>/resume", bulk.ResumeView.as_view(), name="task-resume"),
+    path("tasks/<str:task_id>/download", download.DownloadView.as_view(), name="task-download"),
     path("stream/<str:task_id>", streams.stream_events, name="stream"),
     path("stream/<str:task_id>/cancel", cancel.CancelView.as_view(streaming_only=True), name="stream-cancel"),
 ]
@@ -37,4 +38,5 @@ for kind in KINDS.values():
             path(f"{kind.typed_prefix}/<str:task_id>", tasks.TaskDetailView.as_view(kind=kind)),
             path(f"{kind.typed_prefix}/<str:task_id>/cancel", cancel.CancelView.as_view(kind=kind)),
             path(f"{kind.typed_prefix}/<str:task_id>/resume", bulk.ResumeView.as_view(kind=kind)),
+            path(f"{kind.typed_prefix}/<str:task_id>/download", download.DownloadView.as_view(kind=kind)),
         ]

@@ -27,6 +27,8 @@ const ui = {
   textTools: byId("text-tools"),
   copyText: byId("copy-text"),
   downloadText: byId("download-text"),
+  downloadsSection: byId("downloads-section"),
+  downloadsNote: byId("downloads-note"),
 };
 
 const RECONNECT_MAX_MS = 10000;
@@ -76,6 +78,10 @@ function pagesOfResult(task) {
       processing_time: result.processing_time,
       success: result.success,
       error_message: result.error_message,
+      mean_confidence: result.mean_confidence,
+      rotation: result.rotation,
+      script: result.script,
+      lang_used: result.lang_used,
     },
   ];
 }
@@ -90,6 +96,11 @@ function pageNode(page) {
     el("h3", {}, title),
     el("span", { class: `tag tag-${page.source || "ocr"}`, title: "Source" }, page.source || "ocr"),
     Number.isFinite(seconds) ? el("span", { class: "muted" }, formatDuration(seconds)) : null,
+    typeof page.mean_confidence === "number"
+      ? el("span", { class: "confidence", title: "Mean word confidence (0–100)" }, `${Math.round(page.mean_confidence)}% conf.`)
+      : null,
+    page.rotation ? el("span", { class: "muted", title: "Turned upright before OCR" }, `rotated ${page.rotation}°`) : null,
+    page.lang_used && page.lang_used !== "eng" ? el("span", { class: "muted", title: "Languages used" }, page.lang_used) : null,
   );
   const text = page.extracted_text || "";
   let body;
@@ -246,6 +257,9 @@ function render() {
   ui.pagesEmpty.hidden = state.pages.size > 0;
   ui.pagesEmpty.textContent = isTerminal() ? "No page was read." : "Waiting for the first page…";
   ui.textTools.hidden = state.pages.size === 0;
+  ui.downloadsSection.hidden = !isTerminal() || state.pages.size === 0;
+  ui.downloadsNote.textContent =
+    state.status === "cancelled" ? `Downloads hold the ${state.processed} of ${state.total} pages read before the cancel.` : "";
   tick();
 }
 

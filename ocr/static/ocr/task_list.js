@@ -33,12 +33,22 @@ function currentQuery() {
   return params;
 }
 
+// The mean of the OCR pages' mean_confidence (null when no page has one).
+function meanConfidence(result) {
+  if (!result) return null;
+  const pages = Array.isArray(result.results) ? result.results : [result];
+  const values = pages.map((page) => page.mean_confidence).filter((value) => typeof value === "number");
+  if (!values.length) return null;
+  return Math.round(values.reduce((sum, value) => sum + value, 0) / values.length);
+}
+
 function taskRow(task) {
   const badge = el("span", {});
   setBadge(badge, task.status);
   const kind = KIND_LABELS[task.task_type] || task.task_type;
   const { total_pages: total, processed_pages: processed, failed_pages: failed } = task.progress;
   const pages = task.task_type.startsWith("pdf") && total ? `${processed + failed} / ${total} pages` : "";
+  const confidence = meanConfidence(task.result);
   const detail =
     task.status === "cancelled"
       ? task.cancellation_reason
@@ -55,6 +65,9 @@ function taskRow(task) {
       el("span", { class: "task-kind" }, kind, task.streaming ? " · live" : ""),
       el("code", { class: "task-id", title: task.task_id }, task.task_id.slice(0, 8)),
       pages ? el("span", { class: "muted" }, pages) : null,
+      confidence === null
+        ? null
+        : el("span", { class: "confidence", title: "Mean OCR confidence over the pages (0–100)" }, `${confidence}% conf.`),
       el("time", { class: "muted task-time", datetime: task.created_at }, formatDateTime(task.created_at)),
       detail ? el("span", { class: "task-detail" }, detail) : null,
     ),

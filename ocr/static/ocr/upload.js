@@ -50,10 +50,15 @@ function parsePages(text) {
 }
 
 function readParams(pdf) {
+  const outputs = [...form.querySelectorAll("input[name=outputs]:checked")].map((box) => box.value);
+  if (!outputs.length) throw new Error("Outputs: choose at least one.");
   const params = {
-    threshold: Number.parseInt(fields.threshold.value, 10),
+    threshold: fields.threshold_mode.value === "auto" ? "auto" : Number.parseInt(fields.threshold.value, 10),
     contrast_level: Number.parseFloat(fields.contrast_level.value),
     lang: fields.lang.value.trim(),
+    outputs,
+    rotate: fields.rotate.value,
+    deskew: fields.deskew.checked,
   };
   if (fields.deadline_seconds.value !== "") {
     params.deadline_seconds = Number.parseInt(fields.deadline_seconds.value, 10);
@@ -70,7 +75,7 @@ function readParams(pdf) {
 function firstInvalidField(pdf) {
   for (const field of form.querySelectorAll("input, select")) {
     if (!pdf && pdfOptions.contains(field)) continue;
-    if (!field.checkValidity()) return field;
+    if (!field.hidden && !field.checkValidity()) return field;
   }
   return null;
 }
@@ -134,7 +139,7 @@ async function onSubmit(event) {
     params = readParams(pdf);
   } catch (error) {
     showError(error.message);
-    fields.page_select.focus();
+    (error.message.startsWith("Outputs") ? form.querySelector("input[name=outputs]") : fields.page_select).focus();
     return;
   }
   const { urlImage, urlPdf, urlPdfStream, taskUrl, placeholder } = form.dataset;
@@ -153,7 +158,15 @@ async function onSubmit(event) {
   showError(errorText(status, data));
 }
 
+function onThresholdMode() {
+  const global = fields.threshold_mode.value === "global";
+  fields.threshold.hidden = !global;
+  fields.threshold.required = global;
+}
+
 fields.file.addEventListener("change", onFileChosen);
+fields.threshold_mode.addEventListener("change", onThresholdMode);
+onThresholdMode();
 form.addEventListener("submit", onSubmit);
 // Coming back from the task page (back button) restores this page as it was left: ready it again.
 window.addEventListener("pageshow", () => setBusy(false));

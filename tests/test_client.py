@@ -15,9 +15,8 @@ import uuid
 from pathlib import Path
 
 import pytest
+from ocrsite_client import EARLY_EXIT_REASON, AsyncClient, BadRequest, Client, NotFound
 
-from ocrsite_client import AsyncClient, BadRequest, Client, NotFound
-from ocrsite_client._common import EARLY_EXIT_REASON
 from tests import factories
 from tests.support import tesseract_pids, wait_for
 

@@ -1,6 +1,6 @@
 """Python client for the ocrsite OCR service: `Client` (blocking) and `AsyncClient` (asyncio)."""
 
-from ._common import Download
+from ._common import EARLY_EXIT_REASON, Download
 from .aio import AsyncClient, AsyncTaskHandle
 from .errors import (
     APIError,
@@ -20,6 +20,7 @@ from .errors import (
 from .sync import Client, TaskHandle
 
 __all__ = [
+    "EARLY_EXIT_REASON",
     "APIError",
     "AsyncClient",
     "AsyncTaskHandle",

@@ -5,6 +5,7 @@ cancel, the cancel-on-exit block, typed errors, and Ctrl-C in `ocr-client`."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import socket
@@ -226,3 +227,43 @@ def test_cli_ctrl_c_cancels_its_task_and_exits_130(live_daphne, cluster, tmp_pat
     assert task["status"] == "cancelled" and task["cancellation_reason"] == "Client interrupted"
     assert task["progress"]["processed_pages"] >= 1 and len(task["result"]["results"]) >= 1
     wait_for(lambda: not tesseract_pids(), timeout=5)
+
+
+def test_token_from_the_environment_owns_the_task_and_events_fall_back_to_sse(
+    live_daphne, cluster, monkeypatch, caplog
+):
+    from django.contrib.auth.models import User
+    from rest_framework.authtoken.models import Token
+
+    token = Token.objects.create(user=User.objects.create_user("client-alice")).key
+    monkeypatch.setenv("OCR_URL", live_daphne)
+    monkeypatch.setenv("OCR_TOKEN", token)
+    with Client() as alice, Client(live_daphne, token="") as anonymous:
+        assert alice.token == token and anonymous.token is None
+        task = alice.submit(factories.text_pdf(1))
+        with pytest.raises(NotFound):
+            anonymous.get(task["task_id"])  # a user's task is only theirs
+        # the WebSocket authenticates by session only: refused for alice's task, so SSE carries it
+        caplog.set_level(logging.INFO, logger="ocrsite_client")
+        events = list(alice.events(task["task_id"]))
+        assert_gapless(events)
+        assert events[-1]["type"] == "completed"
+        assert "following over SSE" in caplog.text
+
+
+def test_cli_deadline_and_bad_arguments(live_daphne, cluster, tmp_path):
+    document = tmp_path / "slow.pdf"
+    document.write_bytes(factories.slow_pdf(2))
+    proc = cli(str(document), "--url", live_daphne, "--deadline", "1", "--request", json.dumps(SLOW))
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1, err
+    assert "cancelled (Deadline of 1 s exceeded)" in err
+    wait_for(lambda: not tesseract_pids(), timeout=5)
+
+    proc = cli(str(document), "--url", live_daphne, "--request", "[1, 2]")
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 2 and "--request must be a JSON object" in err
+
+    proc = cli(str(document), "--url", live_daphne, "--request", '{"dpi": 5000}')
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 1 and "400" in err and "dpi" in err

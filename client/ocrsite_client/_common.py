@@ -21,11 +21,12 @@ Transport = Literal["auto", "websocket", "sse"]
 
 
 def resolve(url: str | None, token: str | None) -> tuple[str, str | None]:
-    """Arguments first, then `OCR_URL` / `OCR_TOKEN`, then the local default."""
+    """Arguments first, then `OCR_URL` / `OCR_TOKEN`, then the local default; `token=""` means
+    anonymous even when `OCR_TOKEN` is set."""
     base = (url or os.environ.get("OCR_URL") or DEFAULT_URL).rstrip("/")
     if "://" not in base:
         base = f"http://{base}"
-    return base, token if token is not None else (os.environ.get("OCR_TOKEN") or None)
+    return base, (token if token is not None else os.environ.get("OCR_TOKEN")) or None
 
 
 def auth_headers(token: str | None) -> dict[str, str]:

@@ -84,7 +84,7 @@ class AsyncClient:
         task = await self._json(
             "POST", path, files={"file": (name, data)}, data=fields, headers=headers, timeout=timeout
         )
-        logger.info("task %s: submitted %s to %s", task.get("task_id"), name, path)
+        logger.debug("task %s: submitted %s to %s", task.get("task_id"), name, path)
         return cast(Task, task)
 
     async def get(self, task_id: str) -> Task:

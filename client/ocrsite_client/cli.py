@@ -12,6 +12,8 @@ import sys
 from pathlib import Path
 from typing import IO, Any
 
+import httpx
+
 from .errors import APIError, OCRClientError
 from .sync import Client, TaskHandle
 from .types import Event, Task
@@ -37,6 +39,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--deadline", type=int, metavar="S", help="cancel on the server after S seconds")
     parser.add_argument("--request", metavar="JSON", help="other request parameters, e.g. '{\"dpi\": 600}'")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log requests and reconnects on stderr")
     args = parser.parse_args(argv)
     try:
         args.request = json.loads(args.request) if args.request else {}
@@ -166,43 +169,53 @@ def interrupt(state: dict[str, Any]) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     handle: TaskHandle | None = state.get("current")
     if handle is not None and not handle.done:
+        logger.info("task %s: interrupted, cancelling", handle.id)
         try:
-            answer = handle.cancel(INTERRUPT_REASON)
+            try:
+                answer = handle.cancel(INTERRUPT_REASON)
+            except httpx.TransportError:  # the interrupted client's connection may be broken
+                with Client(handle.client.base_url, handle.client.token) as fresh:
+                    handle.client = fresh
+                    answer = handle.cancel(INTERRUPT_REASON)
             sys.stderr.write(f"\ntask {handle.id}: {answer['status']} ({answer['cancellation_reason']})\n")
-        except (APIError, OCRClientError, OSError) as exc:
+        except (APIError, OCRClientError, OSError, httpx.HTTPError) as exc:
             sys.stderr.write(f"\ntask {handle.id}: cancel failed: {exc}\n")
     sys.stderr.flush()
     return EXIT_INTERRUPTED
 
 
+def run_all(client: Client, args: argparse.Namespace, state: dict[str, Any]) -> int:
+    exit_code = 0
+    for path in args.files:
+        try:
+            task = run_file(client, path, args, state)
+        except (APIError, OSError, ValueError, OCRClientError) as exc:
+            sys.stderr.write(f"{path}: {exc}\n")
+            exit_code = 1
+            continue
+        finally:
+            if state["current"] is not None and state["current"].done:
+                state["current"] = None
+        if task["status"] != "completed":
+            exit_code = 1
+    return exit_code
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.verbose:  # reconnects and the cancel; stderr's first line stays `task: <id>`
+        logging.getLogger("ocrsite_client").setLevel(logging.INFO)
     state: dict[str, Any] = {"current": None}
-    exit_code = 0
+    # made once: a new httpx client costs 0.3-0.7 s here (its SSL context), too slow for Ctrl-C
+    client = Client(args.url, args.token)
     try:
-        with Client(args.url, args.token) as client:
-            for path in args.files:
-                try:
-                    task = run_file(client, path, args, state)
-                except (APIError, OSError, ValueError, OCRClientError) as exc:
-                    sys.stderr.write(f"{path}: {exc}\n")
-                    exit_code = 1
-                    continue
-                finally:
-                    if state["current"] is not None and state["current"].done:
-                        state["current"] = None
-                if task["status"] != "completed":
-                    exit_code = 1
-            return exit_code
+        return run_all(client, args, state)
     except KeyboardInterrupt:
-        with Client(args.url, args.token) as fresh:  # the interrupted one may be mid-request
-            handle = state.get("current")
-            if handle is not None:
-                handle.client = fresh
-            return interrupt(state)
+        return interrupt(state)
     finally:
         signal.signal(signal.SIGINT, signal.default_int_handler)
+        client.close()
 
 
 if __name__ == "__main__":

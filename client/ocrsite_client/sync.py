@@ -89,7 +89,7 @@ class Client:
         fields = common.request_part(request, priority=priority, deadline_seconds=deadline_seconds)
         timeout = None if mode == "sync" else self.timeout
         task = self._json("POST", path, files={"file": (name, data)}, data=fields, headers=headers, timeout=timeout)
-        logger.info("task %s: submitted %s to %s", task.get("task_id"), name, path)
+        logger.debug("task %s: submitted %s to %s", task.get("task_id"), name, path)
         return cast(Task, task)
 
     def get(self, task_id: str) -> Task:

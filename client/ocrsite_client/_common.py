@@ -7,7 +7,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import IO, Any, Literal, cast
 from urllib.parse import quote, urlsplit, urlunsplit
 
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -113,7 +113,7 @@ class SSEParser:
             return None
         if not line and self.data:
             payload, self.data = "\n".join(self.data), []
-            return json.loads(payload)
+            return cast(dict[str, Any], json.loads(payload))
         return None
 
 
@@ -123,4 +123,4 @@ def is_event(message: Any) -> bool:
 
 
 def reconnect_delay(failures: int) -> float:
-    return min(0.2 * 2 ** (failures - 1), 5.0)
+    return min(0.2 * 2.0 ** (failures - 1), 5.0)

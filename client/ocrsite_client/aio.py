@@ -8,7 +8,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from typing import Any, cast
 
 import httpx
@@ -92,9 +92,9 @@ class AsyncClient:
 
     async def list_tasks(
         self, *, status: str | None = None, task_type: str | None = None, page: int | None = None
-    ) -> Any:
+    ) -> dict[str, Any]:
         params = {k: v for k, v in {"status": status, "task_type": task_type, "page": page}.items() if v}
-        return await self._json("GET", "/v1/ocr/tasks", params=params)
+        return cast(dict[str, Any], await self._json("GET", "/v1/ocr/tasks", params=params))
 
     async def wait(self, task_id: str, *, timeout: float | None = None, max_interval: float = 1.0) -> Task:
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -154,7 +154,7 @@ class AsyncClient:
             logger.info("task %s: reconnecting after seq %s (%s)", task_id, last, reason)
             await asyncio.sleep(common.reconnect_delay(failures))
 
-    async def _ws_events(self, task_id: str, after: int) -> AsyncIterator[Event]:
+    async def _ws_events(self, task_id: str, after: int) -> AsyncGenerator[Event, None]:
         try:
             socket = await ws_connect(
                 common.ws_url(self.base_url, task_id, after),
@@ -175,7 +175,7 @@ class AsyncClient:
                 if common.is_event(message):
                     yield cast(Event, message)
 
-    async def _sse_events(self, task_id: str, after: int) -> AsyncIterator[Event]:
+    async def _sse_events(self, task_id: str, after: int) -> AsyncGenerator[Event, None]:
         headers = {"Accept": "text/event-stream", **({"Last-Event-ID": str(after)} if after else {})}
         timeout = httpx.Timeout(self.timeout, read=self.stream_read_timeout)
         async with self._http.stream("GET", f"/v1/ocr/stream/{task_id}", headers=headers, timeout=timeout) as response:

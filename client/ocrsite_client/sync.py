@@ -6,7 +6,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from typing import Any, cast
 
 import httpx
@@ -95,9 +95,11 @@ class Client:
     def get(self, task_id: str) -> Task:
         return cast(Task, self._json("GET", common.task_path(task_id)))
 
-    def list_tasks(self, *, status: str | None = None, task_type: str | None = None, page: int | None = None):
+    def list_tasks(
+        self, *, status: str | None = None, task_type: str | None = None, page: int | None = None
+    ) -> dict[str, Any]:
         params = {k: v for k, v in {"status": status, "task_type": task_type, "page": page}.items() if v}
-        return self._json("GET", "/v1/ocr/tasks", params=params)
+        return cast(dict[str, Any], self._json("GET", "/v1/ocr/tasks", params=params))
 
     def wait(self, task_id: str, *, timeout: float | None = None, max_interval: float = 1.0) -> Task:
         """Poll until the task is terminal; returns its final representation."""
@@ -161,7 +163,7 @@ class Client:
             logger.info("task %s: reconnecting after seq %s (%s)", task_id, last, reason)
             time.sleep(common.reconnect_delay(failures))
 
-    def _ws_events(self, task_id: str, after: int) -> Iterator[Event]:
+    def _ws_events(self, task_id: str, after: int) -> Generator[Event, None, None]:
         try:
             socket = ws_connect(
                 common.ws_url(self.base_url, task_id, after),
@@ -182,7 +184,7 @@ class Client:
                 if common.is_event(message):
                     yield cast(Event, message)
 
-    def _sse_events(self, task_id: str, after: int) -> Iterator[Event]:
+    def _sse_events(self, task_id: str, after: int) -> Generator[Event, None, None]:
         headers = {"Accept": "text/event-stream", **({"Last-Event-ID": str(after)} if after else {})}
         timeout = httpx.Timeout(self.timeout, read=self.stream_read_timeout)
         with self._http.stream("GET", f"/v1/ocr/stream/{task_id}", headers=headers, timeout=timeout) as response:

@@ -204,7 +204,18 @@ def test_cli_prints_pages_and_exits_zero(live_daphne, cluster, tmp_path):
     assert proc.returncode == 0, err
     assert err.splitlines()[0].startswith("task: ")
     assert out.index("Page 1 of the sample document.") < out.index("Page 2 of the sample document.")
-    assert "completed" in err
+    assert "100.0%  2/2 pages  completed" in err  # the progress bar (one line per event off a terminal)
+    assert "completed" in err.splitlines()[-1]
+
+    image = tmp_path / "note.png"
+    image.write_bytes(factories.text_image("Hello output folder"))
+    proc = cli(str(document), str(image), "--url", live_daphne, "-o", str(tmp_path / "out"), "--quiet")
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert out == "" and [line for line in err.splitlines() if line.startswith("task: ")] == err.splitlines()[::2]
+    pages = (tmp_path / "out" / "two.txt").read_text().split("\f")
+    assert len(pages) == 2 and "Page 2 of the sample document." in pages[1]
+    assert "output folder" in (tmp_path / "out" / "note.txt").read_text()
 
 
 def test_cli_ctrl_c_cancels_its_task_and_exits_130(live_daphne, cluster, tmp_path):
@@ -267,3 +278,30 @@ def test_cli_deadline_and_bad_arguments(live_daphne, cluster, tmp_path):
     proc = cli(str(document), "--url", live_daphne, "--request", '{"dpi": 5000}')
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 1 and "400" in err and "dpi" in err
+
+
+@pytest.fixture
+def fake_llm():
+    from tests.conftest import LLM_TEST_PORT
+    from tests.llm_server import FakeLLMServer
+
+    server = FakeLLMServer(port=LLM_TEST_PORT).start()  # where daphne and the workers look for it
+    yield server
+    server.stop()
+
+
+def test_llm_submits_through_the_client_and_the_cli(live_daphne, cluster, fake_llm, tmp_path):
+    with Client(live_daphne) as client:
+        task = client.submit(factories.text_pdf(2), llm=True, mode="stream")
+        assert task["task_type"] == "pdf_llm" and task["streaming"] is True
+        final = client.wait(task["task_id"], timeout=60)
+        assert final["status"] == "completed"
+        assert [page["source"] for page in final["result"]["results"]] == ["llm", "llm"]
+        assert "SAMPLE document" in final["result"]["results"][0]["extracted_text"]
+
+    image = tmp_path / "note.png"
+    image.write_bytes(factories.text_image("A sample of text"))
+    proc = cli(str(image), "--url", live_daphne, "--llm")
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert "SAMPLE" in out

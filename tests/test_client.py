@@ -47,6 +47,9 @@ def test_sync_client_submits_waits_replays_events_and_raises_typed_errors(live_d
         assert over_ws[-1]["type"] == "completed"
         assert [e["seq"] for e in client.events(task["task_id"], transport="sse")] == [e["seq"] for e in over_ws]
         assert list(client.events(task["task_id"], after=2)) == over_ws[2:]
+        with Client(live_daphne, idle_check=0.5) as late:  # after the terminal seq: nothing, and it ends
+            for transport in ("websocket", "sse"):
+                assert list(late.events(task["task_id"], after=over_ws[-1]["seq"], transport=transport)) == []
 
         synced = client.submit(factories.text_image("Hello client world"), mode="sync")
         assert synced["status"] == "completed" and "client" in synced["result"]["extracted_text"].lower()

@@ -38,11 +38,14 @@ class AsyncClient:
         timeout: float = 30.0,
         stream_read_timeout: float = 60.0,
         reconnect_attempts: int = 5,
+        idle_check: float = 15.0,
     ) -> None:
         self.base_url, self.token = common.resolve(url, token)
         self.timeout = timeout
         self.stream_read_timeout = stream_read_timeout
         self.reconnect_attempts = reconnect_attempts
+        # a stream silent this long asks whether its task is over (its terminal seq <= `after`)
+        self.idle_check = idle_check
         self._headers = common.auth_headers(self.token)
         self._http = httpx.AsyncClient(base_url=self.base_url, headers=self._headers, timeout=timeout)
 
@@ -139,6 +142,8 @@ class AsyncClient:
                         yield event
                         if event["type"] in common.TERMINAL:
                             return
+                if await self._over(task_id):
+                    return  # nothing after `after`: the caller already had the terminal event
                 reason = "stream ended before the terminal event"
             except _NoWebSocket as exc:
                 if transport == "websocket":
@@ -154,6 +159,9 @@ class AsyncClient:
             logger.info("task %s: reconnecting after seq %s (%s)", task_id, last, reason)
             await asyncio.sleep(common.reconnect_delay(failures))
 
+    async def _over(self, task_id: str) -> bool:
+        return (await self.get(task_id))["status"] in common.TERMINAL
+
     async def _ws_events(self, task_id: str, after: int) -> AsyncGenerator[Event, None]:
         try:
             socket = await ws_connect(
@@ -167,7 +175,11 @@ class AsyncClient:
         async with socket:
             while True:
                 try:
-                    message = json.loads(await socket.recv())
+                    message = json.loads(await asyncio.wait_for(socket.recv(), self.idle_check))
+                except TimeoutError:
+                    if await self._over(task_id):
+                        return
+                    continue
                 except ConnectionClosed as exc:
                     if exc.rcvd is not None and exc.rcvd.code == 1000:
                         return
@@ -182,11 +194,16 @@ class AsyncClient:
             if response.status_code >= 400:
                 await response.aread()
                 raise error_from_response(response.status_code, response.content, dict(response.headers))
-            parser = common.SSEParser()
+            parser, last_event = common.SSEParser(), time.monotonic()
             async for line in response.aiter_lines():
                 event = parser.feed(line)
                 if event is not None:
+                    last_event = time.monotonic()
                     yield cast(Event, event)
+                elif time.monotonic() - last_event > self.idle_check:
+                    if await self._over(task_id):
+                        return
+                    last_event = time.monotonic()
 
     async def cancel(self, task_id: str, reason: str | None = None) -> CancelResult:
         path = common.task_path(task_id, "/cancel")

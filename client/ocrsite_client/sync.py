@@ -39,11 +39,14 @@ class Client:
         timeout: float = 30.0,
         stream_read_timeout: float = 60.0,
         reconnect_attempts: int = 5,
+        idle_check: float = 15.0,
     ) -> None:
         self.base_url, self.token = common.resolve(url, token)
         self.timeout = timeout
         self.stream_read_timeout = stream_read_timeout  # SSE sends a keep-alive every 15 s
         self.reconnect_attempts = reconnect_attempts
+        # a stream silent this long asks whether its task is over (its terminal seq <= `after`)
+        self.idle_check = idle_check
         self._headers = common.auth_headers(self.token)
         self._http = httpx.Client(base_url=self.base_url, headers=self._headers, timeout=timeout)
 
@@ -148,6 +151,8 @@ class Client:
                         yield event
                         if event["type"] in common.TERMINAL:
                             return
+                if self._over(task_id):
+                    return  # nothing after `after`: the caller already had the terminal event
                 reason = "stream ended before the terminal event"
             except _NoWebSocket as exc:
                 if transport == "websocket":
@@ -163,6 +168,9 @@ class Client:
             logger.info("task %s: reconnecting after seq %s (%s)", task_id, last, reason)
             time.sleep(common.reconnect_delay(failures))
 
+    def _over(self, task_id: str) -> bool:
+        return self.get(task_id)["status"] in common.TERMINAL
+
     def _ws_events(self, task_id: str, after: int) -> Generator[Event, None, None]:
         try:
             socket = ws_connect(
@@ -176,7 +184,11 @@ class Client:
         with socket:
             while True:
                 try:
-                    message = json.loads(socket.recv())
+                    message = json.loads(socket.recv(timeout=self.idle_check))
+                except TimeoutError:
+                    if self._over(task_id):
+                        return
+                    continue
                 except ConnectionClosed as exc:
                     if exc.rcvd is not None and exc.rcvd.code == 1000:
                         return
@@ -191,11 +203,16 @@ class Client:
             if response.status_code >= 400:
                 response.read()
                 raise error_from_response(response.status_code, response.content, dict(response.headers))
-            parser = common.SSEParser()
+            parser, last_event = common.SSEParser(), time.monotonic()
             for line in response.iter_lines():
                 event = parser.feed(line)
                 if event is not None:
+                    last_event = time.monotonic()
                     yield cast(Event, event)
+                elif time.monotonic() - last_event > self.idle_check:
+                    if self._over(task_id):
+                        return
+                    last_event = time.monotonic()
 
     # --- cancel, batches, resume, download -----------------------------------------------
 

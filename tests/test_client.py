@@ -220,6 +220,12 @@ def test_cli_prints_pages_and_exits_zero(live_daphne, cluster, tmp_path):
     assert len(pages) == 2 and "Page 2 of the sample document." in pages[1]
     assert "output folder" in (tmp_path / "out" / "note.txt").read_text()
 
+    proc = cli(str(image), "--url", live_daphne, "--output-format", "json", "--quiet")
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    task = json.loads(out)
+    assert task["status"] == "completed" and "output folder" in task["result"]["extracted_text"]
+
 
 def test_cli_ctrl_c_cancels_its_task_and_exits_130(live_daphne, cluster, tmp_path):
     document = tmp_path / "slow.pdf"

@@ -14,7 +14,7 @@ from typing import IO, Any
 
 import httpx
 
-from .errors import APIError, OCRClientError
+from .errors import APIError, NotFound, OCRClientError
 from .sync import Client, TaskHandle
 from .types import Event, Task
 
@@ -134,11 +134,17 @@ def write_output(client: Client, task: Task, args: argparse.Namespace, source: s
         if target is not None:
             target.write_text("\f".join(text for _, text in sorted(page_texts(task))), encoding="utf-8")
         return
-    download = client.download(task["task_id"], args.output_format)
+    try:
+        content = client.download(task["task_id"], args.output_format).content
+    except NotFound:
+        if args.output_format != "json":
+            raise
+        # a server without the download endpoint: `json` is the task representation itself
+        content = json.dumps(client.get(task["task_id"]), indent=2).encode() + b"\n"
     if target is not None:
-        target.write_bytes(download.content)
+        target.write_bytes(content)
     else:
-        sys.stdout.buffer.write(download.content)
+        sys.stdout.buffer.write(content)
         sys.stdout.buffer.flush()
 
 

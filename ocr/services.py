@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import uuid
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -186,7 +185,7 @@ def task_start(*, task_id: uuid.UUID, total_pages: int) -> OCRTask | None:
             heartbeat_at=now,
             attempt=F("attempt") + 1,
             total_pages=total_pages,
-            worker_host=socket.gethostname()[:255],
+            worker_host=settings.OCR_NODE_NAME[:255],
             worker_pid=os.getpid(),
         )
         if task is not None:

@@ -5,6 +5,7 @@ Redis at redis://127.0.0.1:6379/0. `DATABASE_URL` switches to PostgreSQL.
 """
 
 import os
+import socket
 import tempfile
 from pathlib import Path
 
@@ -53,6 +54,7 @@ env = environ.Env(
     OCR_MAX_PAGE_PIXELS=(int, 50_000_000),
     OCR_TESSERACT_MAX_MEMORY_MB=(int, 2048),
     OCR_METRICS_TOKEN=(str, ""),
+    OCR_NODE_NAME=(str, socket.gethostname()),
     OCR_METRICS_ALLOW=(list, ["127.0.0.1", "::1"]),
 )
 
@@ -247,7 +249,9 @@ OCR_STREAM_RESYNC_SECONDS = env("OCR_STREAM_RESYNC_SECONDS")
 OCR_HEARTBEAT_SECONDS = env("OCR_HEARTBEAT_SECONDS")
 OCR_WORKER_LOST_SECONDS = env("OCR_WORKER_LOST_SECONDS")
 OCR_PENDING_REQUEUE_SECONDS = env("OCR_PENDING_REQUEUE_SECONDS")
-# Host-wide tesseract slots (flock files): never more tesseract processes than OCR_WORKERS.
+# This node's name in the task JSON (`worker_node`) and in metrics (several nodes: API.md section 12).
+OCR_NODE_NAME = env("OCR_NODE_NAME")
+# Node-local tesseract slots (flock files): never more tesseract processes than OCR_WORKERS.
 OCR_SLOT_DIR = env("OCR_SLOT_DIR", default=os.path.join(tempfile.gettempdir(), f"{OCR_QUEUE_NAME}-slots"))
 
 # Uploads larger than this go to a temporary file instead of memory.

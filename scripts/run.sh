@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
 # `make run`: daphne (API, WebSocket, UI) + qcluster (workers) + sweeper, in the foreground.
+# OCR_ROLE: all (default), web (daphne only) or worker (qcluster and sweeper only): any number of
+# web and worker nodes share one database and one Redis (README, "Running as several nodes").
 # Ctrl-C, SIGTERM or SIGHUP (terminal closed) stops all of them (and a Redis we started) within
 # seconds. Each child runs in its own session (a qcluster stops cleanly only when its leader alone
 # gets the signal) and with a parent-death signal, so that it also dies if this script is killed.
@@ -7,6 +9,8 @@ set -uo pipefail
 HOST="${HOST:-127.0.0.1}"
 PORT="${PORT:-8000}"
 PY=.venv/bin/python
+ROLE="${OCR_ROLE:-all}"
+case "$ROLE" in all|web|worker) ;; *) echo "OCR_ROLE must be all, web or worker (got '$ROLE')" >&2; exit 2 ;; esac
 redis_pid=$(scripts/ensure_redis.sh) || exit 1
 pids=()
 child() {  # child COMMAND...: own session; SIGTERM when this script dies, however it dies
@@ -37,9 +41,15 @@ stop() {
   exit 0
 }
 trap stop INT TERM HUP
-child $PY manage.py qcluster
-child $PY manage.py ocr_sweeper
-child .venv/bin/daphne -b "$HOST" -p "$PORT" ocrsite.asgi:application
-echo "ocrsite: http://$HOST:$PORT/  (API under /v1/ocr/, admin under /admin/); Ctrl-C stops"
+if [ "$ROLE" != web ]; then
+  child $PY manage.py qcluster
+  child $PY manage.py ocr_sweeper
+fi
+if [ "$ROLE" != worker ]; then
+  child .venv/bin/daphne -b "$HOST" -p "$PORT" ocrsite.asgi:application
+  echo "ocrsite ($ROLE): http://$HOST:$PORT/  (API under /v1/ocr/, admin under /admin/); Ctrl-C stops"
+else
+  echo "ocrsite (worker node ${OCR_NODE_NAME:-$(hostname)}); Ctrl-C stops"
+fi
 wait -n "${pids[@]}"
 stop

@@ -347,6 +347,7 @@ class TaskSerializer(serializers.ModelSerializer):
     task_id = serializers.UUIDField(source="id", read_only=True)
     file_name = serializers.CharField(source="input_name", read_only=True)
     batch_id = serializers.UUIDField(read_only=True, allow_null=True)
+    worker_node = serializers.CharField(source="worker_host", read_only=True)
     progress = serializers.SerializerMethodField()
     queue_position = serializers.SerializerMethodField()
     estimated_start_seconds = serializers.SerializerMethodField()
@@ -372,6 +373,7 @@ class TaskSerializer(serializers.ModelSerializer):
             "queue_position",
             "estimated_start_seconds",
             "batch_id",
+            "worker_node",
             "resumed_from",
             "progress",
             "result",

@@ -132,17 +132,18 @@ class AsyncClient:
         use_ws = transport != "sse"
         while True:
             source = self._ws_events(task_id, last) if use_ws else self._sse_events(task_id, last)
+            received = 0
             try:
                 async with contextlib.aclosing(source):
                     async for event in source:
-                        failures = 0
+                        failures, received = 0, received + 1
                         if event["seq"] <= last:
                             continue
                         last = event["seq"]
                         yield event
                         if event["type"] in common.TERMINAL:
                             return
-                if await self._over(task_id):
+                if not received and await self._over(task_id):
                     return  # nothing after `after`: the caller already had the terminal event
                 reason = "stream ended before the terminal event"
             except _NoWebSocket as exc:

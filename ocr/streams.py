@@ -26,7 +26,7 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 
 from . import selectors
-from .models import TERMINAL_EVENTS
+from .models import TERMINAL_EVENTS, TERMINAL_STATUSES, OCRTask
 from .progress import TaskEventPayload, group_name
 
 logger = logging.getLogger(__name__)
@@ -82,8 +82,14 @@ class _Membership:
 
 
 @database_sync_to_async
-def _stored_after(task_id: uuid.UUID, seq: int) -> list[TaskEventPayload]:
-    return selectors.events_after(task_id=task_id, seq=seq)
+def _stored_after(task_id: uuid.UUID, seq: int) -> tuple[list[TaskEventPayload], bool]:
+    """The stored events after `seq`, and whether the stream is over without them (the task is
+    terminal and its last event, the terminal one, is at or before `seq`: already seen)."""
+    events = selectors.events_after(task_id=task_id, seq=seq)
+    if events:
+        return events, False
+    row = OCRTask.objects.filter(pk=task_id).values_list("status", "event_seq").first()
+    return [], row is None or (row[0] in TERMINAL_STATUSES and row[1] <= seq)
 
 
 async def follow(
@@ -104,7 +110,10 @@ async def follow(
     try:
         while True:
             if read_database:
-                for event in await _stored_after(task_id, last_seq):
+                events, over = await _stored_after(task_id, last_seq)
+                if over:
+                    return  # asked for events after the terminal one: nothing will come
+                for event in events:
                     last_seq = event["seq"]
                     last_frame = time.monotonic()
                     yield event

@@ -195,3 +195,11 @@ async def test_scripts_without_origin_allowed_when_anonymous_access_is_on():
     assert (await script.connect())[0]
     assert (await script.receive_json_from(timeout=5))["seq"] == 1
     await script.disconnect()
+
+
+async def test_asking_for_events_after_the_terminal_one_closes_at_once():
+    task = await sync_to_async(make_task)()
+    await sync_to_async(services.task_cancel)(task=task, reason="done")  # events 1 and 2 (cancelled)
+    communicator = connect_to(task.pk, after=2)
+    assert (await communicator.connect())[0]
+    assert (await communicator.receive_output(timeout=5))["code"] == 1000

@@ -168,6 +168,14 @@ class CancelScope:
         self._procs: set[subprocess.Popen] = set()
         self._closers: set[Callable[[], None]] = set()
         self.cancelled = threading.Event()
+        # A worker process runs one job at a time: its reaped children since now are this task's.
+        self._reaped_cpu_at_start = reaped_children_cpu()
+
+    def cpu_seconds(self) -> float:
+        """CPU time of this scope's processes: those reaped since it began, plus the running ones."""
+        with self._lock:
+            pids = [proc.pid for proc in self._procs]
+        return reaped_children_cpu() - self._reaped_cpu_at_start + sum(process_cpu(pid) for pid in pids)
 
     def cancel(self) -> int:
         """Mark cancelled, run the closers, kill every running process group; return how many were killed."""
@@ -215,6 +223,22 @@ class CancelScope:
         finally:
             with self._lock:
                 self._closers.discard(closer)
+
+
+def reaped_children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def process_cpu(pid: int) -> float:
+    """utime + stime of a live (or not yet reaped) process from /proc/<pid>/stat; 0 once gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            stat = handle.read()
+    except OSError:
+        return 0.0
+    fields = stat[stat.rindex(b")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _run_closer(closer: Callable[[], None]) -> None:

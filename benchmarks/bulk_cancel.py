@@ -74,12 +74,15 @@ def main() -> None:
         watcher.join(30)
         if code != 200:
             raise RuntimeError(f"bulk cancel answered {code}: {body}")
-        tasks = OCRTask.objects.filter(pk__in=ids).annotate(
+        # the checks cover the tasks this call cancelled (some finished while the queue filled)
+        tasks = OCRTask.objects.filter(pk__in=body["cancelled"]).annotate(
             cancelled_events=Count("events", filter=Q(events__type="cancelled"))
         )
         wrong_events = tasks.exclude(cancelled_events=1).count()
         not_cancelled = tasks.exclude(status="cancelled").count()
-        late_pages = OCRPage.objects.filter(task_id__in=ids, created_at__gt=F("task__cancelled_at")).count()
+        late_pages = OCRPage.objects.filter(
+            task_id__in=body["cancelled"], created_at__gt=F("task__cancelled_at")
+        ).count()
         database = "postgresql" if service.pg_name else "sqlite"
 
     result = {

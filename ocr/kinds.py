@@ -49,7 +49,7 @@ KINDS: dict[str, Kind] = {
             uses_llm=False,
             submit_slug="process",
             typed_prefix=None,
-            params_serializer="ocr.api.serializers.OCRParamsSerializer",
+            params_serializer="ocr.api.requests.OCRParamsSerializer",
         ),
         Kind(
             slug=TaskType.LLM,
@@ -59,7 +59,7 @@ KINDS: dict[str, Kind] = {
             uses_llm=True,
             submit_slug="process-with-llm",
             typed_prefix="llm-tasks",
-            params_serializer="ocr.api.serializers.LLMParamsSerializer",
+            params_serializer="ocr.api.requests.LLMParamsSerializer",
         ),
         Kind(
             slug=TaskType.PDF,
@@ -69,7 +69,7 @@ KINDS: dict[str, Kind] = {
             uses_llm=False,
             submit_slug="process-pdf",
             typed_prefix="pdf-tasks",
-            params_serializer="ocr.api.serializers.PDFParamsSerializer",
+            params_serializer="ocr.api.requests.PDFParamsSerializer",
         ),
         Kind(
             slug=TaskType.PDF_LLM,
@@ -79,7 +79,7 @@ KINDS: dict[str, Kind] = {
             uses_llm=True,
             submit_slug="process-pdf-with-llm",
             typed_prefix="pdf-llm-tasks",
-            params_serializer="ocr.api.serializers.PDFLLMParamsSerializer",
+            params_serializer="ocr.api.requests.PDFLLMParamsSerializer",
         ),
     )
 }

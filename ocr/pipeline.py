@@ -23,7 +23,7 @@ from django.conf import settings
 from django.db import connection
 from django.utils import timezone
 
-from . import engine, imaging, llm, queue, reader, services
+from . import engine, imaging, llm, queue, reader, services, upkeep
 from .models import CancelledBy, OCRTask, PageSource, TaskStatus
 from .refine import PageText, refine_page
 from .services import PageOutcome
@@ -64,7 +64,7 @@ class CancelWatcher(threading.Thread):
                 ours = row is not None and row[1] == self.task.attempt  # re-queued as lost: another worker's now
                 running = ours and row[0] == TaskStatus.PROCESSING
                 if running and deadline and timezone.now() >= deadline:
-                    services.task_cancel_if_expired(task=self.task)
+                    upkeep.task_cancel_if_expired(task=self.task)
                     continue  # the next poll sees the cancel
                 breach = self.limit_exceeded() if running else None
                 if breach:

@@ -397,33 +397,3 @@ def task_work_stopped(*, task_id: uuid.UUID) -> None:
     OCRTask.objects.filter(pk=task_id, status=TaskStatus.CANCELLED, work_stopped_at__isnull=True).update(
         work_stopped_at=timezone.now()
     )
-
-
-# --- Deadlines ------------------------------------------------------------------------------
-
-
-def deadline_reason(task: OCRTask) -> str:
-    return f"Deadline of {task.parameters.deadline_seconds} s exceeded"
-
-
-def task_cancel_if_expired(*, task: OCRTask) -> bool:
-    """Cancel `task` with the deadline reason when its deadline has passed; True if it did."""
-    if task.deadline_at is None or task.deadline_at > timezone.now():
-        return False
-    return task_cancel_if_active(task_id=task.pk, reason=deadline_reason(task), cancelled_by=CancelledBy.DEADLINE)
-
-
-def next_deadline():
-    """The earliest deadline of an active task (None when there is none)."""
-    return (
-        OCRTask.objects.filter(status__in=ACTIVE_STATUSES, deadline_at__isnull=False)
-        .order_by("deadline_at")
-        .values_list("deadline_at", flat=True)
-        .first()
-    )
-
-
-def expire_deadlines() -> int:
-    """Cancel every active task whose deadline has passed; returns how many were cancelled."""
-    expired = OCRTask.objects.filter(status__in=ACTIVE_STATUSES, deadline_at__lte=timezone.now())
-    return sum(task_cancel_if_expired(task=task) for task in expired)

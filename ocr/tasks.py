@@ -30,7 +30,7 @@ def process_task(task_id: str) -> None:
         logger.info("task %s: %s before start, skipped without work", task.pk, task.status)
     for candidate_id in scheduling.start_order(limit=PICK_CANDIDATES):
         candidate = OCRTask.objects.filter(pk=candidate_id, status=TaskStatus.PENDING).first()
-        if candidate is None or services.task_cancel_if_expired(task=candidate):
+        if candidate is None or upkeep.task_cancel_if_expired(task=candidate):
             continue
         if candidate.pk != uuid.UUID(task_id):
             logger.info("task %s: started by the job of task %s (start order)", candidate.pk, task_id)

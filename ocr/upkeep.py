@@ -1,4 +1,4 @@
-"""Writes of the sweeper and the schedules: lost work put right, and retention.
+"""Writes of the sweeper, the watchers and the schedules: deadlines, lost work, retention.
 
 Safe to run anywhere, any number of times: every change is a conditional UPDATE in the same
 way as in ocr/services.py.
@@ -14,9 +14,43 @@ from django.utils import timezone
 
 from . import queue, services
 from .idempotency import REPLAY_WINDOW
-from .models import ACTIVE_STATUSES, CancelAudit, IdempotencyRecord, OCRTask, TaskStatus
+from .models import ACTIVE_STATUSES, CancelAudit, CancelledBy, IdempotencyRecord, OCRTask, TaskStatus
 
 logger = logging.getLogger(__name__)
+
+# --- Deadlines ------------------------------------------------------------------------------
+
+
+def deadline_reason(task: OCRTask) -> str:
+    return f"Deadline of {task.parameters.deadline_seconds} s exceeded"
+
+
+def task_cancel_if_expired(*, task: OCRTask) -> bool:
+    """Cancel `task` with the deadline reason when its deadline has passed; True if it did."""
+    if task.deadline_at is None or task.deadline_at > timezone.now():
+        return False
+    return services.task_cancel_if_active(
+        task_id=task.pk, reason=deadline_reason(task), cancelled_by=CancelledBy.DEADLINE
+    )
+
+
+def next_deadline():
+    """The earliest deadline of an active task (None when there is none)."""
+    return (
+        OCRTask.objects.filter(status__in=ACTIVE_STATUSES, deadline_at__isnull=False)
+        .order_by("deadline_at")
+        .values_list("deadline_at", flat=True)
+        .first()
+    )
+
+
+def expire_deadlines() -> int:
+    """Cancel every active task whose deadline has passed; returns how many were cancelled."""
+    expired = OCRTask.objects.filter(status__in=ACTIVE_STATUSES, deadline_at__lte=timezone.now())
+    return sum(task_cancel_if_expired(task=task) for task in expired)
+
+
+# --- Lost work ------------------------------------------------------------------------------
 
 WORKER_LOST_MESSAGE = "Worker lost"
 

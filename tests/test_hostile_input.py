@@ -11,7 +11,7 @@ from PIL import Image
 from rest_framework.test import APIClient
 
 from ocr import engine
-from ocr.api.serializers import REPAIRED_WARNING
+from ocr.api.requests import REPAIRED_WARNING
 from ocr.models import OCRTask, TaskEvent
 from tests import factories
 from tests.test_worker import assert_event_log, submit, wait_status

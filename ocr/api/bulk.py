@@ -20,17 +20,8 @@ from ..models import Batch, CancelledBy, OCRTask, Priority, TaskStatus
 from . import schema, throttles
 from .common import client_ip, session_key
 from .idempotency import idempotent
-from .serializers import (
-    IMAGE_KINDS,
-    MAX_REASON_LENGTH,
-    StrictCharField,
-    TaskSerializer,
-    _field_errors,
-    cancel_reason,
-    parse_json_body,
-    parse_request,
-    read_upload,
-)
+from .requests import IMAGE_KINDS, StrictCharField, _field_errors, parse_request, read_upload
+from .serializers import MAX_REASON_LENGTH, TaskSerializer, cancel_reason, parse_json_body
 
 logger = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ from ..models import OCRTask
 from ..outputs import DOWNLOAD_FORMATS
 from ..params import OUTPUT_FORMATS, PARAMETER_RANGES
 from . import schema
-from .serializers import IMAGE_KINDS
+from .requests import IMAGE_KINDS
 
 MAX_METRICS_WINDOW = 60 * 24 * 366
 

@@ -26,7 +26,8 @@ from ..models import CancelledBy, OCRTask
 from . import schema, throttles
 from .common import drf_request, require_access, session_key
 from .idempotency import REPLAYED_HEADER, caller_of, fingerprint, idempotency_key, idempotent
-from .serializers import TaskSerializer, parse_request, read_upload
+from .requests import parse_request, read_upload
+from .serializers import TaskSerializer
 
 logger = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from django.core.management.base import BaseCommand
 from django.db import close_old_connections
 from django.utils import timezone
 
-from ocr import engine, pipeline, queue, services, tasks
+from ocr import engine, pipeline, queue, tasks, upkeep
 
 logger = logging.getLogger(__name__)
 
@@ -60,10 +60,10 @@ class Command(BaseCommand):
                 next_reap = time.monotonic() + reap_interval
             sleep = min(interval, max(0.0, next_reap - time.monotonic()))
             try:
-                count = services.expire_deadlines()
+                count = upkeep.expire_deadlines()
                 if count:
                     logger.info("sweeper: %d tasks cancelled on deadline", count)
-                due = services.next_deadline()
+                due = upkeep.next_deadline()
                 if due is not None:
                     sleep = min(sleep, max(0.0, (due - timezone.now()).total_seconds()))
             except Exception:

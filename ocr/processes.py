@@ -1,0 +1,231 @@
+"""The OCR processes of a task: the CancelScope that kills them on cancel, the node-wide slots
+that bound how many run, their memory cap, and the clean-up of what killed workers leave behind.
+
+No Django here. Each tesseract runs in its own process group (`start_new_session=True`), so a
+kill reaches it and anything it started; killing a group and reaping it takes 3-5 ms here.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+logger = logging.getLogger(__name__)
+
+
+class Cancelled(Exception):
+    """The work was cancelled while it ran."""
+
+
+class CancelScope:
+    """Tracks the tesseract processes (and other closable work, such as an LLM's HTTP stream)
+    of one task so that a cancel can stop them at once."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._procs: set[subprocess.Popen] = set()
+        self._closers: set[Callable[[], None]] = set()
+        self.cancelled = threading.Event()
+        # A worker process runs one job at a time: its reaped children since now are this task's.
+        self._reaped_cpu_at_start = reaped_children_cpu()
+
+    def cpu_seconds(self) -> float:
+        """CPU time of this scope's processes: those reaped since it began, plus the running ones."""
+        with self._lock:
+            pids = [proc.pid for proc in self._procs]
+        return reaped_children_cpu() - self._reaped_cpu_at_start + sum(process_cpu(pid) for pid in pids)
+
+    def cancel(self) -> int:
+        """Mark cancelled, run the closers, kill every running process group; return how many were killed."""
+        with self._lock:
+            self.cancelled.set()
+            procs = list(self._procs)
+            closers = list(self._closers)
+        for closer in closers:
+            _run_closer(closer)
+        for proc in procs:
+            _kill_group(proc)
+        return len(procs)
+
+    def check(self) -> None:
+        if self.cancelled.is_set():
+            raise Cancelled()
+
+    def running(self) -> int:
+        with self._lock:
+            return len(self._procs)
+
+    @contextmanager
+    def track(self, proc: subprocess.Popen) -> Iterator[None]:
+        with self._lock:
+            self._procs.add(proc)
+            cancelled = self.cancelled.is_set()
+        if cancelled:  # cancelled between our check and the process start
+            _kill_group(proc)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._procs.discard(proc)
+
+    @contextmanager
+    def on_cancel(self, closer: Callable[[], None]) -> Iterator[None]:
+        """Call `closer` (from the cancelling thread) if the scope is cancelled while the block runs."""
+        with self._lock:
+            self._closers.add(closer)
+            cancelled = self.cancelled.is_set()
+        if cancelled:
+            _run_closer(closer)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._closers.discard(closer)
+
+
+def reaped_children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def process_cpu(pid: int) -> float:
+    """utime + stime of a live (or not yet reaped) process from /proc/<pid>/stat; 0 once gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            stat = handle.read()
+    except OSError:
+        return 0.0
+    fields = stat[stat.rindex(b")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _run_closer(closer: Callable[[], None]) -> None:
+    try:
+        closer()
+    except Exception:  # a closer must never stop the others or the process kills
+        logger.warning("cancel closer %r failed", closer, exc_info=True)
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+class TesseractSlots:
+    """A host-wide counting semaphore made of flock'ed files: at most `count` tesseracts run.
+
+    flock is released by the kernel when a process dies, so a killed worker never leaks a slot.
+    """
+
+    def __init__(self, directory: str, count: int) -> None:
+        self.directory = directory
+        self.count = count
+        os.makedirs(directory, exist_ok=True)
+
+    @contextmanager
+    def acquire(self, scope: CancelScope | None = None, poll: float = 0.005) -> Iterator[int]:
+        """Hold one free slot; waits (polling every `poll` s, cancellable through `scope`)."""
+        fds = [
+            os.open(os.path.join(self.directory, f"slot-{slot}"), os.O_CREAT | os.O_RDWR, 0o666)
+            for slot in range(self.count)
+        ]
+        held = None
+        try:
+            while held is None:
+                if scope is not None:
+                    scope.check()
+                for fd in fds:
+                    try:
+                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    except BlockingIOError:
+                        continue
+                    held = fd
+                    break
+                else:
+                    time.sleep(poll)
+            yield held
+        finally:
+            for fd in fds:
+                os.close(fd)  # closing the held descriptor releases its lock
+
+
+# Formats tesseract writes in its one run, by our output name -> (config name, file suffix).
+def limit_memory(pid: int, megabytes: int) -> None:
+    limit = megabytes * 1024 * 1024
+    try:
+        resource.prlimit(pid, resource.RLIMIT_AS, (limit, limit))
+    except (ProcessLookupError, PermissionError, OSError):
+        pass  # gone already, or not allowed here: the slot cap still bounds how many run
+
+
+PAGE_FILE_PREFIX = "page-"
+
+
+def remove_orphan_pages(pages_dir: str) -> int:
+    """Delete page images (and their folders) whose worker process is gone (killed before its
+    `finally` ran)."""
+    removed = 0
+    for name in os.listdir(pages_dir):
+        if not name.startswith(PAGE_FILE_PREFIX):
+            continue
+        try:
+            pid = int(name[len(PAGE_FILE_PREFIX) :].split("-", 1)[0])
+        except ValueError:
+            continue
+        if os.path.exists(f"/proc/{pid}"):
+            continue
+        path = os.path.join(pages_dir, name)
+        if os.path.isdir(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                continue
+        removed += 1
+    if removed:
+        logger.warning("removed %d page images of workers that are gone", removed)
+    return removed
+
+
+def kill_orphans(pages_dir: str) -> int:
+    """Kill tesseract processes reading a page from `pages_dir` whose worker is gone.
+
+    A worker killed with SIGKILL leaves its tesseract running (it has its own session): its
+    parent becomes init or a subreaper, no longer a Python process."""
+    killed = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                argv = handle.read().split(b"\0")
+            if len(argv) < 2 or os.path.basename(argv[0]) != b"tesseract":
+                continue
+            if not argv[1].decode(errors="replace").startswith(pages_dir):
+                continue
+            with open(f"/proc/{entry}/stat") as handle:
+                parent = int(handle.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{parent}/cmdline", "rb") as handle:
+                parent_program = handle.read().split(b"\0")[0]
+        except (OSError, ValueError, IndexError):
+            continue
+        if parent == 1 or b"python" not in os.path.basename(parent_program):
+            try:
+                os.killpg(int(entry), signal.SIGKILL)
+                killed += 1
+                logger.warning("killed orphan tesseract %s (%s)", entry, argv[1].decode(errors="replace"))
+            except (ProcessLookupError, PermissionError):
+                pass
+    return killed

@@ -34,6 +34,7 @@ bench: setup
 	$(PY) benchmarks/throughput.py
 	$(PY) benchmarks/cancel_latency.py
 	$(PY) benchmarks/event_latency.py
+	$(PY) benchmarks/outputs.py
 
 setup: system venv
 

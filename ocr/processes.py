@@ -228,4 +228,8 @@ def kill_orphans(pages_dir: str) -> int:
                 logger.warning("killed orphan tesseract %s (%s)", entry, argv[1].decode(errors="replace"))
             except (ProcessLookupError, PermissionError):
                 pass
+            # its page folder (input and output files) had no one left to delete it
+            folder = os.path.dirname(argv[1].decode(errors="replace"))
+            if os.path.dirname(folder) == pages_dir.rstrip("/"):
+                shutil.rmtree(folder, ignore_errors=True)
     return killed

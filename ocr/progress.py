@@ -29,8 +29,14 @@ class PageResult(TypedDict, total=False):
     processing_time: float
     success: bool
     error_message: str | None
-    threshold_used: int
+    threshold_used: int | str  # "auto" or the global cut
     contrast_level_used: float
+    # OCR pages (API.md section 9)
+    mean_confidence: float | None
+    lang_used: str
+    rotation: int
+    script: str
+    skew_corrected: float
 
 
 class TaskEventPayload(TypedDict):

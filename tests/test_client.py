@@ -249,9 +249,7 @@ def test_cli_ctrl_c_cancels_its_task_and_exits_130(live_daphne, cluster, tmp_pat
     wait_for(lambda: not tesseract_pids(), timeout=5)
 
 
-def test_token_from_the_environment_owns_the_task_and_events_fall_back_to_sse(
-    live_daphne, cluster, monkeypatch, caplog
-):
+def test_token_from_the_environment_owns_the_task_and_its_events(live_daphne, cluster, monkeypatch, caplog):
     from django.contrib.auth.models import User
     from rest_framework.authtoken.models import Token
 
@@ -263,12 +261,12 @@ def test_token_from_the_environment_owns_the_task_and_events_fall_back_to_sse(
         task = alice.submit(factories.text_pdf(1))
         with pytest.raises(NotFound):
             anonymous.get(task["task_id"])  # a user's task is only theirs
-        # the WebSocket authenticates by session only: refused for alice's task, so SSE carries it
+        # the WebSocket authenticates the token too (no fallback to SSE needed)
         caplog.set_level(logging.INFO, logger="ocrsite_client")
         events = list(alice.events(task["task_id"]))
         assert_gapless(events)
         assert events[-1]["type"] == "completed"
-        assert "following over SSE" in caplog.text
+        assert "following over SSE" not in caplog.text
 
 
 def test_cli_deadline_and_bad_arguments(live_daphne, cluster, tmp_path):

@@ -15,9 +15,6 @@ pytestmark = [pytest.mark.django_db(transaction=True)]
 
 
 def test_sigterm_to_a_worker_node_mid_task_loses_nothing(tmp_path):
-    from django_q.brokers import get_broker
-
-    get_broker().purge_queue()
     web = Node("web", "web", tmp_path)
     first = Node("worker", "first", tmp_path)
     second = None

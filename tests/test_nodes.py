@@ -32,6 +32,8 @@ class Node:
         self.slot_dir = str(tmp_path / f"slots-{name}")
         env = {
             **service_env(),
+            # a queue of their own: the session's test cluster must not take their jobs
+            "OCR_QUEUE_NAME": f"{service_env()['OCR_QUEUE_NAME']}nodes",
             "OCR_ROLE": role,
             "OCR_NODE_NAME": name,
             "OCR_SLOT_DIR": self.slot_dir,
@@ -55,9 +57,6 @@ class Node:
 
 @pytest.fixture
 def nodes(tmp_path):
-    from django_q.brokers import get_broker
-
-    get_broker().purge_queue()
     started = {
         "web-a": Node("web", "web-a", tmp_path),
         "web-c": Node("web", "web-c", tmp_path),

@@ -18,7 +18,7 @@ from django.utils.safestring import mark_safe
 
 from . import bulk, metrics
 from .api.serializers import MAX_REASON_LENGTH, CancelInputSerializer
-from .models import ACTIVE_STATUSES, CancelAudit, CancelledBy, OCRPage, OCRTask, TaskEvent
+from .models import ACTIVE_STATUSES, CancelAudit, CancelledBy, OCRPage, OCRTask, TaskEvent, WebhookDelivery
 
 logger = logging.getLogger(__name__)
 
@@ -262,4 +262,24 @@ class CancelAuditAdmin(admin.ModelAdmin):
     readonly_fields = [f.name for f in CancelAudit._meta.fields]
 
     def has_add_permission(self, request) -> bool:
+        return False
+
+
+@admin.register(WebhookDelivery)
+class WebhookDeliveryAdmin(admin.ModelAdmin):
+    """Every webhook attempt, read-only (records of what was sent)."""
+
+    list_display = ["attempted_at", "task", "seq", "type", "attempt", "outcome", "status_code", "duration_ms", "error"]
+    list_filter = ["outcome", "type", "attempted_at"]
+    search_fields = ["task__id", "webhook_id", "url", "error"]
+    list_select_related = ["task"]
+    readonly_fields = [f.name for f in WebhookDelivery._meta.fields]
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
         return False

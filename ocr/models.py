@@ -1,4 +1,4 @@
-"""OCRTask, OCRPage, TaskEvent and CancelAudit, with the task state machine."""
+"""OCRTask, OCRPage, TaskEvent, CancelAudit and WebhookDelivery, with the task state machine."""
 
 import uuid
 
@@ -251,3 +251,42 @@ class CancelAudit(models.Model):
 
     def __str__(self) -> str:
         return f"cancel {self.task_id} {self.outcome}"
+
+
+class DeliveryOutcome(models.TextChoices):
+    """One webhook attempt's outcome: `retrying` has a `next_retry_at`; the others end its event."""
+
+    DELIVERED = "delivered"
+    RETRYING = "retrying"
+    GIVEN_UP = "given_up"
+
+
+class WebhookDelivery(models.Model):
+    """One attempt to POST one of a task's events to its callback_url (ocr/webhooks.py)."""
+
+    task = models.ForeignKey(OCRTask, on_delete=models.CASCADE, related_name="webhook_deliveries")
+    seq = models.PositiveIntegerField(help_text="The event's seq")
+    type = models.CharField(max_length=16, choices=EventType.choices)
+    attempt = models.PositiveSmallIntegerField()
+    webhook_id = models.CharField(max_length=80, help_text="webhook-id header, the same for every attempt")
+    url = models.CharField(max_length=2000)
+    outcome = models.CharField(max_length=16, choices=DeliveryOutcome.choices)
+    status_code = models.PositiveSmallIntegerField(null=True, blank=True)
+    error = models.TextField(blank=True, default="")
+    duration_ms = models.FloatField(null=True, blank=True)
+    attempted_at = models.DateTimeField(default=timezone.now)
+    delivered_at = models.DateTimeField(null=True, blank=True)
+    next_retry_at = models.DateTimeField(null=True, blank=True)
+    # Set when the sweeper queued the retry, so that one due retry is queued once.
+    retry_queued = models.BooleanField(default=False)
+
+    class Meta:
+        ordering = ["task", "seq", "attempt"]
+        constraints = [
+            models.UniqueConstraint(fields=["task", "seq", "attempt"], name="webhookdelivery_unique_attempt")
+        ]
+        indexes = [models.Index(fields=["outcome", "retry_queued", "next_retry_at"], name="webhook_due_retry")]
+        verbose_name_plural = "webhook deliveries"
+
+    def __str__(self) -> str:
+        return f"{self.task_id} #{self.seq} attempt {self.attempt} {self.outcome}"

@@ -15,6 +15,8 @@ ROTATE_CHOICES = ("none", "auto")
 DEFAULT_CONTRAST = 1.3
 DEFAULT_LANG = "eng"
 DEFAULT_DPI = 300
+CALLBACK_EVENT_GROUPS = ("terminal", "page")  # webhooks (ocr/webhooks.py): which events are POSTed
+DEFAULT_CALLBACK_EVENTS = ("terminal",)
 
 PARAMETER_RANGES = {
     "threshold": {"type": "'auto' or integer", "min": 0, "max": 1024, "default": DEFAULT_THRESHOLD},
@@ -39,6 +41,12 @@ PARAMETER_RANGES = {
         },
         "default": None,
     },
+    "callback_url": {"type": "http(s) URL on a host in OCR_WEBHOOK_ALLOWED_HOSTS", "default": None},
+    "callback_events": {
+        "type": "array",
+        "choices": list(CALLBACK_EVENT_GROUPS),
+        "default": list(DEFAULT_CALLBACK_EVENTS),
+    },
 }
 
 
@@ -54,6 +62,9 @@ class TaskParams:
     priority: str = "normal"
     # {"max_processing_seconds": N, "max_cpu_seconds": N}: the worker cancels the task past either
     limits: dict | None = None
+    # Webhooks: POST each wanted event there (API.md section 10)
+    callback_url: str | None = None
+    callback_events: tuple[str, ...] = DEFAULT_CALLBACK_EVENTS
     # PDF kinds
     dpi: int = DEFAULT_DPI
     page_select: tuple[int, ...] | None = None
@@ -69,8 +80,9 @@ class TaskParams:
         values = {key: value for key, value in (data or {}).items() if key in known and value is not None}
         if "page_select" in values:
             values["page_select"] = tuple(values["page_select"])
-        if "outputs" in values:
-            values["outputs"] = tuple(values["outputs"])
+        for name in ("outputs", "callback_events"):
+            if name in values:
+                values[name] = tuple(values[name])
         return cls(**values)
 
     def to_json(self) -> dict:
@@ -78,6 +90,7 @@ class TaskParams:
         if self.page_select is not None:
             data["page_select"] = list(self.page_select)
         data["outputs"] = list(self.outputs)
+        data["callback_events"] = list(self.callback_events)
         return data
 
     @property

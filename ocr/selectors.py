@@ -7,7 +7,7 @@ import uuid
 from django.db.models import Q, QuerySet
 
 from .exceptions import BatchNotFound, TaskNotFound
-from .models import Batch, OCRTask, TaskEvent
+from .models import Batch, OCRTask, TaskEvent, WebhookDelivery
 
 
 def can_see_any(user) -> bool:
@@ -94,3 +94,8 @@ def batch_get_for(*, user, batch_id) -> Batch:
     if batch is None:
         raise BatchNotFound(pk)
     return batch
+
+
+def deliveries_of(task: OCRTask) -> QuerySet[WebhookDelivery]:
+    """Every webhook attempt for the task, by event seq then attempt."""
+    return WebhookDelivery.objects.filter(task_id=task.pk).order_by("seq", "attempt")

@@ -21,7 +21,7 @@ from django.db.models import Case, F, Value, When
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from . import progress, queue, scheduling
+from . import progress, queue, scheduling, webhooks
 from .exceptions import ServiceUnavailable, TaskConflict, TaskNotCancellable
 from .kinds import Kind
 from .models import (
@@ -64,6 +64,7 @@ def _store_event(task: OCRTask, type: str, **details) -> progress.TaskEventPaylo
     payload = progress.build_event(task, seq=task.event_seq, type=type, **details)
     TaskEvent.objects.create(task_id=task.pk, seq=task.event_seq, type=type, payload=payload)
     transaction.on_commit(lambda: progress.publish(payload))
+    webhooks.on_event(task, payload)
     return payload
 
 

@@ -56,6 +56,12 @@ env = environ.Env(
     OCR_METRICS_TOKEN=(str, ""),
     OCR_NODE_NAME=(str, socket.gethostname()),
     OCR_METRICS_ALLOW=(list, ["127.0.0.1", "::1"]),
+    OCR_WEBHOOK_ALLOWED_HOSTS=(list, []),
+    OCR_WEBHOOK_SECRET=(str, ""),
+    OCR_WEBHOOK_MAX_ATTEMPTS=(int, 6),
+    OCR_WEBHOOK_TIMEOUT_SECONDS=(float, 10.0),
+    OCR_WEBHOOK_BACKOFF_SECONDS=(float, 10.0),
+    OCR_WEBHOOK_BACKOFF_MAX_SECONDS=(float, 3600.0),
 )
 
 SECRET_KEY = env("SECRET_KEY", default="dev-insecure-change-me-in-production")  # refused by check --deploy
@@ -249,6 +255,16 @@ OCR_STREAM_RESYNC_SECONDS = env("OCR_STREAM_RESYNC_SECONDS")
 OCR_HEARTBEAT_SECONDS = env("OCR_HEARTBEAT_SECONDS")
 OCR_WORKER_LOST_SECONDS = env("OCR_WORKER_LOST_SECONDS")
 OCR_PENDING_REQUEUE_SECONDS = env("OCR_PENDING_REQUEUE_SECONDS")
+# Webhooks (ocr/webhooks.py): hosts a callback_url may name (host or host:port; `*`: any host that
+# resolves to public addresses only); empty = callbacks off. Secret `whsec_<base64>` (Standard
+# Webhooks); attempts per event, each timing out after TIMEOUT s, retried after BACKOFF * 2**(n-1) s.
+OCR_WEBHOOK_ALLOWED_HOSTS = env("OCR_WEBHOOK_ALLOWED_HOSTS")
+OCR_WEBHOOK_SECRET = env("OCR_WEBHOOK_SECRET")
+OCR_WEBHOOK_MAX_ATTEMPTS = max(1, env("OCR_WEBHOOK_MAX_ATTEMPTS"))
+OCR_WEBHOOK_TIMEOUT_SECONDS = env("OCR_WEBHOOK_TIMEOUT_SECONDS")
+OCR_WEBHOOK_BACKOFF_SECONDS = env("OCR_WEBHOOK_BACKOFF_SECONDS")
+OCR_WEBHOOK_BACKOFF_MAX_SECONDS = env("OCR_WEBHOOK_BACKOFF_MAX_SECONDS")
+# Host-wide tesseract slots (flock files): never more tesseract processes than OCR_WORKERS.
 # This node's name in the task JSON (`worker_node`) and in metrics (several nodes: API.md section 12).
 OCR_NODE_NAME = env("OCR_NODE_NAME")
 # Node-local tesseract slots (flock files): never more tesseract processes than OCR_WORKERS.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import socket
 import subprocess
@@ -88,6 +89,9 @@ def service_env() -> dict:
         "OCR_LLM_BASE_URL": LLM_TEST_URL,
         "PYTHONUNBUFFERED": "1",
         "OCR_SSE_KEEPALIVE_SECONDS": "6",  # longer than channels-redis's 5 s blocking read
+        "OCR_WEBHOOK_ALLOWED_HOSTS": f"127.0.0.1:{WEBHOOK_TEST_PORT}",
+        "OCR_WEBHOOK_SECRET": WEBHOOK_TEST_SECRET,
+        "OCR_WEBHOOK_BACKOFF_SECONDS": "0.2",
     }
 
 
@@ -143,6 +147,11 @@ def cluster(django_db_setup, django_db_blocker, tmp_path_factory):
 # The test process's own settings keep OCR_LLM_BASE_URL unset (the 503 checks).
 LLM_TEST_PORT = free_port()
 LLM_TEST_URL = f"http://127.0.0.1:{LLM_TEST_PORT}/v1"
+
+# Workers and daphne deliver webhooks to tests/test_webhooks.py's receiver on this port only; the
+# test process's own settings keep webhooks off (tests turn them on with the `settings` fixture).
+WEBHOOK_TEST_PORT = free_port()
+WEBHOOK_TEST_SECRET = "whsec_" + base64.b64encode(b"ocrsite webhook test secret 0123").decode()
 
 
 @pytest.fixture(scope="session")

@@ -19,8 +19,9 @@ from ..kinds import KINDS, Kind
 from ..models import Batch, CancelledBy, OCRTask, Priority, TaskStatus
 from . import schema, throttles
 from .common import client_ip, session_key
+from .fields import StrictCharField
 from .idempotency import idempotent
-from .requests import IMAGE_KINDS, StrictCharField, _field_errors, parse_request, read_upload
+from .requests import IMAGE_KINDS, _field_errors, parse_request, read_upload
 from .serializers import MAX_REASON_LENGTH, TaskSerializer, cancel_reason, parse_json_body
 
 logger = logging.getLogger(__name__)

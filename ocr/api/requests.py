@@ -15,6 +15,8 @@ from .. import engine
 from ..exceptions import InvalidInput, PayloadTooLarge, UnsupportedMediaType
 from ..kinds import Kind
 from ..params import DEFAULT_OUTPUTS, OUTPUT_FORMATS, PARAMETER_RANGES, TaskParams
+from .callbacks import CallbackFieldsMixin
+from .fields import StrictBooleanField, StrictCharField, StrictFloatField, StrictIntegerField
 
 IMAGE_KINDS = ("jpeg", "png", "bmp", "tiff", "webp")
 REPAIRED_WARNING = "The PDF is damaged and was repaired: pages whose content was lost are reported as failed pages"
@@ -23,29 +25,6 @@ REPAIRED_WARNING = "The PDF is damaged and was repaired: pages whose content was
 def _range(name: str) -> dict:
     spec = PARAMETER_RANGES[name]
     return {"min_value": spec.get("min"), "max_value": spec.get("max")}
-
-
-class StrictIntegerField(serializers.IntegerField):
-    """An integer in JSON, not a string, a boolean or a float."""
-
-    def to_internal_value(self, data):
-        if isinstance(data, bool) or not isinstance(data, int):
-            self.fail("invalid")
-        return super().to_internal_value(data)
-
-
-class StrictFloatField(serializers.FloatField):
-    def to_internal_value(self, data):
-        if isinstance(data, bool) or not isinstance(data, int | float):
-            self.fail("invalid")
-        return super().to_internal_value(data)
-
-
-class StrictCharField(serializers.CharField):
-    def to_internal_value(self, data):
-        if not isinstance(data, str):
-            self.fail("invalid")
-        return super().to_internal_value(data)
 
 
 class LimitsSerializer(serializers.Serializer):
@@ -60,15 +39,6 @@ class LimitsSerializer(serializers.Serializer):
             if unknown:
                 raise serializers.ValidationError({name: ["unknown field"] for name in unknown})
         return super().to_internal_value(data)
-
-
-class StrictBooleanField(serializers.BooleanField):
-    """true or false in JSON, not "yes", 1 or "true"."""
-
-    def to_internal_value(self, data):
-        if not isinstance(data, bool):
-            self.fail("invalid", input=data)
-        return data
 
 
 class ThresholdField(serializers.Field):
@@ -90,7 +60,7 @@ class ThresholdField(serializers.Field):
         return value
 
 
-class OCRParamsSerializer(serializers.Serializer):
+class OCRParamsSerializer(CallbackFieldsMixin, serializers.Serializer):
     threshold = ThresholdField(default=PARAMETER_RANGES["threshold"]["default"])
     contrast_level = StrictFloatField(**_range("contrast_level"), default=PARAMETER_RANGES["contrast_level"]["default"])
     lang = StrictCharField(default=PARAMETER_RANGES["lang"]["default"], max_length=200)

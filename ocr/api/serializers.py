@@ -11,7 +11,8 @@ from .. import scheduling
 from ..exceptions import InvalidInput
 from ..kinds import KINDS, STREAM_CANCEL_MESSAGE
 from ..models import OCRTask, TaskStatus
-from .requests import StrictCharField, _field_errors
+from .fields import StrictCharField
+from .requests import _field_errors
 
 MAX_REASON_LENGTH = 1000
 ALREADY_CANCELLED_MESSAGE = "Task was already cancelled"

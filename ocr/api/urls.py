@@ -3,7 +3,7 @@
 from django.urls import path
 
 from ..kinds import KINDS
-from . import bulk, cancel, download, operations, streams, submit, tasks
+from . import bulk, cancel, deliveries, download, operations, streams, submit, tasks
 
 urlpatterns = [
     path("health", operations.health, name="health"),
@@ -20,6 +20,7 @@ urlpatterns = [
     path("tasks/<str:task_id>/cancel", cancel.CancelView.as_view(), name="task-cancel"),
     path("tasks/<str:task_id>/resume", bulk.ResumeView.as_view(), name="task-resume"),
     path("tasks/<str:task_id>/download", download.DownloadView.as_view(), name="task-download"),
+    path("tasks/<str:task_id>/deliveries", deliveries.DeliveryListView.as_view(), name="task-deliveries"),
     path("stream/<str:task_id>", streams.stream_events, name="stream"),
     path("stream/<str:task_id>/cancel", cancel.CancelView.as_view(streaming_only=True), name="stream-cancel"),
 ]

@@ -1,5 +1,6 @@
-"""Enforce deadlines of queued tasks (running ones are watched by their worker) and reap lost
-work (tasks whose worker died, jobs lost by the broker, orphan tesseracts on this host).
+"""Enforce deadlines of queued tasks (running ones are watched by their worker), reap lost
+work (tasks whose worker died, jobs lost by the broker, orphan tesseracts on this host) and
+queue due webhook retries.
 Safe to run on several hosts: every change is a conditional UPDATE."""
 
 import logging
@@ -11,7 +12,7 @@ from django.core.management.base import BaseCommand
 from django.db import close_old_connections
 from django.utils import timezone
 
-from ocr import engine, pipeline, queue, tasks, upkeep
+from ocr import engine, pipeline, queue, tasks, upkeep, webhooks
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +69,13 @@ class Command(BaseCommand):
                     sleep = min(sleep, max(0.0, (due - timezone.now()).total_seconds()))
             except Exception:
                 logger.exception("sweeper: deadline pass failed")
+            try:
+                webhooks.retry_due()
+                due = webhooks.next_retry()
+                if due is not None:
+                    sleep = min(sleep, max(0.0, (due - timezone.now()).total_seconds()))
+            except Exception:
+                logger.exception("sweeper: webhook retry pass failed")
             close_old_connections()
             if once:
                 return

@@ -38,7 +38,9 @@ def test_sigterm_to_a_worker_node_mid_task_loses_nothing(tmp_path):
         wait_for(lambda: OCRTask.objects.get(pk=task_id).status in ("completed", "failed"), timeout=300)
         task = OCRTask.objects.get(pk=task_id)
         assert task.status == "completed" and task.processed_pages == 3 and task.attempt == 2
-        assert task.worker_host == "second"
+        # finished by another worker: "second", or the session's test cluster when its sweeper
+        # was the one that re-queued the task (onto its own queue)
+        assert task.worker_host != "first"
         assert kept <= set(OCRPage.objects.filter(task_id=task_id).values_list("page_number", "text"))
     finally:
         for node in (web, first, second):

@@ -6,6 +6,7 @@ from django.contrib.auth.models import User
 from ocr import services
 from ocr.models import OCRTask
 from tests import factories
+from tests.support import tesseract_pids, wait_for
 from tests.test_ui import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS
 
 pytestmark = [
@@ -51,4 +52,16 @@ def test_bulk_cancel_confirms_the_count_and_resume_opens_the_new_task(live_daphn
     # another user's task is never touched (a worker may have started it meanwhile: jobs start
     # the first pending task in the start order, whoever queued them)
     assert OCRTask.objects.get(pk=other.pk).status != "cancelled"
+    # leave no work running into the next test (its database flush would wait on the worker)
+    for task in OCRTask.objects.filter(status__in=("pending", "processing")):
+        services.task_cancel_if_active(task_id=task.pk, reason="test over", cancelled_by="user")
+    wait_for(lambda: not tesseract_pids(), timeout=10)
+    wait_for(
+        lambda: (
+            not OCRTask.objects.filter(status="cancelled", started_at__isnull=False, work_stopped_at__isnull=True)
+            .exclude(pk=done.pk)
+            .exists()
+        ),
+        timeout=10,
+    )
     assert str(OCRTask.objects.get(pk=new_id).resumed_from) == str(active[0].pk)

@@ -18,7 +18,7 @@ from ..exceptions import DomainError, InvalidInput, UnsupportedMediaType
 from ..kinds import KINDS, Kind
 from ..models import Batch, CancelledBy, OCRTask, Priority, TaskStatus
 from . import schema, throttles
-from .common import client_ip, session_key
+from .common import client_ip, session_key, visible_task
 from .fields import StrictCharField
 from .idempotency import idempotent
 from .requests import IMAGE_KINDS, _field_errors, parse_request, read_upload
@@ -308,10 +308,6 @@ class ResumeView(APIView):
         "`resumed_from` the old id) that copies the old task's successful pages and processes the others.",
     )
     def post(self, request: Request, task_id: str) -> Response:
-        task = selectors.task_get_for(
-            user=request.user,
-            task_id=selectors.parse_task_id(task_id),
-            task_type=self.kind.slug if self.kind else None,
-        )
+        task = visible_task(request, task_id, kind=self.kind)
         resumed = bulk.task_resume(task=task)
         return Response(TaskSerializer(resumed, context={"request": request}).data, status=202)

@@ -9,11 +9,11 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from .. import metrics, selectors, services
+from .. import metrics, services
 from ..kinds import Kind
 from ..models import CancelledBy
 from . import schema, throttles
-from .common import client_ip
+from .common import client_ip, visible_task
 from .serializers import cancel_body, cancel_reason, parse_json_body
 
 logger = logging.getLogger(__name__)
@@ -33,12 +33,7 @@ class CancelView(APIView):
         "(mid-page), pages finished before are kept. Missing or blank reason: `User requested cancellation`.",
     )
     def post(self, request: Request, task_id: str) -> Response:
-        task = selectors.task_get_for(
-            user=request.user,
-            task_id=selectors.parse_task_id(task_id),
-            task_type=self.kind.slug if self.kind else None,
-            streaming_only=self.streaming_only,
-        )
+        task = visible_task(request, task_id, kind=self.kind, streaming_only=self.streaming_only)
         reason = cancel_reason(parse_json_body(request._request.body))  # JSON whatever its Content-Type
         logger.info("task %s: cancel requested from %s", task.pk, client_ip(request))
         outcome = services.task_cancel(

@@ -10,6 +10,10 @@ from rest_framework.exceptions import NotAuthenticated
 from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.request import Request
 
+from .. import selectors
+from ..kinds import Kind
+from ..models import OCRTask
+
 
 def drf_request(request: HttpRequest) -> Request:
     """DRF's request (its authentication and multipart parsing) around a plain Django one."""
@@ -24,6 +28,14 @@ def require_access(request: Request) -> None:
     """Anonymous callers are refused (401) unless OCR_ALLOW_ANONYMOUS (ocr.permissions for APIViews)."""
     if not settings.OCR_ALLOW_ANONYMOUS and not request.user.is_authenticated:
         raise NotAuthenticated()
+
+
+def visible_task(request: Request, task_id: str, *, kind: Kind | None = None, streaming_only: bool = False) -> OCRTask:
+    """The task a path names, if this caller may see it there (its kind, streaming); else
+    TaskNotFound (404), whether the id is unknown, malformed or someone else's."""
+    return selectors.task_get_for(
+        user=request.user, task_id=task_id, task_type=kind.slug if kind else None, streaming_only=streaming_only
+    )
 
 
 def client_ip(request) -> str:

@@ -10,6 +10,7 @@ from rest_framework.response import Response
 from .. import selectors
 from ..models import WebhookDelivery
 from . import schema
+from .common import visible_task
 
 
 class DeliverySerializer(serializers.ModelSerializer):
@@ -47,7 +48,7 @@ class DeliveryListView(generics.GenericAPIView):
         }
     )
     def get(self, request: Request, task_id: str) -> Response:
-        task = selectors.task_get_for(user=request.user, task_id=selectors.parse_task_id(task_id))
+        task = visible_task(request, task_id)
         deliveries = selectors.deliveries_of(task)
         return Response(
             {

@@ -14,11 +14,12 @@ from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from .. import outputs, selectors
+from .. import outputs
 from ..exceptions import DomainError, InvalidInput, TaskConflict
 from ..kinds import Kind
 from ..models import OCRPage, OCRTask
 from . import schema
+from .common import visible_task
 from .serializers import TaskSerializer
 
 logger = logging.getLogger(__name__)
@@ -68,11 +69,7 @@ class DownloadView(generics.GenericAPIView):
         "the pages finished before the cancel).",
     )
     def get(self, request: Request, task_id: str):
-        task = selectors.task_get_for(
-            user=request.user,
-            task_id=selectors.parse_task_id(task_id),
-            task_type=self.kind.slug if self.kind else None,
-        )
+        task = visible_task(request, task_id, kind=self.kind)
         output_format = request.query_params.get("format") or "text"
         if output_format not in outputs.DOWNLOAD_FORMATS:
             raise InvalidInput(f"format: {output_format[:50]!r} is not one of {', '.join(outputs.DOWNLOAD_FORMATS)}")

@@ -9,10 +9,10 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.http import HttpRequest, StreamingHttpResponse
 
-from .. import selectors, streams
+from .. import streams
 from ..exceptions import error_json
 from ..models import OCRTask
-from .common import drf_request, require_access
+from .common import drf_request, require_access, visible_task
 
 
 def sse_frame(event: dict) -> bytes:
@@ -22,7 +22,7 @@ def sse_frame(event: dict) -> bytes:
 def _visible_task(request: HttpRequest, task_id: str) -> OCRTask:
     wrapped = drf_request(request)
     require_access(wrapped)
-    return selectors.task_get_for(user=wrapped.user, task_id=selectors.parse_task_id(task_id))
+    return visible_task(wrapped, task_id)
 
 
 def _after(request: HttpRequest) -> int:

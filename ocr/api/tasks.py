@@ -11,6 +11,7 @@ from .. import selectors
 from ..kinds import KINDS, Kind
 from ..models import TaskStatus
 from . import schema
+from .common import visible_task
 from .serializers import TaskFilterSerializer, TaskSerializer
 
 
@@ -20,11 +21,7 @@ class TaskDetailView(generics.GenericAPIView):
 
     @extend_schema(responses={200: TaskSerializer, 404: schema.ErrorSerializer})
     def get(self, request: Request, task_id: str) -> Response:
-        task = selectors.task_get_for(
-            user=request.user,
-            task_id=selectors.parse_task_id(task_id),
-            task_type=self.kind.slug if self.kind else None,
-        )
+        task = visible_task(request, task_id, kind=self.kind)
         return Response(TaskSerializer(task, context={"request": request}).data)
 
 

@@ -143,7 +143,7 @@ def test_events_resume_after_a_dropped_connection_without_gap_or_duplicate(live_
     proxy = DroppingProxy(int(live_daphne.rsplit(":", 1)[1]))
     try:
         with Client(live_daphne) as control, Client(f"http://127.0.0.1:{proxy.port}") as client:
-            task = control.submit(factories.slow_pdf(2), request=SLOW)
+            task = control.submit(factories.slow_pdf(4), request=SLOW)  # the cancel always lands mid-task
             events: list[dict] = []
             for event in client.events(task["task_id"], transport=transport):
                 events.append(event)

@@ -5,7 +5,7 @@ set -euo pipefail
 need=()
 command -v tesseract >/dev/null 2>&1 || need+=(tesseract-ocr)
 # Language packs for request.lang (and "auto"), and the osd data for rotate/lang "auto" (API.md section 9)
-tessdata=$(ls -d /usr/share/tesseract-ocr/*/tessdata 2>/dev/null | head -1)
+tessdata=$(ls -d /usr/share/tesseract-ocr/*/tessdata 2>/dev/null | head -1 || true)
 for lang in eng deu fra spa ita por nld osd; do
   [ -n "$tessdata" ] && [ -f "$tessdata/$lang.traineddata" ] || need+=("tesseract-ocr-$lang")
 done

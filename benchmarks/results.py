@@ -13,7 +13,7 @@ import re
 import shlex
 import sys
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
@@ -41,7 +41,7 @@ def machine() -> str:
     from harness import code_version
 
     try:
-        load = "%.1f %.1f %.1f" % os.getloadavg()
+        load = "{:.1f} {:.1f} {:.1f}".format(*os.getloadavg())
     except OSError:
         load = "?"
     try:
@@ -63,7 +63,7 @@ def write_section(title: str, rows: list[Row], *, command: str | None = None, no
     lines = [
         f"## {title}",
         "",
-        f"- Date: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
+        f"- Date: {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}",
         f"- Machine: {machine()}, database {database}",
         f"- Command: `{command}`",
         "",

@@ -52,7 +52,7 @@ def test_dashboard_shows_a_rest_cancel_live_without_reload(live_daphne, no_worke
     from tests.support import post_json
 
     User.objects.create_user("watcher", password="secret-pw", is_staff=True)
-    running = factories.submit_task(start=True)
+    running = factories.submit_task()  # queued (a started one would be reaped: no worker heartbeats it)
     services.task_cancel(task=factories.submit_task(), reason="before the page opened")
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as playwright:

@@ -1,4 +1,5 @@
-"""WebSocket: the task's events (ocr.streams.follow) as JSON frames, and the cancel action."""
+"""WebSocket: a task's events (ocr.streams.follow) as JSON frames and the cancel action; the staff
+operator feed (ocr.feed.follow)."""
 
 from __future__ import annotations
 
@@ -12,10 +13,11 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 
-from . import selectors, services, streams
+from . import feed, selectors, services, streams
 from .api.serializers import cancel_body, cancel_reason
 from .exceptions import DomainError
 from .models import CancelledBy
+from .permissions import is_operator
 
 logger = logging.getLogger(__name__)
 
@@ -29,19 +31,30 @@ def _cancel(task_id, user, content: dict, client: str) -> dict:
     return cancel_body(outcome.task, newly_cancelled=outcome.newly_cancelled)
 
 
-def _after(scope) -> int:
+def _after(scope, default: int | None = 0) -> int | None:
     query = parse_qs(scope.get("query_string", b"").decode())
     try:
-        return max(0, int(query.get("after", ["0"])[0]))
-    except ValueError:
-        return 0
+        return max(0, int(query["after"][0]))
+    except (KeyError, ValueError):
+        return default
 
 
-class TaskEventsConsumer(AsyncJsonWebsocketConsumer):
-    # Events come through streams.follow, which owns its channel and outlives a lost layer;
-    # the consumer itself subscribes to no layer (a layer error would end the socket).
+class _FollowingConsumer(AsyncJsonWebsocketConsumer):
+    """A socket fed by one follower task. Events come through a follow() that owns its channel
+    and outlives a lost layer; the consumer subscribes to no layer (a layer error would end it)."""
+
     channel_layer_alias = None
     follower: asyncio.Task | None = None
+
+    async def disconnect(self, code: int) -> None:
+        if self.follower is not None:
+            self.follower.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.follower
+
+
+class TaskEventsConsumer(_FollowingConsumer):
+    """ws/ocr/tasks/{id}/?after=SEQ: the task's events, then close (1000); the cancel action."""
 
     async def connect(self) -> None:
         user = self.scope.get("user")
@@ -74,12 +87,6 @@ class TaskEventsConsumer(AsyncJsonWebsocketConsumer):
             logger.exception("task %s: WebSocket stream failed", self.task_id)
             await self.close(code=1011)
 
-    async def disconnect(self, code: int) -> None:
-        if self.follower is not None:
-            self.follower.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.follower
-
     async def receive(self, text_data=None, bytes_data=None, **kwargs) -> None:
         try:
             content = json.loads(text_data or (bytes_data or b"").decode())
@@ -99,3 +106,32 @@ class TaskEventsConsumer(AsyncJsonWebsocketConsumer):
                 await self.send_json({"type": "cancel_result", "status_code": exc.status_code, **exc.body()})
                 return
             await self.send_json({"type": "cancel_result", "status_code": 200, **body})
+
+
+class OperatorFeedConsumer(_FollowingConsumer):
+    """ws/ocr/events/?after=ID: every task's terminal event and refused cancel, for staff only
+    (others: the handshake is refused, 403). Items after `after` (none: the newest few), then
+    live ones, until the client leaves; it sends nothing but errors in answer to messages."""
+
+    async def connect(self) -> None:
+        user = self.scope.get("user")
+        if not is_operator(user):
+            logger.info("operator feed: WebSocket refused to %s", getattr(user, "username", None) or "anonymous")
+            await self.close(code=4403)
+            return
+        await self.accept()
+        self.follower = asyncio.create_task(self.forward(_after(self.scope, default=None)))
+
+    async def forward(self, after: int | None) -> None:
+        try:
+            async with contextlib.aclosing(feed.follow(after)) as items:
+                async for item in items:
+                    await self.send_json(item)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.exception("operator feed: WebSocket stream failed")
+            await self.close(code=1011)
+
+    async def receive(self, text_data=None, bytes_data=None, **kwargs) -> None:
+        await self.send_json({"type": "error", "detail": "The operator feed takes no messages"})

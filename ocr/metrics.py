@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
 from .kinds import KINDS
-from .models import OCRPage, OCRTask, PageSource, TaskStatus
+from .models import TERMINAL_STATUSES, OCRPage, OCRTask, PageSource, TaskStatus
 from .queue import queue_depth, redis_client
 
 logger = logging.getLogger(__name__)
@@ -98,8 +98,17 @@ def snapshot(window_minutes: int | None = None, *, tasks=None, staff: bool = Tru
         pages = pages.filter(created_at__gte=since)
 
     by_kind: dict[str, dict[str, int]] = {kind: dict.fromkeys(TaskStatus.values, 0) for kind in KINDS}
-    for row in tasks.values("task_type", "status").annotate(n=Count("id")):
-        by_kind[row["task_type"]][row["status"]] = row["n"]
+    nodes = _Nodes()
+    # one GROUP BY for both: per kind, and per worker node (no scan of its own)
+    rows = tasks.values("task_type", "status", "worker_host").annotate(
+        n=Count("id"), pages=Sum("processed_pages"), failed=Sum("failed_pages")
+    )
+    for row in rows:
+        by_kind[row["task_type"]][row["status"]] += row["n"]
+        nodes.add_tasks(row)
+    running = current.filter(status=TaskStatus.PROCESSING).values("worker_host").annotate(n=Count("id"))
+    for row in running:
+        nodes.add_running(row)
     totals = {kind: sum(counts.values()) for kind, counts in by_kind.items()}
     cancellation_rate = {
         kind: round(by_kind[kind][TaskStatus.CANCELLED] / totals[kind], 4) if totals[kind] else 0.0 for kind in KINDS
@@ -122,17 +131,49 @@ def snapshot(window_minutes: int | None = None, *, tasks=None, staff: bool = Tru
             cancelled.filter(work_stopped_at__isnull=False), "cancelled_at", "work_stopped_at", CANCEL_LATENCY_BUCKETS
         ),
         "queue_depth": queue_depth(),
-        "running_tasks": current.filter(status=TaskStatus.PROCESSING).count(),
+        "running_tasks": sum(row["n"] for row in running),
         "pending_tasks": current.filter(status=TaskStatus.PENDING).count(),
         "pages_per_second": round(last_minute / 60.0, 3),
         "ocr_page_seconds": _histogram(ocr_pages, F("processing_time"), PAGE_SECONDS_BUCKETS),
     }
     if staff:
+        data["nodes"] = nodes.as_dict()
         newest = cancelled.order_by("-cancelled_at").values_list("cancellation_reason", flat=True)[:REASONS_SAMPLE]
         reasons = Counter(normalise_reason(r) for r in newest)
         data["cancellation_reasons"] = [{"reason": r, "count": n} for r, n in reasons.most_common(10)]
         data["cancel_requests"] = _cancel_requests()
     return data
+
+
+class _Nodes:
+    """Figures per worker node (OCR_NODE_NAME, the task's `worker_node`): tasks it ran that
+    ended, by status; pages it recorded (a task's pages count for the node that ran it last);
+    tasks processing on it now. Tasks that never started belong to no node."""
+
+    def __init__(self) -> None:
+        self.nodes: dict[str, dict] = {}
+
+    def _node(self, name: str) -> dict:
+        return self.nodes.setdefault(
+            name,
+            {"running": 0, "tasks": {status: 0 for status in TERMINAL_STATUSES}, "pages": {"ok": 0, "failed": 0}},
+        )
+
+    def add_tasks(self, row: dict) -> None:
+        if not row["worker_host"]:
+            return
+        node = self._node(row["worker_host"])
+        if row["status"] in TERMINAL_STATUSES:
+            node["tasks"][row["status"]] += row["n"]
+        node["pages"]["ok"] += row["pages"] or 0
+        node["pages"]["failed"] += row["failed"] or 0
+
+    def add_running(self, row: dict) -> None:
+        if row["worker_host"]:
+            self._node(row["worker_host"])["running"] += row["n"]
+
+    def as_dict(self) -> dict:
+        return dict(sorted(self.nodes.items()))
 
 
 def _cancel_requests() -> dict:
@@ -195,6 +236,7 @@ class _SnapshotCollector:
         for code, n in data["cancel_requests"]["by_status"].items():
             requests.add_metric([str(code)], n)
         yield requests
+        yield from _node_families(data["nodes"])
         for name, doc, value in (
             ("ocr_queue_depth", "Jobs waiting on the broker", data["queue_depth"]),
             ("ocr_running_tasks", "Tasks processing", data["running_tasks"]),
@@ -203,6 +245,24 @@ class _SnapshotCollector:
         ):
             if value is not None:
                 yield GaugeMetricFamily(name, doc, value=value)
+
+
+def _node_families(nodes: dict):
+    """The `node` label: what each worker node ran, recorded and runs now."""
+    tasks = CounterMetricFamily(
+        "ocr_node_tasks", "Tasks a worker node ran that ended, by status", labels=["node", "status"]
+    )
+    pages = CounterMetricFamily(
+        "ocr_node_pages", "Pages a worker node recorded, by outcome", labels=["node", "outcome"]
+    )
+    running = GaugeMetricFamily("ocr_node_running_tasks", "Tasks processing on a worker node", labels=["node"])
+    for name, node in nodes.items():
+        for status, n in node["tasks"].items():
+            tasks.add_metric([name, status], n)
+        for outcome, n in node["pages"].items():
+            pages.add_metric([name, outcome], n)
+        running.add_metric([name], node["running"])
+    yield from (tasks, pages, running)
 
 
 def prometheus_text() -> bytes:

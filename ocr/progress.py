@@ -138,12 +138,34 @@ def build_event(
     return event
 
 
-def publish(event: TaskEventPayload) -> None:
-    """Push a stored event to the task's group; a lost push is recovered from the database."""
+FEED_GROUP = "ocr-operator-feed"  # the staff feed (ocr/feed.py): every node's readers join it
+
+
+def publish(event: TaskEventPayload, *, feed_id: int | None = None) -> None:
+    """Push a stored event to the task's group (and, for a terminal event, its operator feed
+    item's id to the feed group, in the same call); a lost push is recovered from the database."""
+    messages = [(group_name(event["task_id"]), {"type": "task.event", "event": event})]
+    if feed_id is not None:
+        messages.append((FEED_GROUP, {"type": "feed.item", "id": feed_id}))
+    _send(messages, f"task {event['task_id']}: event {event['seq']}")
+
+
+def publish_feed(feed_id: int, task_id: uuid.UUID | str) -> None:
+    """Push an operator feed item's id (ocr/feed.py) to the feed group."""
+    _send([(FEED_GROUP, {"type": "feed.item", "id": feed_id})], f"task {task_id}: operator feed item {feed_id}")
+
+
+def _send(messages: list[tuple[str, dict]], what: str) -> None:
+    """The one sender to the Channels layer; one call, so one connection, for all `messages`."""
     layer = get_channel_layer()
     if layer is None:
         return
+
+    async def send_all() -> None:
+        for group, message in messages:
+            await layer.group_send(group, message)
+
     try:
-        async_to_sync(layer.group_send)(group_name(event["task_id"]), {"type": "task.event", "event": event})
+        async_to_sync(send_all)()
     except Exception:
-        logger.warning("task %s: could not publish event %s", event["task_id"], event["seq"], exc_info=True)
+        logger.warning("%s could not be published", what, exc_info=True)

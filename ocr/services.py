@@ -21,11 +21,12 @@ from django.db.models import Case, F, Value, When
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from . import progress, queue, scheduling, webhooks
+from . import feed, progress, queue, scheduling, webhooks
 from .exceptions import ServiceUnavailable, TaskConflict, TaskNotCancellable
 from .kinds import Kind
 from .models import (
     ACTIVE_STATUSES,
+    TERMINAL_EVENTS,
     CancelAudit,
     CancelledBy,
     EventType,
@@ -34,6 +35,7 @@ from .models import (
     Priority,
     TaskEvent,
     TaskStatus,
+    storage_name,
 )
 from .params import TaskParams
 
@@ -60,10 +62,12 @@ def _advance(task_id: uuid.UUID, from_statuses, *, only_attempt: int | None = No
 
 
 def _store_event(task: OCRTask, type: str, **details) -> progress.TaskEventPayload:
-    """Store the event numbered `task.event_seq`, publish it once the transaction commits."""
+    """Store the event numbered `task.event_seq` (a terminal one also in the operator feed),
+    publish it once the transaction commits."""
     payload = progress.build_event(task, seq=task.event_seq, type=type, **details)
     TaskEvent.objects.create(task_id=task.pk, seq=task.event_seq, type=type, payload=payload)
-    transaction.on_commit(lambda: progress.publish(payload))
+    feed_id = feed.record(task, type) if type in TERMINAL_EVENTS else None
+    transaction.on_commit(lambda: progress.publish(payload, feed_id=feed_id))
     webhooks.on_event(task, payload)
     return payload
 
@@ -75,21 +79,6 @@ def _store_result(task: OCRTask) -> None:
 
 
 # --- Submit and start ---------------------------------------------------------------------
-
-MAX_STORED_NAME_BYTES = 100
-
-
-def storage_name(filename: str) -> str:
-    """The upload's name for storage: no folders, no spaces, at most MAX_STORED_NAME_BYTES of
-    UTF-8 (file systems count bytes: 84 CJK characters are 252), extension kept."""
-    name = os.path.basename(filename.replace("\\", "/")).replace(" ", "_").strip(".") or "upload"
-    stem, dot, extension = name.rpartition(".")
-    if not dot or len(extension.encode()) > 16:
-        stem, extension = name, ""
-    suffix = f".{extension}" if extension else ""
-    room = MAX_STORED_NAME_BYTES - len(suffix.encode())
-    stem = stem.encode()[:room].decode(errors="ignore") or "upload"
-    return stem + suffix
 
 
 def task_admit(*, kind: Kind, priority: str = Priority.NORMAL) -> None:
@@ -358,6 +347,7 @@ def task_cancel(
             current = OCRTask.objects.get(pk=task.pk)
             outcome = "already_cancelled" if current.status == TaskStatus.CANCELLED else f"already_{current.status}"
             status_before = current.status
+            feed.record_refused_cancel(current, reason=reason, cancelled_by=cancelled_by, user=user, outcome=outcome)
         ran_seconds = (now - current.started_at).total_seconds() if current.started_at else None
         CancelAudit.objects.create(
             task_id=current.pk,

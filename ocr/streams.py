@@ -32,13 +32,14 @@ from .progress import TaskEventPayload, group_name
 logger = logging.getLogger(__name__)
 
 
-class _Membership:
-    """This stream's channel in the task's group, re-joined after any failure of the layer."""
+class Membership:
+    """This stream's channel in a group (a task's, or the operator feed's), re-joined after any
+    failure of the layer; `label` names the stream in log lines ("task <id>")."""
 
-    def __init__(self, task_id: uuid.UUID) -> None:
-        self.task_id = task_id
+    def __init__(self, group: str, label: str) -> None:
+        self.label = label
         self.layer = get_channel_layer()
-        self.group = group_name(task_id)
+        self.group = group
         self.channel: str | None = None
         self.joined = False
 
@@ -50,11 +51,11 @@ class _Membership:
                 self.channel = await self.layer.new_channel()
             await self.layer.group_add(self.group, self.channel)
             if not self.joined:
-                logger.debug("task %s: stream joined %s", self.task_id, self.group)
+                logger.debug("%s: stream joined %s", self.label, self.group)
             self.joined = True
         except Exception as exc:
             if self.joined:
-                logger.warning("task %s: channel layer lost (%s); following from the database", self.task_id, exc)
+                logger.warning("%s: channel layer lost (%s); following from the database", self.label, exc)
             self.joined = False
         return self.joined
 
@@ -68,7 +69,7 @@ class _Membership:
         except TimeoutError:
             return None
         except Exception as exc:  # Redis went away under a blocking read
-            logger.warning("task %s: channel layer read failed (%s); following from the database", self.task_id, exc)
+            logger.warning("%s: channel layer read failed (%s); following from the database", self.label, exc)
             self.joined = False
             return None
 
@@ -78,7 +79,7 @@ class _Membership:
         try:
             await self.layer.group_discard(self.group, self.channel)
         except Exception:
-            logger.debug("task %s: group_discard failed", self.task_id, exc_info=True)
+            logger.debug("%s: group_discard failed", self.label, exc_info=True)
 
 
 @database_sync_to_async
@@ -102,7 +103,7 @@ async def follow(
     """Every event of the task after seq `after`, then live ones, until (and with) the terminal
     one; `None` for a keep-alive when `keepalive` seconds passed without an event."""
     resync = resync or settings.OCR_STREAM_RESYNC_SECONDS
-    membership = _Membership(task_id)
+    membership = Membership(group_name(task_id), f"task {task_id}")
     await membership.join()
     last_seq = after
     read_database = True

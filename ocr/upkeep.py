@@ -14,7 +14,15 @@ from django.utils import timezone
 
 from . import queue, services
 from .idempotency import REPLAY_WINDOW
-from .models import ACTIVE_STATUSES, CancelAudit, CancelledBy, IdempotencyRecord, OCRTask, TaskStatus
+from .models import (
+    ACTIVE_STATUSES,
+    CancelAudit,
+    CancelledBy,
+    IdempotencyRecord,
+    OCRTask,
+    OperatorEvent,
+    TaskStatus,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -94,7 +102,8 @@ def reap_lost_tasks(*, lost_after: float, max_attempts: int = 2, requeue_pending
 
 def purge_expired(*, retention_days: int, audit_retention_days: int | None = None, dry_run: bool = False) -> dict:
     """Delete terminal tasks older than `retention_days` (their input files, pages and events
-    with them), and cancel audits older than `audit_retention_days`. Active tasks are kept."""
+    with them), and cancel audits and operator feed items older than `audit_retention_days`.
+    Active tasks are kept."""
     now = timezone.now()
     cutoff = now - timedelta(days=retention_days)
     old = OCRTask.objects.exclude(status__in=ACTIVE_STATUSES).filter(created_at__lt=cutoff)
@@ -112,6 +121,7 @@ def purge_expired(*, retention_days: int, audit_retention_days: int | None = Non
                 logger.warning("task %s: input file could not be deleted", task.pk)
     old.delete()
     audits.delete()
+    OperatorEvent.objects.filter(created_at__lt=audit_cutoff).delete()
     IdempotencyRecord.objects.filter(created_at__lt=now - REPLAY_WINDOW).delete()  # replays last 24 h
     logger.info("retention: deleted %s", report)
     return report

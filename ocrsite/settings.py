@@ -49,6 +49,8 @@ env = environ.Env(
     OCR_AUDIT_RETENTION_DAYS=(int, 0),
     OCR_SSE_KEEPALIVE_SECONDS=(float, 15.0),
     OCR_STREAM_RESYNC_SECONDS=(float, 2.0),
+    OCR_FEED_REPLAY=(int, 50),
+    OCR_FEED_GAP_SECONDS=(float, 10.0),
     OCR_TRUSTED_PROXIES=(int, 0),
     CSRF_TRUSTED_ORIGINS=(list, []),
     OCR_MAX_PAGE_PIXELS=(int, 50_000_000),
@@ -252,6 +254,10 @@ OCR_SYNC_TIMEOUT = env("OCR_SYNC_TIMEOUT")
 OCR_SSE_KEEPALIVE_SECONDS = env("OCR_SSE_KEEPALIVE_SECONDS")
 # A stream without a push for this long re-joins its group and reads the database (Redis restarts).
 OCR_STREAM_RESYNC_SECONDS = env("OCR_STREAM_RESYNC_SECONDS")
+# Operator feed (ocr/feed.py): items replayed to a reader without a cursor; how long a reader
+# waits for a missing id (a transaction not yet committed) before taking it for a rollback.
+OCR_FEED_REPLAY = max(0, env("OCR_FEED_REPLAY"))
+OCR_FEED_GAP_SECONDS = env("OCR_FEED_GAP_SECONDS")
 # A processing task whose worker sent no heartbeat for this long is re-queued once, then failed.
 OCR_HEARTBEAT_SECONDS = env("OCR_HEARTBEAT_SECONDS")
 OCR_WORKER_LOST_SECONDS = env("OCR_WORKER_LOST_SECONDS")

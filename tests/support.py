@@ -144,9 +144,9 @@ def http_request(base_url: str, method: str, path: str, body: bytes | None = Non
 class SSEClient:
     """GET a text/event-stream; `events()` yields (receive wall time, event dict) as they arrive."""
 
-    def __init__(self, base_url: str, path: str, timeout: float = 120) -> None:
+    def __init__(self, base_url: str, path: str, timeout: float = 120, headers: dict | None = None) -> None:
         self.conn = connection(base_url, timeout)
-        self.conn.request("GET", path, headers={"Accept": "text/event-stream"})
+        self.conn.request("GET", path, headers={"Accept": "text/event-stream", **(headers or {})})
         self.response = self.conn.getresponse()
         if self.response.status != 200:
             raise RuntimeError(f"SSE {path} answered {self.response.status}: {self.response.read()[:500]!r}")
@@ -177,7 +177,7 @@ class SSEClient:
 class WebSocketClient:
     """A minimal RFC 6455 client: text frames in, masked frames out, answers pings."""
 
-    def __init__(self, base_url: str, path: str, timeout: float = 120) -> None:
+    def __init__(self, base_url: str, path: str, timeout: float = 120, origin: str | None = None) -> None:
         parts = urlsplit(base_url)
         self.sock = socket.create_connection((parts.hostname, parts.port), timeout=timeout)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -185,7 +185,7 @@ class WebSocketClient:
         host = f"{parts.hostname}:{parts.port}"
         request = (
             f"GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\nOrigin: http://{host}\r\n\r\n"
+            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\nOrigin: {origin or f'http://{host}'}\r\n\r\n"
         )
         self.sock.sendall(request.encode())
         self.buffer = b""

@@ -261,3 +261,35 @@ def test_health_without_anonymous_access_gives_probes_the_status_only(settings):
     staff = APIClient()
     staff.force_authenticate(User.objects.create_user("ops", is_staff=True))
     assert {"database", "redis", "tesseract"} <= set(staff.get("/v1/ocr/health").json())
+
+
+@pytest.mark.django_db
+def test_metrics_per_worker_node(no_worker, settings, django_assert_max_num_queries):
+    for node, finish in (("node-a", True), ("node-a", False), ("node-b", True)):
+        settings.OCR_NODE_NAME = node  # the node a worker runs on names its tasks (task_start)
+        task = make_task("pdf")
+        services.task_start(task_id=task.pk, total_pages=2)
+        factories.record_page(task_id=task.pk, page_number=1)
+        if finish:
+            factories.record_page(task_id=task.pk, page_number=2, success=False, error="unreadable")
+            services.task_finish(task_id=task.pk)
+    services.task_cancel(task=make_task("pdf"))  # never started: no node's
+    staff = APIClient()
+    staff.force_authenticate(User.objects.create_user("ops-nodes", is_staff=True))
+    data = staff.get("/v1/ocr/metrics").json()
+    ended = {"completed": 1, "failed": 0, "cancelled": 0}
+    assert data["nodes"] == {
+        "node-a": {"running": 1, "tasks": ended, "pages": {"ok": 2, "failed": 1}},
+        "node-b": {"running": 0, "tasks": ended, "pages": {"ok": 1, "failed": 1}},
+    }
+    assert data["running_tasks"] == 1
+    assert "nodes" not in APIClient().get("/v1/ocr/metrics").json()  # infrastructure: staff only
+
+    with django_assert_max_num_queries(9):  # as many as before node labels: the kinds GROUP BY serves both
+        text = Client().get("/metrics").content.decode()
+    assert 'ocr_node_running_tasks{node="node-a"} 1.0' in text
+    assert 'ocr_node_running_tasks{node="node-b"} 0.0' in text
+    assert 'ocr_node_tasks_total{node="node-b",status="completed"} 1.0' in text
+    assert 'ocr_node_pages_total{node="node-a",outcome="ok"} 2.0' in text
+    assert 'ocr_node_pages_total{node="node-b",outcome="failed"} 1.0' in text
+    assert 'ocr_tasks_total{status="processing",task_type="pdf"} 1.0' in text

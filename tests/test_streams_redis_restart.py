@@ -113,3 +113,43 @@ def test_open_streams_get_every_event_after_a_redis_restart(private_redis, daphn
     # a new handshake after the restart works (group_add on a fresh connection), and replays
     again = WebSocketClient(daphne_on, f"/ws/ocr/tasks/{task.pk}/?after=5", timeout=30)
     assert [json.dumps(e["seq"]) for _, e in again.messages()] == ["6", "7"]
+
+
+def test_operator_feed_survives_a_redis_restart(private_redis, daphne_on, layer_on):
+    from django.contrib.auth.models import User
+    from rest_framework.authtoken.models import Token
+
+    from ocr import services
+    from ocr.models import OperatorEvent
+
+    key = Token.objects.create(user=User.objects.create_user("feed-restart", is_staff=True)).key
+    services.task_cancel(task=factories.submit_task(), reason="seed")  # the cursor: ids go on from it
+    cursor = OperatorEvent.objects.order_by("-pk").values_list("pk", flat=True).first()
+    sse = SSEClient(daphne_on, f"/v1/ocr/events?after={cursor}", timeout=30, headers={"Authorization": f"Token {key}"})
+    ws = WebSocketClient(daphne_on, f"/ws/ocr/events/?token={key}&after={cursor}", timeout=30)
+    feeds = {"sse": [], "ws": []}
+    for name, source in (("sse", sse.events()), ("ws", ws.messages())):
+        threading.Thread(target=collect_until_closed, args=(source, feeds[name]), daemon=True).start()
+    tasks = [factories.submit_task() for _ in range(3)]
+    services.task_cancel(task=tasks[0], reason="before the restart")
+    wait_for(lambda: all(len(items) == 1 for items in feeds.values()), timeout=20)
+
+    private_redis.stop()  # the feed group and every pooled connection are gone
+    private_redis.start()
+    for task in tasks[1:]:
+        time.sleep(0.2)
+        services.task_cancel(task=task, reason="after the restart")
+    for name, items in feeds.items():
+        wait_for(lambda items=items: len(items) >= 3, timeout=20)
+        assert [item["task_id"] for item in items] == [str(task.pk) for task in tasks], name
+        assert [item["id"] for item in items] == list(range(cursor + 1, cursor + 4)), name
+    sse.close()
+    ws.close()
+
+
+def collect_until_closed(stream, into: list) -> None:
+    try:
+        for _, item in stream:
+            into.append(item)
+    except (OSError, AttributeError, ValueError):
+        pass  # closed by the test

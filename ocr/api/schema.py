@@ -140,4 +140,52 @@ def add_async_views(result: dict, generator, request, public) -> dict:
             },
         }
     }
+    paths["/v1/ocr/events"] = {"get": OPERATOR_FEED_OPERATION}
     return result
+
+
+_NULLABLE_STRING = {"type": "string", "nullable": True}
+OPERATOR_FEED_ITEM = {
+    "type": "object",
+    "description": "One item of the operator feed; `id` is the resume cursor (SSE `id:`).",
+    "properties": {
+        "id": {"type": "integer"},
+        "type": {"type": "string", "enum": ["completed", "failed", "cancelled", "cancel_refused"]},
+        "task_id": {"type": "string", "format": "uuid"},
+        "task_type": {"type": "string", "enum": list(KINDS)},
+        "owner": {**_NULLABLE_STRING, "description": "username; null for an anonymous task"},
+        "status": {"type": "string", "description": "the task's status after the event"},
+        "reason": {**_NULLABLE_STRING, "description": "cancellation reason, error, or the refused request's reason"},
+        "cancelled_by": {**_NULLABLE_STRING, "description": "user, admin, websocket, deadline, disconnect, system"},
+        "cancelled_by_user": _NULLABLE_STRING,
+        "outcome": {"type": "string", "description": "the type, or already_<status> for a refused cancel"},
+        "processed_pages": {"type": "integer"},
+        "failed_pages": {"type": "integer"},
+        "total_pages": {"type": "integer"},
+        "worker_node": {**_NULLABLE_STRING, "description": "OCR_NODE_NAME of the node that ran the task"},
+        "timestamp": {"type": "string", "format": "date-time"},
+    },
+    "required": ["id", "type", "task_id", "task_type", "status", "timestamp"],
+}
+OPERATOR_FEED_OPERATION = {
+    "operationId": "operator_events",
+    "summary": "Operator feed (staff): every task's end and every refused cancel, live",
+    "description": "Server-sent events for staff only (401 without credentials, 403 for anyone else, whatever "
+    "OCR_ALLOW_ANONYMOUS says): every task's terminal event (completed, failed, cancelled) and every cancel "
+    "request refused because the task had ended, for all users' tasks. Items after `Last-Event-ID` (or "
+    "`?after=`; neither: the newest OCR_FEED_REPLAY), then live ones; `id:` is the item id, `event:` its type; "
+    "a comment keep-alive every 15 s; the stream stays open. WebSocket twin: ws://HOST/ws/ocr/events/?after=ID.",
+    "tags": ["v1"],
+    "parameters": [
+        {"name": "Last-Event-ID", "in": "header", "required": False, "schema": {"type": "integer"}},
+        {"name": "after", "in": "query", "required": False, "schema": {"type": "integer"}},
+    ],
+    "responses": {
+        "200": {
+            "description": "text/event-stream of operator feed items (`data:` is one item as JSON)",
+            "content": {"text/event-stream": {"schema": OPERATOR_FEED_ITEM}},
+        },
+        "401": {"description": "No credentials, or a bad token"},
+        "403": {"description": "Not staff"},
+    },
+}

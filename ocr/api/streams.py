@@ -1,22 +1,28 @@
-"""GET /v1/ocr/stream/{id}: server-sent events of a task (ocr.streams.follow as SSE frames)."""
+"""Server-sent events: GET /v1/ocr/stream/{id}, a task's events (ocr.streams.follow), and
+GET /v1/ocr/events, the staff operator feed (ocr.feed.follow)."""
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.http import HttpRequest, StreamingHttpResponse
+from rest_framework.exceptions import NotAuthenticated, PermissionDenied
 
-from .. import streams
+from .. import feed, streams
 from ..exceptions import error_json
 from ..models import OCRTask
+from ..permissions import is_operator
 from .common import drf_request, require_access, visible_task
 
+logger = logging.getLogger(__name__)
 
-def sse_frame(event: dict) -> bytes:
-    return f"id: {event['seq']}\nevent: {event['type']}\ndata: {json.dumps(event)}\n\n".encode()
+
+def sse_frame(event: dict, id_field: str = "seq") -> bytes:
+    return f"id: {event[id_field]}\nevent: {event['type']}\ndata: {json.dumps(event)}\n\n".encode()
 
 
 def _visible_task(request: HttpRequest, task_id: str) -> OCRTask:
@@ -25,11 +31,19 @@ def _visible_task(request: HttpRequest, task_id: str) -> OCRTask:
     return visible_task(wrapped, task_id)
 
 
-def _after(request: HttpRequest) -> int:
+def _after(request: HttpRequest, default: int | None = 0) -> int | None:
     try:
-        return max(0, int(request.headers.get("Last-Event-ID") or request.GET.get("after") or 0))
-    except ValueError:
-        return 0
+        return max(0, int(request.headers.get("Last-Event-ID") or request.GET["after"]))
+    except (KeyError, ValueError):
+        return default
+
+
+def event_stream(frames) -> StreamingHttpResponse:
+    """A text/event-stream of `frames`, kept out of proxy buffers and caches."""
+    response = StreamingHttpResponse(frames, content_type="text/event-stream")
+    response["Cache-Control"] = "no-cache"
+    response["X-Accel-Buffering"] = "no"
+    return response
 
 
 async def stream_events(request: HttpRequest, task_id: str):
@@ -49,7 +63,35 @@ async def stream_events(request: HttpRequest, task_id: str):
             async for event in events:
                 yield b": keep-alive\n\n" if event is None else sse_frame(event)
 
-    response = StreamingHttpResponse(frames(), content_type="text/event-stream")
-    response["Cache-Control"] = "no-cache"
-    response["X-Accel-Buffering"] = "no"
-    return response
+    return event_stream(frames())
+
+
+def _operator(request: HttpRequest) -> None:
+    """Staff only, whatever OCR_ALLOW_ANONYMOUS says: 401 without credentials, 403 for others."""
+    user = drf_request(request).user
+    if not user.is_authenticated:
+        raise NotAuthenticated()
+    if not is_operator(user):
+        logger.info("operator feed: SSE refused to %s", user.username)
+        raise PermissionDenied("The operator feed is for staff")
+
+
+async def operator_events(request: HttpRequest):
+    """The operator feed after Last-Event-ID (or ?after=; neither: the newest OCR_FEED_REPLAY
+    items), then live, with a comment keep-alive; `id:` is the item's id, the resume cursor."""
+    try:
+        await sync_to_async(_operator)(request)
+    except Exception as exc:
+        response = error_json(exc)
+        if response is None:
+            raise
+        return response
+
+    async def frames():
+        yield b": connected\n\n"
+        follow = feed.follow(_after(request, default=None), keepalive=settings.OCR_SSE_KEEPALIVE_SECONDS)
+        async with contextlib.aclosing(follow) as items:
+            async for item in items:
+                yield b": keep-alive\n\n" if item is None else sse_frame(item, "id")
+
+    return event_stream(frames())

@@ -22,6 +22,7 @@ urlpatterns = [
     path("tasks/<str:task_id>/download", download.DownloadView.as_view(), name="task-download"),
     path("tasks/<str:task_id>/deliveries", deliveries.DeliveryListView.as_view(), name="task-deliveries"),
     path("stream/<str:task_id>", streams.stream_events, name="stream"),
+    path("events", streams.operator_events, name="operator-events"),
     path("stream/<str:task_id>/cancel", cancel.CancelView.as_view(streaming_only=True), name="stream-cancel"),
 ]
 for kind in KINDS.values():

@@ -10,9 +10,9 @@ from django.conf import settings
 from django.http import HttpRequest, StreamingHttpResponse
 
 from .. import streams
-from ..exceptions import error_json
+from ..exceptions import InvalidInput, error_json
 from ..models import OCRTask
-from .common import drf_request, require_access, visible_task
+from .common import drf_request, refuse_method, require_access, visible_task
 
 
 def sse_frame(event: dict) -> bytes:
@@ -25,17 +25,29 @@ def _visible_task(request: HttpRequest, task_id: str) -> OCRTask:
     return visible_task(wrapped, task_id)
 
 
-def _after(request: HttpRequest) -> int:
-    try:
-        return max(0, int(request.headers.get("Last-Event-ID") or request.GET.get("after") or 0))
-    except ValueError:
+def _seq(raw: str | None, name: str) -> int:
+    if raw is None:
         return 0
+    if not raw.isascii() or not raw.isdigit():
+        raise InvalidInput(f"{name}: must be a whole number, 0 or more (an event's seq)")
+    return int(raw)
+
+
+def _after(request: HttpRequest) -> int:
+    """The seq to resume after: `Last-Event-ID` (what EventSource sends back), else `?after=`."""
+    header = _seq(request.headers.get("Last-Event-ID"), "Last-Event-ID")
+    query = _seq(request.GET.get("after"), "after")
+    return header if "Last-Event-ID" in request.headers else query
 
 
 async def stream_events(request: HttpRequest, task_id: str):
     """Stored events after Last-Event-ID (or ?after=), then live ones, until the terminal one."""
+    refused = refuse_method(request, ("GET",))
+    if refused is not None:
+        return refused
     try:
         task = await sync_to_async(_visible_task)(request, task_id)
+        after = _after(request)
     except Exception as exc:
         response = error_json(exc)
         if response is None:
@@ -44,7 +56,7 @@ async def stream_events(request: HttpRequest, task_id: str):
 
     async def frames():
         yield b": connected\n\n"
-        follow = streams.follow(task.pk, _after(request), keepalive=settings.OCR_SSE_KEEPALIVE_SECONDS)
+        follow = streams.follow(task.pk, after, keepalive=settings.OCR_SSE_KEEPALIVE_SECONDS)
         async with contextlib.aclosing(follow) as events:
             async for event in events:
                 yield b": keep-alive\n\n" if event is None else sse_frame(event)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent, TooManyFilesSent
 from django.http import JsonResponse
+from django.views import defaults
 from rest_framework import exceptions as drf_exceptions
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
@@ -104,6 +106,15 @@ def exception_handler(exc: Exception, context: dict) -> Response | None:
         body, status, headers = parts
         return Response(body, status=status, headers=headers)
     return drf_exception_handler(exc, context)
+
+
+def bad_request(request, exception):
+    """Django's own 400s (a multipart body with too many files or fields, a suspicious request),
+    answered in JSON on the API like every other error there (ocrsite/urls.py handler400)."""
+    if not request.path.startswith("/v1/"):
+        return defaults.bad_request(request, exception)
+    detail = str(exception) if isinstance(exception, RequestDataTooBig | TooManyFieldsSent | TooManyFilesSent) else ""
+    return JsonResponse({"detail": detail or "Bad request"}, status=400)
 
 
 def error_json(exc: Exception) -> JsonResponse | None:

@@ -100,6 +100,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "ocr.api.versioning.DeprecationMiddleware",
 ]
 
 ROOT_URLCONF = "ocrsite.urls"
@@ -200,15 +201,17 @@ SPECTACULAR_SETTINGS = {
     "TITLE": "ocrsite OCR API",
     "DESCRIPTION": "Images and PDFs in, text out: async, sync or streamed, with real cancellation. "
     "Live events: WebSocket ws://HOST/ws/ocr/tasks/{task_id}/?after=SEQ (same JSON as the SSE stream).",
-    "VERSION": "1.0.0",
+    # info.version is ocr.api.versioning.API_VERSION, set by the hook below (docs/versioning.md)
     "SERVE_INCLUDE_SCHEMA": False,
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
+    "OAS_VERSION": "3.1.0",  # JSON Schema 2020-12: the SSE events' `data` is typed with contentSchema
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
         "ocr.api.schema.add_async_views",
+        "ocr.api.openapi.complete_schema",
     ],
 }
 
@@ -278,6 +281,9 @@ OCR_WEBHOOK_CONCURRENCY = max(1, env("OCR_WEBHOOK_CONCURRENCY"))
 OCR_NODE_NAME = env("OCR_NODE_NAME")
 # Node-local tesseract slots (flock files): never more tesseract processes than OCR_WORKERS.
 OCR_SLOT_DIR = env("OCR_SLOT_DIR", default=os.path.join(tempfile.gettempdir(), f"{OCR_QUEUE_NAME}-slots"))
+# Deprecated operations (docs/versioning.md), none today: each a dict with `path` (regex of the
+# request path), `methods`, `deprecated_at` and `sunset_at` (aware datetimes) and `link` (why, what instead).
+OCR_DEPRECATIONS: list[dict] = []
 
 # Uploads larger than this go to a temporary file instead of memory.
 FILE_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024

@@ -4,6 +4,8 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from ocr.api.operations import metrics_prometheus
 
+handler400 = "ocr.exceptions.bad_request"  # JSON on the API
+
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),

@@ -164,15 +164,15 @@ def receiver():
     server.stop()
 
 
-@pytest.fixture(scope="session")
-def live_daphne(django_db_setup, tmp_path_factory):
-    """A real daphne serving the project on the test database; yields its base URL."""
+def start_daphne(log_dir: Path, **env: str) -> tuple[subprocess.Popen, str]:
+    """A real daphne serving the project on the test database (service_env() with `env` on top);
+    returns the process and its base URL once it accepts connections."""
     port = free_port()
-    log_path = tmp_path_factory.mktemp("daphne") / "daphne.log"
+    log_path = log_dir / "daphne.log"
     proc = subprocess.Popen(
         [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "ocrsite.asgi:application"],
         cwd=ROOT,
-        env=service_env(),
+        env={**service_env(), **env},
         stdout=open(log_path, "ab"),
         stderr=subprocess.STDOUT,
         start_new_session=True,
@@ -181,12 +181,19 @@ def live_daphne(django_db_setup, tmp_path_factory):
     while True:
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            break
+            return proc, f"http://127.0.0.1:{port}"
         except OSError:
             if time.monotonic() > deadline or proc.poll() is not None:
+                stop_process(proc)
                 raise RuntimeError(f"daphne did not start: {log_path.read_text()[-2000:]}") from None
             time.sleep(0.1)
-    yield f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture(scope="session")
+def live_daphne(django_db_setup, tmp_path_factory):
+    """A real daphne serving the project on the test database; yields its base URL."""
+    proc, url = start_daphne(tmp_path_factory.mktemp("daphne"))
+    yield url
     stop_process(proc)
 
 

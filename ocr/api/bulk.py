@@ -101,7 +101,7 @@ class BulkCancelView(APIView):
 
     @extend_schema(
         operation_id="tasks_bulk_cancel",
-        request=BulkCancelInputSerializer,
+        request={"application/json": BulkCancelInputSerializer},
         responses={200: BulkCancelResultSerializer, 400: schema.ErrorSerializer, 429: schema.ErrorSerializer},
         description="Cancel up to 1000 tasks by id, or the caller's tasks matched by a filter (oldest first, "
         "at most 1000, `truncated` when more matched). `dry_run`: what would happen, nothing changed.",
@@ -235,7 +235,7 @@ class BatchSubmitView(APIView):
     throttle_scope = throttles.SUBMIT_SCOPE
 
     @extend_schema(
-        request={"multipart/form-data": schema.BatchUploadSerializer},
+        request=None,  # the multipart body: ocr.api.openapi (the `request` part as JSON)
         responses={202: dict, **{k: v for k, v in schema.SUBMIT_RESPONSES.items() if k != 202}},
         description="1..100 `file` parts and one `request` for all: images become `ocr` tasks, PDFs `pdf` tasks "
         '(`llm`, `pdf_llm` with `"llm": true`). One bad file rejects the whole batch.',
@@ -263,7 +263,7 @@ class BatchCancelView(APIView):
     throttle_scope = throttles.CANCEL_SCOPE
 
     @extend_schema(
-        request=schema.CancelRequestSerializer,
+        request={"application/json": schema.CancelRequestSerializer},
         responses={200: dict, 400: schema.ErrorSerializer, 404: schema.ErrorSerializer, 429: schema.ErrorSerializer},
         description="Cancel every task of the batch still pending or processing (each as a single cancel would).",
     )

@@ -27,7 +27,7 @@ class CancelView(APIView):
     streaming_only: bool = False
 
     @extend_schema(
-        request=schema.CancelRequestSerializer,
+        request={"application/json": schema.CancelRequestSerializer},
         responses=schema.CANCEL_RESPONSES,
         description="Cancel a pending or processing task: its worker stops within a fraction of a second "
         "(mid-page), pages finished before are kept. Missing or blank reason: `User requested cancellation`.",

@@ -70,7 +70,7 @@ class DownloadView(generics.GenericAPIView):
     )
     def get(self, request: Request, task_id: str):
         task = visible_task(request, task_id, kind=self.kind)
-        output_format = request.query_params.get("format") or "text"
+        output_format = request.query_params.get("format", "text")
         if output_format not in outputs.DOWNLOAD_FORMATS:
             raise InvalidInput(f"format: {output_format[:50]!r} is not one of {', '.join(outputs.DOWNLOAD_FORMATS)}")
         requested = task.parameters.outputs

@@ -22,7 +22,7 @@ from ..kinds import KINDS
 from ..models import OCRTask
 from ..outputs import DOWNLOAD_FORMATS
 from ..params import OUTPUT_FORMATS, PARAMETER_RANGES
-from . import schema
+from . import schema, versioning
 from .requests import IMAGE_KINDS
 
 MAX_METRICS_WINDOW = 60 * 24 * 366
@@ -91,7 +91,8 @@ def service_info(request: Request) -> Response:
     return Response(
         {
             "service": "ocrsite",
-            "api_version": "v1",
+            "api_version": versioning.API_MAJOR,
+            "schema_version": versioning.API_VERSION,
             "task_types": list(KINDS),
             "workers": settings.OCR_WORKERS,
             "tesseract_version": engine.tesseract_version(),
@@ -131,7 +132,13 @@ class MetricsQuerySerializer(serializers.Serializer):
 
 
 @extend_schema(
-    parameters=[OpenApiParameter("window", int, description="Only tasks created in the last N minutes (1..527040)")],
+    parameters=[
+        OpenApiParameter(
+            "window",
+            {"type": "integer", "minimum": 1, "maximum": MAX_METRICS_WINDOW},
+            description="Only tasks created in the last N minutes (1..527040)",
+        )
+    ],
     responses={200: dict},
 )
 @api_view(["GET"])
@@ -187,7 +194,9 @@ class CleanupView(APIView):
     permission_classes = [IsAdminUser]
 
     @extend_schema(
-        parameters=[OpenApiParameter("days", int, description="Override OCR_RETENTION_DAYS")],
+        parameters=[
+            OpenApiParameter("days", {"type": "integer", "minimum": 0}, description="Override OCR_RETENTION_DAYS")
+        ],
         responses={200: dict, 403: schema.ErrorSerializer},
     )
     def delete(self, request: Request) -> Response:

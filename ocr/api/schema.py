@@ -12,39 +12,12 @@ from ..kinds import KINDS
 from .serializers import TaskSerializer
 
 
-class UploadSerializer(serializers.Serializer):
-    file = serializers.FileField(help_text="The image (jpg, png, bmp, tiff, webp) or PDF, judged by content")
-    request = serializers.CharField(
-        required=False,
-        help_text='JSON object with parameters, e.g. {"threshold": "auto", "contrast_level": 1.3, "lang": "eng", '
-        '"outputs": ["text", "pdf"], "rotate": "auto", "deskew": true, '
-        '"dpi": 300, "page_select": [1, 3], "text_layer": "auto", "deadline_seconds": 60}. '
-        '`threshold`: "auto" (adaptive, default) or 0..1024 (global cut, 0 = off). '
-        '`outputs`: any of text, words, hocr, alto, tsv, pdf (default ["text"]), all written by the page\'s one '
-        "tesseract run and downloaded from GET /v1/ocr/tasks/{id}/download?format=... "
-        '`rotate`: "none" (default) or "auto" (orientation detection); `deskew`: straighten up to 15 degrees; '
-        '`lang`: installed languages joined with "+", or "auto" (script detection). '
-        "Ranges: GET /v1/ocr/parameters.",
-    )
-
-
-class BatchUploadSerializer(serializers.Serializer):
-    file = serializers.ListField(
-        child=serializers.FileField(), help_text="1..100 files (images or PDFs, each judged by content)"
-    )
-    request = serializers.CharField(
-        required=False,
-        help_text='JSON object applied to every file, e.g. {"dpi": 300, "llm": false}; `llm: true` makes '
-        "`llm` / `pdf_llm` tasks.",
-    )
-
-
 class ErrorSerializer(serializers.Serializer):
     detail = serializers.CharField()
 
 
 class CancelRequestSerializer(serializers.Serializer):
-    reason = serializers.CharField(required=False, allow_null=True, max_length=1000)
+    reason = serializers.CharField(required=False, allow_null=True, allow_blank=True, max_length=1000)
 
 
 class CancelResponseSerializer(serializers.Serializer):

@@ -13,10 +13,10 @@ from django.http import HttpRequest, StreamingHttpResponse
 from rest_framework.exceptions import NotAuthenticated, PermissionDenied
 
 from .. import feed, streams
-from ..exceptions import error_json
+from ..exceptions import InvalidInput, error_json
 from ..models import OCRTask
 from ..permissions import is_operator
-from .common import drf_request, require_access, visible_task
+from .common import drf_request, refuse_method, require_access, visible_task
 
 logger = logging.getLogger(__name__)
 
@@ -31,11 +31,20 @@ def _visible_task(request: HttpRequest, task_id: str) -> OCRTask:
     return visible_task(wrapped, task_id)
 
 
+def _seq(raw: str, name: str) -> int:
+    if not raw.isascii() or not raw.isdigit():
+        raise InvalidInput(f"{name}: must be a whole number, 0 or more (an event's seq or id)")
+    return int(raw)
+
+
 def _after(request: HttpRequest, default: int | None = 0) -> int | None:
-    try:
-        return max(0, int(request.headers.get("Last-Event-ID") or request.GET["after"]))
-    except (KeyError, ValueError):
-        return default
+    """The position to resume after: `Last-Event-ID` (what EventSource sends back), else
+    `?after=`; `default` when neither is given. Anything but a whole number is a 400."""
+    if "Last-Event-ID" in request.headers:
+        return _seq(request.headers["Last-Event-ID"], "Last-Event-ID")
+    if "after" in request.GET:
+        return _seq(request.GET["after"], "after")
+    return default
 
 
 def event_stream(frames) -> StreamingHttpResponse:
@@ -48,8 +57,12 @@ def event_stream(frames) -> StreamingHttpResponse:
 
 async def stream_events(request: HttpRequest, task_id: str):
     """Stored events after Last-Event-ID (or ?after=), then live ones, until the terminal one."""
+    refused = refuse_method(request, ("GET",))
+    if refused is not None:
+        return refused
     try:
         task = await sync_to_async(_visible_task)(request, task_id)
+        after = _after(request)
     except Exception as exc:
         response = error_json(exc)
         if response is None:
@@ -58,7 +71,7 @@ async def stream_events(request: HttpRequest, task_id: str):
 
     async def frames():
         yield b": connected\n\n"
-        follow = streams.follow(task.pk, _after(request), keepalive=settings.OCR_SSE_KEEPALIVE_SECONDS)
+        follow = streams.follow(task.pk, after, keepalive=settings.OCR_SSE_KEEPALIVE_SECONDS)
         async with contextlib.aclosing(follow) as events:
             async for event in events:
                 yield b": keep-alive\n\n" if event is None else sse_frame(event)
@@ -79,8 +92,12 @@ def _operator(request: HttpRequest) -> None:
 async def operator_events(request: HttpRequest):
     """The operator feed after Last-Event-ID (or ?after=; neither: the newest OCR_FEED_REPLAY
     items), then live, with a comment keep-alive; `id:` is the item's id, the resume cursor."""
+    refused = refuse_method(request, ("GET",))
+    if refused is not None:
+        return refused
     try:
         await sync_to_async(_operator)(request)
+        after = _after(request, default=None)
     except Exception as exc:
         response = error_json(exc)
         if response is None:
@@ -89,7 +106,7 @@ async def operator_events(request: HttpRequest):
 
     async def frames():
         yield b": connected\n\n"
-        follow = feed.follow(_after(request, default=None), keepalive=settings.OCR_SSE_KEEPALIVE_SECONDS)
+        follow = feed.follow(after, keepalive=settings.OCR_SSE_KEEPALIVE_SECONDS)
         async with contextlib.aclosing(follow) as items:
             async for item in items:
                 yield b": keep-alive\n\n" if item is None else sse_frame(item, "id")

@@ -24,7 +24,7 @@ from ..exceptions import error_json
 from ..kinds import Kind
 from ..models import CancelledBy, OCRTask
 from . import schema, throttles
-from .common import drf_request, require_access, session_key
+from .common import drf_request, refuse_method, require_access, session_key
 from .idempotency import REPLAYED_HEADER, caller_of, fingerprint, idempotency_key, idempotent
 from .requests import parse_request, read_upload
 from .serializers import TaskSerializer
@@ -59,7 +59,7 @@ class SubmitView(APIView):
     streaming: bool = False
 
     @extend_schema(
-        request={"multipart/form-data": schema.UploadSerializer},
+        request=None,  # the multipart body: ocr.api.openapi (the `request` part as JSON)
         responses=schema.SUBMIT_RESPONSES,
         description="Queue an OCR task; poll it, stream its events, or cancel it. Streaming submits also "
         "answer `stream_url` (SSE) and `ws_url` (WebSocket).",
@@ -120,8 +120,9 @@ def make_sync_view(kind: Kind):
 
     @csrf_exempt
     async def view(request: HttpRequest) -> JsonResponse:
-        if request.method != "POST":
-            return JsonResponse({"detail": f'Method "{request.method}" not allowed.'}, status=405)
+        refused = refuse_method(request, ("POST",))
+        if refused is not None:
+            return refused
         try:
             task_id, wrapped, replayed = await sync_to_async(_accept_sync)(request, kind)
         except Exception as exc:  # domain errors, DRF's parse and auth errors: 4xx, 503

@@ -1,5 +1,6 @@
 """OCRTask, OCRPage, TaskEvent, CancelAudit and WebhookDelivery, with the task state machine."""
 
+import os
 import uuid
 
 from django.conf import settings
@@ -73,6 +74,22 @@ TERMINAL_EVENTS = (EventType.COMPLETED, EventType.FAILED, EventType.CANCELLED)
 
 def upload_path(task: "OCRTask", filename: str) -> str:
     return f"uploads/{timezone.now():%Y/%m/%d}/{task.pk}/{filename}"
+
+
+MAX_STORED_NAME_BYTES = 100
+
+
+def storage_name(filename: str) -> str:
+    """The upload's name for storage: no folders, no spaces, at most MAX_STORED_NAME_BYTES of
+    UTF-8 (file systems count bytes: 84 CJK characters are 252), extension kept."""
+    name = os.path.basename(filename.replace("\\", "/")).replace(" ", "_").strip(".") or "upload"
+    stem, dot, extension = name.rpartition(".")
+    if not dot or len(extension.encode()) > 16:
+        stem, extension = name, ""
+    suffix = f".{extension}" if extension else ""
+    room = MAX_STORED_NAME_BYTES - len(suffix.encode())
+    stem = stem.encode()[:room].decode(errors="ignore") or "upload"
+    return stem + suffix
 
 
 class Batch(models.Model):

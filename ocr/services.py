@@ -34,6 +34,7 @@ from .models import (
     Priority,
     TaskEvent,
     TaskStatus,
+    storage_name,
 )
 from .params import TaskParams
 
@@ -75,21 +76,6 @@ def _store_result(task: OCRTask) -> None:
 
 
 # --- Submit and start ---------------------------------------------------------------------
-
-MAX_STORED_NAME_BYTES = 100
-
-
-def storage_name(filename: str) -> str:
-    """The upload's name for storage: no folders, no spaces, at most MAX_STORED_NAME_BYTES of
-    UTF-8 (file systems count bytes: 84 CJK characters are 252), extension kept."""
-    name = os.path.basename(filename.replace("\\", "/")).replace(" ", "_").strip(".") or "upload"
-    stem, dot, extension = name.rpartition(".")
-    if not dot or len(extension.encode()) > 16:
-        stem, extension = name, ""
-    suffix = f".{extension}" if extension else ""
-    room = MAX_STORED_NAME_BYTES - len(suffix.encode())
-    stem = stem.encode()[:room].decode(errors="ignore") or "upload"
-    return stem + suffix
 
 
 def task_admit(*, kind: Kind, priority: str = Priority.NORMAL) -> None:
@@ -148,7 +134,11 @@ def task_submit(
         task.deadline_at = timezone.now() + timedelta(seconds=params.deadline_seconds)
     if task_id is not None and OCRTask.objects.filter(pk=task_id).exists():
         raise TaskConflict(f"Task {task_id} already exists")
-    task.input_file.save(storage_name(filename), ContentFile(data), save=False)
+    try:
+        task.input_file.save(storage_name(filename), ContentFile(data), save=False)
+    except OSError as exc:  # media read-only, full or gone: the service's fault, a 503 not a 500
+        logger.error("task %s: upload could not be stored: %s", task.pk, exc)
+        raise ServiceUnavailable(f"The upload could not be stored: {exc.strerror or exc}", retry_after=30) from exc
     try:
         with transaction.atomic():
             task.save(force_insert=True)

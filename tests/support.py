@@ -144,9 +144,9 @@ def http_request(base_url: str, method: str, path: str, body: bytes | None = Non
 class SSEClient:
     """GET a text/event-stream; `events()` yields (receive wall time, event dict) as they arrive."""
 
-    def __init__(self, base_url: str, path: str, timeout: float = 120) -> None:
+    def __init__(self, base_url: str, path: str, timeout: float = 120, headers: dict | None = None) -> None:
         self.conn = connection(base_url, timeout)
-        self.conn.request("GET", path, headers={"Accept": "text/event-stream"})
+        self.conn.request("GET", path, headers={"Accept": "text/event-stream", **(headers or {})})
         self.response = self.conn.getresponse()
         if self.response.status != 200:
             raise RuntimeError(f"SSE {path} answered {self.response.status}: {self.response.read()[:500]!r}")

@@ -340,6 +340,12 @@ TITLES = {
 }
 
 
+NOTES = (
+    "Private redis-server and PostgreSQL cluster on loopback; a fresh service (2 workers, sweeper, daphne) per "
+    "scenario with OCR_WORKER_LOST_SECONDS=6, OCR_HEARTBEAT_SECONDS=1, OCR_PENDING_REQUEUE_SECONDS=10."
+)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", nargs="*", choices=SCENARIOS, default=SCENARIOS)
@@ -379,7 +385,7 @@ def main() -> None:
             figures["seconds"] = round(time.monotonic() - scenario_started, 1)
             rows.append(Row("scenario duration", f"{figures['seconds']:.0f} s", "", "info"))
             report["scenarios"][name] = figures
-            write_section(TITLES[name], rows, command="make chaos")
+            write_section(TITLES[name], rows, command="make chaos", notes=NOTES)
     report["total_seconds"] = round(time.monotonic() - started, 1)
     print(json.dumps(report, indent=2, default=str))
 

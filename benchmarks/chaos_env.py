@@ -1,6 +1,7 @@
 """What `make chaos` breaks and how it watches: a private Redis and a private PostgreSQL cluster
-(never the shared ones on 6379 / 5432, which other test runs use), a stream client that
-reconnects with `after` / `Last-Event-ID`, and the checks run after every scenario.
+(never the shared ones on 6379 / 5432, which other test runs use), small helpers of the
+scenarios, a stream client that reconnects with `after` / `Last-Event-ID`, and the checks run
+after every scenario.
 
 Both servers listen on a free loopback port, keep their files in a temp dir, and are removed
 by `close()`, which `benchmarks/chaos.py` calls on every way out (error, Ctrl-C, SIGTERM).
@@ -69,13 +70,14 @@ class PrivatePostgres:
         self.data = self.root / "data"
         shutil.chown(self.root, "postgres", "postgres")
         self.url = f"postgres://postgres@127.0.0.1:{self.port}/postgres"
-        self._run("initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync")
 
     def _run(self, tool: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         argv = ["runuser", "-u", "postgres", "--", str(self.bin / tool), *args]
         return subprocess.run(argv, cwd=self.root, capture_output=True, text=True, check=check)
 
     def start(self) -> None:
+        if not self.data.exists():
+            self._run("initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync")
         options = f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.root} -c fsync=off -c max_connections=200"
         self._run("pg_ctl", "-D", str(self.data), "-o", options, "-l", str(self.root / "server.log"), "-w", "start")
 

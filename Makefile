@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export PYTHON := $(PY)
 
-.PHONY: run test test-fast lint bench setup system venv migrate clean llm test-llm venv-llm
+.PHONY: run test test-fast lint bench chaos setup system venv migrate clean llm test-llm venv-llm
 
 run: setup migrate
 	scripts/run.sh
@@ -43,6 +43,10 @@ bench: setup
 	$(PY) benchmarks/pages.py
 	$(PY) benchmarks/outputs.py --pages 3
 	$(PY) benchmarks/bulk_cancel.py --tasks 200
+
+# Break it on purpose (benchmarks/chaos.py): private Redis and PostgreSQL on free loopback ports.
+chaos: setup
+	$(PY) benchmarks/chaos.py
 
 setup: system venv
 

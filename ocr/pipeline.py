@@ -20,7 +20,7 @@ import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 
 from django.conf import settings
-from django.db import connection
+from django.db import InterfaceError, OperationalError, connection
 from django.utils import timezone
 
 from . import engine, imaging, llm, queue, reader, services, upkeep
@@ -46,12 +46,13 @@ class CancelWatcher(threading.Thread):
         self._poll_sql: str | None = None
         self.limits = task.parameters.limits or {}
         self._poll_pk = None
+        self.next_beat = 0.0
 
     def run(self) -> None:
         poll = settings.OCR_CANCEL_POLL_SECONDS
-        next_beat = time.monotonic() + settings.OCR_HEARTBEAT_SECONDS
-        deadline = self.task.deadline_at
+        self.next_beat = time.monotonic() + settings.OCR_HEARTBEAT_SECONDS
         wakeups = queue.subscribe_task_wakeups(self.task.pk)
+        database_lost = False
         try:
             while not self.stopped.is_set():
                 if wakeups is not None:
@@ -60,32 +61,52 @@ class CancelWatcher(threading.Thread):
                     self.stopped.wait(poll)
                 if self.stopped.is_set():
                     return
-                row = self.poll_row()
-                ours = row is not None and row[1] == self.task.attempt  # re-queued as lost: another worker's now
-                running = ours and row[0] == TaskStatus.PROCESSING
-                if running and deadline and timezone.now() >= deadline:
-                    upkeep.task_cancel_if_expired(task=self.task)
-                    continue  # the next poll sees the cancel
-                breach = self.limit_exceeded() if running else None
-                if breach:
-                    logger.info("task %s: %s", self.task.pk, breach)
-                    services.task_cancel_if_active(task_id=self.task.pk, reason=breach, cancelled_by=CancelledBy.SYSTEM)
+                try:
+                    if self.check():
+                        return
+                except (OperationalError, InterfaceError) as exc:  # a database restart: keep watching
+                    if not database_lost:
+                        logger.warning("task %s: cancel watcher lost the database (%s)", self.task.pk, exc)
+                    database_lost = True
+                    connection.close()  # the next poll opens a new connection
                     continue
-                if running and time.monotonic() >= next_beat:
-                    services.task_heartbeat(task_id=self.task.pk, attempt=self.task.attempt)
-                    next_beat = time.monotonic() + settings.OCR_HEARTBEAT_SECONDS
-                if not running and not self.stopped.is_set():
-                    self.detected_at = time.monotonic()
-                    killed = self.scope.cancel()
-                    why = row[0] if ours else "attempt taken over by another worker"
-                    logger.info("task %s: stop detected (%s), killed %d tesseract", self.task.pk, why, killed)
-                    return
+                if database_lost:
+                    logger.info("task %s: cancel watcher reached the database again", self.task.pk)
+                    database_lost = False
         except Exception:
             logger.exception("task %s: cancel watcher failed", self.task.pk)
         finally:
             if wakeups is not None:
                 wakeups.close()
             connection.close()
+
+    def check(self) -> bool:
+        """One look at the task's row: deadline, limits, heartbeat; True once the task is no
+        longer running in this attempt and its tesseracts were killed (the watcher is done)."""
+        row = self.poll_row()
+        ours = row is not None and row[1] == self.task.attempt  # re-queued as lost: another worker's now
+        running = ours and row[0] == TaskStatus.PROCESSING
+        deadline = self.task.deadline_at
+        if running and deadline and timezone.now() >= deadline:
+            upkeep.task_cancel_if_expired(task=self.task)
+            return False  # the next poll sees the cancel
+        breach = self.limit_exceeded() if running else None
+        if breach:
+            logger.info("task %s: %s", self.task.pk, breach)
+            services.task_cancel_if_active(task_id=self.task.pk, reason=breach, cancelled_by=CancelledBy.SYSTEM)
+            return False
+        if running:
+            if time.monotonic() >= self.next_beat:
+                services.task_heartbeat(task_id=self.task.pk, attempt=self.task.attempt)
+                self.next_beat = time.monotonic() + settings.OCR_HEARTBEAT_SECONDS
+            return False
+        if self.stopped.is_set():
+            return True
+        self.detected_at = time.monotonic()
+        killed = self.scope.cancel()
+        why = row[0] if ours else "attempt taken over by another worker"
+        logger.info("task %s: stop detected (%s), killed %d tesseract", self.task.pk, why, killed)
+        return True
 
     def limit_exceeded(self) -> str | None:
         """The cancel reason when the task went past one of its `request.limits`, else None."""

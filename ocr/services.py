@@ -137,7 +137,11 @@ def task_submit(
         task.deadline_at = timezone.now() + timedelta(seconds=params.deadline_seconds)
     if task_id is not None and OCRTask.objects.filter(pk=task_id).exists():
         raise TaskConflict(f"Task {task_id} already exists")
-    task.input_file.save(storage_name(filename), ContentFile(data), save=False)
+    try:
+        task.input_file.save(storage_name(filename), ContentFile(data), save=False)
+    except OSError as exc:  # media read-only, full or gone: the service's fault, a 503 not a 500
+        logger.error("task %s: upload could not be stored: %s", task.pk, exc)
+        raise ServiceUnavailable(f"The upload could not be stored: {exc.strerror or exc}", retry_after=30) from exc
     try:
         with transaction.atomic():
             task.save(force_insert=True)

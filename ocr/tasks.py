@@ -4,11 +4,12 @@ reap lost work, apply retention. The work itself is in ocr/pipeline.py."""
 from __future__ import annotations
 
 import logging
+import os
 import time
 import uuid
 
 from django.conf import settings
-from django.db import close_old_connections
+from django.db import InterfaceError, OperationalError, close_old_connections, connection
 
 from . import engine, scheduling, services, upkeep
 from .models import OCRPage, OCRTask, TaskStatus
@@ -42,6 +43,8 @@ def _run_guarded(task: OCRTask) -> bool:
     """Run `task`; False when another job started it first (the caller tries the next one)."""
     try:
         return _run(task)
+    except (OperationalError, InterfaceError) as exc:  # the database restarted or failed over mid-task
+        _hand_back_after_database_loss(task.pk, exc)
     except Exception as exc:  # never leave a task processing behind
         logger.exception("task %s: unexpected error", task.pk)
         services.task_fail(task_id=task.pk, error=f"Internal error: {exc}")
@@ -51,6 +54,27 @@ def _run_guarded(task: OCRTask) -> bool:
         services.task_fail(task_id=task.pk, error=message)
         raise
     return True
+
+
+def _hand_back_after_database_loss(task_id: uuid.UUID, exc: Exception) -> None:
+    """Re-queue our attempt of the task (its finished pages are kept) rather than fail it for a
+    database blip; a task that already had its attempts fails as before. While the database
+    still does not answer, the task is left to the reaper (no heartbeat: re-queued or failed)."""
+    logger.warning("task %s: the job lost the database (%s)", task_id, exc)
+    connection.close()  # the broken connection; the next query opens a new one
+    try:
+        ours = OCRTask.objects.filter(
+            pk=task_id, status=TaskStatus.PROCESSING, worker_pid=os.getpid(), worker_host=settings.OCR_NODE_NAME[:255]
+        )
+        attempt = ours.values_list("attempt", flat=True).first()
+        if attempt is None:
+            return
+        if attempt < upkeep.MAX_ATTEMPTS and services.task_requeue(task_id=task_id, attempt=attempt):
+            logger.warning("task %s: re-queued after attempt %d lost the database", task_id, attempt)
+        else:
+            services.task_fail(task_id=task_id, error=f"Internal error: {exc}", attempt=attempt)
+    except (OperationalError, InterfaceError):
+        logger.warning("task %s: the database still does not answer; left to the reaper", task_id)
 
 
 def _run(task: OCRTask) -> bool:

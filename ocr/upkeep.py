@@ -61,9 +61,12 @@ def expire_deadlines() -> int:
 # --- Lost work ------------------------------------------------------------------------------
 
 WORKER_LOST_MESSAGE = "Worker lost"
+MAX_ATTEMPTS = 2  # a task whose work was lost this many times fails instead of being re-queued
 
 
-def reap_lost_tasks(*, lost_after: float, max_attempts: int = 2, requeue_pending_after: float = 60.0) -> dict:
+def reap_lost_tasks(
+    *, lost_after: float, max_attempts: int = MAX_ATTEMPTS, requeue_pending_after: float = 60.0
+) -> dict:
     """Find work whose worker died and put it right; safe to run anywhere, any number of times.
 
     - processing without a heartbeat for `lost_after` s: back to pending and re-queued (the

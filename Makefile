@@ -35,6 +35,7 @@ bench: setup
 	$(PY) benchmarks/cancel_latency.py
 	$(PY) benchmarks/event_latency.py
 	$(PY) benchmarks/outputs.py
+	$(PY) benchmarks/slices.py
 
 setup: system venv
 

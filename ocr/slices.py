@@ -108,6 +108,8 @@ def claim(*, task_id: uuid.UUID | None = None) -> OCRSlice | None:
     """Take the next pending slice of a processing task (of `task_id` when given; else high
     priority first, then the task started first), or None; never the same slice twice."""
     rows = OCRSlice.objects.filter(status=SliceStatus.PENDING, task__status=TaskStatus.PROCESSING)
+    if not rows.exists():  # the common case, without a write lock (SQLite) or a priority query
+        return None
     if task_id is not None:
         rows = rows.filter(task_id=task_id).order_by("index")
     else:

@@ -13,7 +13,7 @@ from django.test import override_settings
 from django.utils import timezone
 from rest_framework.test import APIClient
 
-from ocr import services, slices, upkeep
+from ocr import engine, services, slices, upkeep
 from ocr.models import OCRPage, OCRSlice, OCRTask, TaskEvent
 from tests import factories
 from tests.support import http_request, port_open, post_file, post_json, tesseract_pids, wait_for
@@ -112,6 +112,20 @@ def test_lost_slice_is_requeued_alone_then_the_task_fails(no_worker, django_capt
     assert task.status == "failed" and task.error_message == "Worker lost"
     assert [page["page_number"] for page in task.result["results"]] == [1, 2, 3]
     assert_event_log(task.pk, "failed")
+
+
+@pytest.mark.django_db
+def test_cpu_limit_counts_every_slice(no_worker):
+    task = sliced_task(pages=4)
+    OCRTask.objects.filter(pk=task.pk).update(params={**task.params, "limits": {"max_cpu_seconds": 3}})
+    task.refresh_from_db()
+    mine, other = slices.claim(), slices.claim()
+    watcher = slices.SliceWatcher(task, mine, engine.CancelScope())
+    watcher.heartbeat()
+    assert watcher.limit_exceeded() is None
+    OCRSlice.objects.filter(pk=other.pk).update(cpu_seconds=3.5)  # reported by the other slice's worker
+    watcher.heartbeat()
+    assert watcher.limit_exceeded() == "Limit exceeded: max_cpu_seconds=3"
 
 
 # --- Real worker nodes ------------------------------------------------------------------------

@@ -20,7 +20,9 @@ import threading
 import time
 
 import harness
+import results
 from harness import log
+from results import Row, verdict
 
 
 def main() -> None:
@@ -102,6 +104,36 @@ def main() -> None:
         "pages_after_cancel": late_pages,
     }
     print(json.dumps(result, indent=2))
+    checks = not_cancelled + wrong_events + late_pages
+    results.write_section(
+        "Bulk cancel",
+        [
+            Row(
+                f"one call cancelling {args.tasks} tasks ({statuses_before}): response",
+                f"{result['response_ms']} ms",
+                "",
+                verdict(None),
+            ),
+            Row(
+                "call start -> no tesseract of the service left",
+                f"{result['last_tesseract_gone_ms']} ms",
+                "",
+                verdict(None),
+            ),
+            Row(
+                "cancelled / already finished / already cancelled",
+                f"{result['cancelled']} / {result['already_finished']} / {result['already_cancelled']}",
+                "",
+                verdict(None),
+            ),
+            Row(
+                "tasks not cancelled + without exactly one cancelled event + pages after the cancel",
+                str(checks),
+                "0",
+                verdict(checks == 0),
+            ),
+        ],
+    )
 
 
 if __name__ == "__main__":

@@ -36,7 +36,9 @@ import threading
 import time
 
 import harness
+import results
 from harness import log
+from results import Row, verdict
 
 
 class PidWatch(threading.Thread):
@@ -234,6 +236,50 @@ def main() -> None:
         },
     }
     print(json.dumps(result))
+
+    def ms(summary: dict, key: str) -> str:
+        return "-" if summary[key] is None else f"{summary[key]} ms"
+
+    def below(summary: dict, key: str, bound: float) -> bool:
+        return summary[key] is not None and summary[key] < bound
+
+    results.write_section(
+        f"Cancel latency ({'PostgreSQL' if database == 'postgresql' else 'SQLite'}, full queue)",
+        [
+            Row(
+                "cancel accepted (cancelled_at) -> every tesseract of the task dead, p50 / p99",
+                f"{ms(kill, 'p50')} / {ms(kill, 'p99')}",
+                "p99 < 25 ms",
+                verdict(below(kill, "p99", 25)),
+            ),
+            Row(
+                "request sent -> every tesseract dead, p50 / max",
+                f"{ms(gone, 'p50')} / {ms(gone, 'max')}",
+                "p50 < 25 ms, max < 50 ms",
+                verdict(below(gone, "p50", 25) and below(gone, "max", 50)),
+            ),
+            Row(
+                "cancel response, p50 / p99",
+                f"{ms(response, 'p50')} / {ms(response, 'p99')}",
+                "p50 < 15 ms",
+                verdict(below(response, "p50", 15)),
+            ),
+            Row(
+                "cancels measured / dropped / page ended first",
+                f"{len(kill_ms)} / {sum(dropped.values())} / {ended_before_request}",
+                "",
+                verdict(None),
+            ),
+            Row(
+                "cancelled events missing / pages recorded after the cancel",
+                f"{missing_events} / {pages_after_cancel}",
+                "0 / 0",
+                verdict(missing_events == 0 and pages_after_cancel == 0),
+            ),
+        ],
+        notes=f"{workers} workers, a backlog of {args.backlog} pending tasks, pages OCR'd at {args.dpi} dpi; "
+        f"other programs used {foreign_cpu_cores} cores meanwhile.",
+    )
 
 
 if __name__ == "__main__":

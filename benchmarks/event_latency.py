@@ -38,7 +38,9 @@ import time
 from pathlib import Path
 
 import harness
+import results
 from harness import log
+from results import Row, verdict
 
 
 def mixed_pdf(text_pages: int, ocr_every: int) -> tuple[bytes, int]:
@@ -177,7 +179,7 @@ def main() -> None:
     parser.add_argument("--ocr-every", type=int, default=10, help="an image-only page after every N text pages")
     parser.add_argument("--dpi", type=int, default=200, help="dpi of the OCR pages")
     parser.add_argument(
-        "--uploads", type=int, default=0, help="clients uploading a 20-page scanned PDF (9.5 MB) meanwhile"
+        "--uploads", type=int, default=2, help="clients uploading a 20-page scanned PDF (9.5 MB) meanwhile"
     )
     parser.add_argument("--upload-interval", type=float, default=0.5, help="seconds between one client's uploads")
     args = parser.parse_args()
@@ -281,11 +283,41 @@ def main() -> None:
         "layer_ms": layer,
         "problems": problems,
         "targets": {
-            "websocket_p95_lt_50ms": websocket["p95"] is not None and websocket["p95"] < 50,
-            "sse_p95_lt_50ms": sse["p95"] is not None and sse["p95"] < 50,
+            "websocket_p95_lt_25ms": websocket["p95"] is not None and websocket["p95"] < 25,
+            "sse_p95_lt_25ms": sse["p95"] is not None and sse["p95"] < 25,
         },
     }
     print(json.dumps(result))
+
+    def row(name: str, figures: dict, target: str, bound: float | None) -> Row:
+        ok = None if bound is None else (figures["p95"] is not None and figures["p95"] < bound and not problems)
+        return Row(
+            f"page event -> {name} client, p50 / p95 / max ({figures['count']} live events)",
+            f"{figures['p50']} / {figures['p95']} / {figures['max']} ms",
+            target,
+            verdict(ok),
+        )
+
+    results.write_section(
+        "Live events while large uploads arrive",
+        [
+            row("WebSocket", websocket, "p95 < 25 ms", 25),
+            row("SSE", sse, "p95 < 25 ms", 25),
+            row("channel layer (diagnostic: the worker's share)", layer, "", None),
+            Row(
+                "10 MB uploads completed meanwhile",
+                str(uploads),
+                f">= 1 ({args.uploads} uploading clients)",
+                verdict(uploads > 0),
+            ),
+            Row(
+                "stream problems (gaps, duplicates, no terminal event)", str(len(problems)), "0", verdict(not problems)
+            ),
+        ],
+        notes="Latency: the event's `timestamp` (set in the worker when the event is built, after the page's "
+        "result is stored) -> the frame received by the client; same machine, same clock. "
+        f"Other programs used {foreign_cpu_cores} cores meanwhile.",
+    )
 
 
 if __name__ == "__main__":

@@ -36,7 +36,9 @@ import django  # noqa: E402
 django.setup()
 
 import pymupdf  # noqa: E402
+import results  # noqa: E402  (benchmarks/, on the path as the script's folder)
 from PIL import Image  # noqa: E402
+from results import Row, verdict  # noqa: E402
 
 from ocr import imaging, outputs, reader  # noqa: E402
 from ocr.models import OCRPage  # noqa: E402
@@ -111,6 +113,7 @@ def main() -> int:
             ("rotate_auto", TaskParams(rotate="auto")),
             ("lang_auto", TaskParams(lang="auto")),
             ("deskew", TaskParams(deskew=True)),
+            ("old_default_threshold_500", TaskParams(threshold=500)),
         ):
             runs[name] = [timed_read(image, params)[:2] for image in images]
             log("%s: %.2f s per page", name, statistics.mean(w for w, _ in runs[name]))
@@ -163,6 +166,43 @@ def main() -> int:
         "load_average": os.getloadavg(),
     }
     print(json.dumps(result))
+    rows = [
+        Row(
+            "default outputs (text, threshold auto): s per page, tesseract CPU s per page",
+            f"{base['median_s_per_page']} s, {base['tesseract_cpu_s_per_page']} s",
+            "",
+            verdict(None),
+        )
+    ]
+    for name, values in figures.items():
+        if name == "default_outputs":
+            continue
+        target, ok = "", None
+        if name == "old_default_threshold_500":
+            # #13: the new default (adaptive threshold) must not make reading slower than the old one
+            target, ok = "default <= 1.05x this", base["median_s_per_page"] <= 1.05 * values["median_s_per_page"]
+        rows.append(
+            Row(
+                f"{name}: time / tesseract CPU vs default outputs",
+                f"{values['time_vs_default']}x / {values['cpu_vs_default']}x",
+                target,
+                verdict(ok),
+            )
+        )
+    rows.append(
+        Row(
+            "searchable PDF / scan PDF bytes",
+            f"{len(searchable.getvalue())} / {len(scan)} = {result['searchable_pdf']['size_ratio']}x",
+            "",
+            verdict(None),
+        )
+    )
+    results.write_section(
+        "Outputs and preprocessing",
+        rows,
+        notes=f"{args.pages} dense pages at {DPI} dpi read one at a time by the worker's own code; "
+        f"load average {os.getloadavg()[0]:.1f}.",
+    )
     return 0
 
 

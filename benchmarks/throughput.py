@@ -1,10 +1,10 @@
 """Throughput: the service's pages per second against plain tesseract on the same pages.
 
-Raw side: the pages of a generated image-only PDF (US letter, dense 10.5 pt text, scanned at
-300 dpi) are rendered beforehand, untimed, with the engine's own `render_page` + `preprocess`
-(contrast 1.3, threshold 500) into PGM files; then `tesseract FILE stdout -l eng --dpi 300`
-with OMP_THREAD_LIMIT=1 runs over them, `os.cpu_count()` processes at a time: that is the
-physical limit of the machine.
+Raw side: what a user would script instead, timed whole: the pages of a generated image-only
+PDF (US letter, dense 10.5 pt text, scanned at 300 dpi) are each rendered with pymupdf
+(greyscale, 300 dpi, saved as PGM) and fed to `tesseract FILE stdout -l eng --dpi 300` with
+OMP_THREAD_LIMIT=1, `os.cpu_count()` pages at a time: the physical limit of the machine, render
+included.
 
 Service side: the same PDF is POSTed to /v1/ocr/process-pdf through daphne with
 {"text_layer": "ocr", "dpi": 300}; the time runs from just before the POST to the task's
@@ -42,39 +42,46 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import harness
+import results
 from harness import CORES, log
+from results import Row, verdict
 
 TERMINAL = ("completed", "failed", "cancelled")
 
 
-def render_pages(pdfs: list[bytes], directory: Path, *, dpi: int, contrast: float, threshold: int) -> list[Path]:
-    """Untimed: the engine's rendering and preprocessing of every page, saved as PGM."""
-    from ocr import engine
-
+def raw_pages(pdfs: list[bytes], directory: Path) -> list[tuple[Path, int]]:
+    """The PDFs as files, with their page indexes: what a user's script starts from."""
     directory.mkdir(parents=True, exist_ok=True)
-    paths = []
+    pages = []
     for doc_index, data in enumerate(pdfs):
-        doc = engine.open_pdf(data)
-        try:
-            for index in range(doc.page_count):
-                image = engine.preprocess(
-                    engine.render_page(doc, index, dpi), contrast_level=contrast, threshold=threshold
-                )
-                path = directory / f"doc{doc_index}-page{index + 1}.pgm"
-                image.save(path, format="PPM")
-                paths.append(path)
-        finally:
-            doc.close()
-    return paths
+        path = directory / f"doc{doc_index}.pdf"
+        path.write_bytes(data)
+        pages += [(path, index) for index in range(count_pages(data))]
+    return pages
 
 
-def run_raw(paths: list[Path], *, dpi: int, lang: str) -> float:
-    """Seconds for plain tesseract over `paths`, CORES processes at a time."""
+def count_pages(data: bytes) -> int:
+    import pymupdf
+
+    with pymupdf.open(stream=data, filetype="pdf") as doc:
+        return doc.page_count
+
+
+def run_raw(pages: list[tuple[Path, int]], *, dpi: int, lang: str) -> float:
+    """Seconds for what a user would script instead: each page rendered with pymupdf (greyscale
+    at `dpi`, written as PGM, the cheapest format to write and read) and fed to plain tesseract,
+    CORES pages at a time (render and OCR of different pages overlap)."""
+    import pymupdf
+
     env = {**os.environ, "OMP_THREAD_LIMIT": "1"}
 
-    def one(path: Path) -> None:
+    def one(page: tuple[Path, int]) -> None:
+        path, index = page
+        image = path.with_name(f"{path.stem}-page{index + 1}.pgm")
+        with pymupdf.open(path) as doc:
+            doc[index].get_pixmap(dpi=dpi, colorspace=pymupdf.csGRAY).save(image)
         subprocess.run(
-            ["tesseract", str(path), "stdout", "-l", lang, "--dpi", str(dpi)],
+            ["tesseract", str(image), "stdout", "-l", lang, "--dpi", str(dpi)],
             env=env,
             check=True,
             stdout=subprocess.DEVNULL,
@@ -83,7 +90,7 @@ def run_raw(paths: list[Path], *, dpi: int, lang: str) -> float:
 
     started = time.perf_counter()
     with ThreadPoolExecutor(max_workers=CORES) as pool:
-        list(pool.map(one, paths))
+        list(pool.map(one, pages))
     return time.perf_counter() - started
 
 
@@ -138,9 +145,8 @@ def main() -> None:
 
     with harness.Service(http=True) as service:
         raw_dir = service.tmp / "raw"
-        log("rendering the raw pages (untimed)")
-        single_paths = render_pages([single_pdf], raw_dir / "single", dpi=args.dpi, contrast=1.3, threshold=500)
-        queue_paths = render_pages(queue_pdfs, raw_dir / "queue", dpi=args.dpi, contrast=1.3, threshold=500)
+        single_paths = raw_pages([single_pdf], raw_dir / "single")
+        queue_paths = raw_pages(queue_pdfs, raw_dir / "queue")
 
         sampler = harness.TesseractSampler({"service": str(service.tesseract_tmp), "raw": str(raw_dir)})
         sampler.start()
@@ -248,7 +254,7 @@ def main() -> None:
         "foreign_tesseract_max": foreign_max,
         "foreign_cpu_cores_max": max(value for run in runs for key, value in run.items() if "foreign_cpu" in key),
         "targets": {
-            "single_ratio_ge_0.9": single_ratio >= 0.9,
+            "single_ratio_ge_0.95": single_ratio >= 0.95,
             "queue_ratio_ge_0.95": queue_ratio >= 0.95,
             "tesseract_le_workers": max_service_tesseract <= workers,
         },
@@ -261,6 +267,35 @@ def main() -> None:
             result["foreign_cpu_cores_max"],
         )
     print(json.dumps(result))
+    results.write_section(
+        "Throughput against plain tesseract",
+        [
+            Row(
+                f"one PDF of {args.pages} pages: service / raw pages per s",
+                f"{service_pps:.3f} / {raw_pps:.3f} = {single_ratio:.3f}x",
+                ">= 0.95x",
+                verdict(single_ratio >= 0.95),
+            ),
+            Row(
+                f"queue of {args.tasks} PDFs x {args.task_pages} pages: service / raw pages per s",
+                f"{queue_service_pps:.3f} / {queue_raw_pps:.3f} = {queue_ratio:.3f}x",
+                ">= 0.95x",
+                verdict(queue_ratio >= 0.95),
+            ),
+            Row(
+                "tesseract processes at once (service)",
+                str(max_service_tesseract),
+                f"<= {workers}",
+                verdict(max_service_tesseract <= workers),
+            ),
+            Row(
+                "CPU of other programs meanwhile (cores, max)",
+                str(result["foreign_cpu_cores_max"]),
+                "< 0.2 (else re-run)",
+                verdict(None),
+            ),
+        ],
+    )
 
 
 if __name__ == "__main__":

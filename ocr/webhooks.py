@@ -1,24 +1,30 @@
 """Webhooks (API.md section 10): a task's wanted events POSTed to its `callback_url`.
 
-`on_event` (called by `services._store_event` for every stored event) queues the django-q2 job
-`deliver_task` once the event is committed; the page pipeline never waits for a delivery. The
-job delivers the task's events in seq order, one attempt each (a WebhookDelivery row): a 2xx
-delivers it, anything else is retried after OCR_WEBHOOK_BACKOFF_SECONDS * 2**(attempt-1) up to
-OCR_WEBHOOK_MAX_ATTEMPTS, and a later event waits until the earlier one is delivered or given
-up. Due retries are queued by the sweeper (`retry_due`). One job per task runs at a time (a
-Redis lock); a job that finds the lock taken leaves a mark that makes the holder look again.
+`on_event` (called by `services._store_event` for every stored event) queues a delivery job for
+the task once the event is committed: its id on a Redis list, taken by the `Deliverer` of any
+sweeper (`manage.py ocr_sweeper`: every worker node runs one), which runs it in a small thread
+pool of its own (OCR_WEBHOOK_CONCURRENCY). Deliveries never run on an OCR worker, so a slow or
+dead receiver holds back no OCR; the page pipeline never waits for a delivery either.
+The job (`deliver_task`) delivers the task's events in seq order, one attempt each (a
+WebhookDelivery row): a 2xx delivers it, anything else is retried after
+OCR_WEBHOOK_BACKOFF_SECONDS * 2**(attempt-1) up to OCR_WEBHOOK_MAX_ATTEMPTS, and a later event
+waits until the earlier one is delivered or given up. Due retries are queued by the sweeper
+(`retry_due`). One job per task runs at a time (a Redis lock); a job that finds the lock taken
+leaves a mark that makes the holder look again.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import Min
 from django.utils import timezone
 from rest_framework.utils.encoders import JSONEncoder
@@ -29,7 +35,6 @@ from .params import TaskParams
 
 logger = logging.getLogger(__name__)
 
-DELIVER_JOB = "ocr.webhooks.deliver_task"
 EVENT_GROUPS = {
     "terminal": tuple(TERMINAL_EVENTS),
     "page": (EventType.PAGE_COMPLETED, EventType.PAGE_FAILED),
@@ -51,13 +56,69 @@ def on_event(task: OCRTask, payload: dict) -> None:
         transaction.on_commit(lambda: enqueue(task_id))
 
 
-def enqueue(task_id: uuid.UUID | str) -> None:
-    from django_q.tasks import async_task
+def _jobs_key() -> str:
+    return f"{settings.OCR_QUEUE_NAME}:webhook-jobs"
 
+
+def enqueue(task_id: uuid.UUID | str) -> None:
+    """Queue a delivery job for the task (for the sweepers' deliverers, not the OCR workers)."""
     try:
-        async_task(DELIVER_JOB, str(task_id), task_name=f"webhook-{task_id}")
-    except Exception:  # the broker is down: the next event or due retry queues the job again
+        queue.redis_client(settings.REDIS_URL).rpush(_jobs_key(), str(task_id))
+    except Exception:  # Redis is down: the next event or due retry queues the job again
         logger.exception("task %s: webhook delivery could not be queued", task_id)
+
+
+class Deliverer(threading.Thread):
+    """Takes delivery jobs off the Redis list into a pool of `threads` threads, one job per free
+    thread (a job is only taken when a thread can run it at once, so the others stay queued for
+    any other sweeper). `stop()` lets the jobs in flight finish, up to `grace` seconds."""
+
+    def __init__(self, threads: int) -> None:
+        super().__init__(name="webhook-deliverer", daemon=True)
+        self.threads = threads
+        self.pool = ThreadPoolExecutor(threads, thread_name_prefix="webhook")
+        self.free = threading.BoundedSemaphore(threads)
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        import redis
+
+        client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=None)
+        while not self.stopping.is_set():
+            if not self.free.acquire(timeout=1):
+                continue
+            try:
+                popped = client.blpop([_jobs_key()], timeout=1)
+            except redis.RedisError as exc:
+                self.free.release()
+                logger.warning("webhook deliverer: Redis unavailable (%s); trying again", exc)
+                self.stopping.wait(1)
+                continue
+            if popped is None:
+                self.free.release()
+                continue
+            self.pool.submit(self._deliver, popped[1].decode())
+
+    def _deliver(self, task_id: str) -> None:
+        try:
+            deliver_task(task_id)
+        except Exception:
+            logger.exception("task %s: webhook delivery job failed", task_id)
+        finally:
+            connection.close()
+            self.free.release()
+
+    def stop(self, grace: float = 5.0) -> bool:
+        """Take no more jobs; wait up to `grace` s for those in flight. False if some were left
+        (their attempt is not recorded: the event goes with the task's next delivery job)."""
+        self.stopping.set()
+        deadline = time.monotonic() + grace
+        self.join(grace)
+        for _ in range(self.threads):
+            if not self.free.acquire(timeout=max(0.0, deadline - time.monotonic())):
+                logger.warning("webhook deliverer: deliveries still in flight at exit")
+                return False
+        return True
 
 
 def backoff_seconds(attempt: int) -> float:
@@ -79,7 +140,7 @@ def _keys(task_id: str) -> tuple[str, str]:
 
 
 def deliver_task(task_id: str) -> None:
-    """django-q2 job: deliver the task's due events in seq order (one job per task at a time)."""
+    """A delivery job: the task's due events in seq order (one job per task at a time)."""
     client = queue.redis_client(settings.REDIS_URL)
     lock_key, dirty_key = _keys(task_id)
     client.set(dirty_key, 1, ex=3600)

@@ -63,6 +63,7 @@ env = environ.Env(
     OCR_WEBHOOK_TIMEOUT_SECONDS=(float, 10.0),
     OCR_WEBHOOK_BACKOFF_SECONDS=(float, 10.0),
     OCR_WEBHOOK_BACKOFF_MAX_SECONDS=(float, 3600.0),
+    OCR_WEBHOOK_CONCURRENCY=(int, 4),
 )
 
 SECRET_KEY = env("SECRET_KEY", default="dev-insecure-change-me-in-production")  # refused by check --deploy
@@ -267,6 +268,8 @@ OCR_WEBHOOK_MAX_ATTEMPTS = max(1, env("OCR_WEBHOOK_MAX_ATTEMPTS"))
 OCR_WEBHOOK_TIMEOUT_SECONDS = env("OCR_WEBHOOK_TIMEOUT_SECONDS")
 OCR_WEBHOOK_BACKOFF_SECONDS = env("OCR_WEBHOOK_BACKOFF_SECONDS")
 OCR_WEBHOOK_BACKOFF_MAX_SECONDS = env("OCR_WEBHOOK_BACKOFF_MAX_SECONDS")
+# deliveries at once per sweeper (their own threads: a slow receiver never holds an OCR worker)
+OCR_WEBHOOK_CONCURRENCY = max(1, env("OCR_WEBHOOK_CONCURRENCY"))
 # Host-wide tesseract slots (flock files): never more tesseract processes than OCR_WORKERS.
 # This node's name in the task JSON (`worker_node`) and in metrics (several nodes: API.md section 12).
 OCR_NODE_NAME = env("OCR_NODE_NAME")

@@ -155,6 +155,16 @@ WEBHOOK_TEST_SECRET = "whsec_" + base64.b64encode(b"ocrsite webhook test secret 
 
 
 @pytest.fixture(scope="session")
+def receiver():
+    """The webhook receiver on 127.0.0.1:WEBHOOK_TEST_PORT (tests/test_webhooks.py says how it answers)."""
+    from tests.test_webhooks import Receiver
+
+    server = Receiver(WEBHOOK_TEST_PORT)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
 def live_daphne(django_db_setup, tmp_path_factory):
     """A real daphne serving the project on the test database; yields its base URL."""
     port = free_port()

@@ -2,7 +2,8 @@
 retries in seq order, refusals at delivery time, and end to end with real workers.
 
 All webhook traffic goes to a receiver on 127.0.0.1 in this process; its path says how it answers
-(`/ok/...` 200, `/flaky/...` 500 twice then 200, `/down/...` always 503)."""
+(`/ok/...` 200, `/flaky/...` 500 twice then 200, `/down/...` always 503, `/slow/...` 200 once
+the test sets `receiver.release`)."""
 
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ class Receiver:
     def __init__(self, port: int) -> None:
         self.requests: list[dict] = []
         self.lock = threading.Lock()
+        self.release = threading.Event()
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -52,7 +54,10 @@ class Receiver:
                         {"path": self.path, "headers": headers, "body": json.loads(body), "verified": verified}
                     )
                 kind = self.path.split("/")[1]
-                code = 200 if kind == "ok" or (kind == "flaky" and seen >= 2) else (503 if kind == "down" else 500)
+                if kind == "slow":
+                    receiver.release.wait(30)
+                succeeds = kind in ("ok", "slow") or (kind == "flaky" and seen >= 2)
+                code = 200 if succeeds else (503 if kind == "down" else 500)
                 self.send_response(code)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
@@ -71,13 +76,6 @@ class Receiver:
     def stop(self) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
-
-
-@pytest.fixture(scope="session")
-def receiver():
-    server = Receiver(WEBHOOK_TEST_PORT)
-    yield server
-    server.stop()
 
 
 @pytest.fixture
@@ -383,3 +381,30 @@ def test_cancel_delivers_the_cancelled_event(webhooks_on, cluster, receiver):
     assert delivery["verified"] and delivery["body"]["type"] == "cancelled"
     assert delivery["body"]["cancellation_reason"] == "no longer needed"
     assert delivery["body"]["task"]["status"] == "cancelled"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_stuck_receivers_never_hold_back_ocr(webhooks_on, cluster, receiver, settings):
+    """More deliveries hanging than there are OCR workers: OCR still runs, and finishes while
+    every one of them is still in flight (deliveries run in the sweeper's own threads)."""
+    path = unique_path("slow")
+    api = APIClient()
+    receiver.release.clear()
+    try:
+        hanging = [
+            submit(api, "/v1/ocr/process", factories.text_image(), {"callback_url": RECEIVER + path}, "a.png")
+            for _ in range(settings.OCR_WORKERS + 1)
+        ]
+        assert all(response.status_code == 202 for response in hanging)
+        wait_for(lambda: len(receiver.at(path)) >= settings.OCR_WORKERS, timeout=60, interval=0.05)
+        task_id = submit(api, "/v1/ocr/process", factories.text_image("Not held back"), {}, "b.png").json()["task_id"]
+        wait_for(lambda: OCRTask.objects.get(pk=task_id).status == "completed", timeout=60, interval=0.05)
+        hanging_ids = [response.json()["task_id"] for response in hanging]
+        assert not WebhookDelivery.objects.filter(task_id__in=hanging_ids).exists()  # none has returned yet
+    finally:
+        receiver.release.set()
+    wait_for(
+        lambda: WebhookDelivery.objects.filter(task_id__in=hanging_ids, outcome="delivered").count() == len(hanging),
+        timeout=60,
+        interval=0.1,
+    )

@@ -1,6 +1,6 @@
 """Enforce deadlines of queued tasks (running ones are watched by their worker), reap lost
-work (tasks whose worker died, jobs lost by the broker, orphan tesseracts on this host) and
-queue due webhook retries.
+work (tasks whose worker died, jobs lost by the broker, orphan tesseracts on this host), queue
+due webhook retries and run webhook deliveries (a thread pool of their own, off the OCR workers).
 Safe to run on several hosts: every change is a conditional UPDATE."""
 
 import logging
@@ -49,6 +49,17 @@ class Command(BaseCommand):
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, leave)
         wakeups = queue.subscribe_sweeper_wakeups()
+        deliverer = None
+        if not once:
+            deliverer = webhooks.Deliverer(settings.OCR_WEBHOOK_CONCURRENCY)
+            deliverer.start()
+        try:
+            self.loop(wakeups, interval=interval, reap_interval=reap_interval, once=once)
+        finally:
+            if deliverer is not None:
+                deliverer.stop()
+
+    def loop(self, wakeups, *, interval: float, reap_interval: float, once: bool) -> None:
         next_reap = 0.0
         while True:
             if time.monotonic() >= next_reap:

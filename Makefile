@@ -29,7 +29,7 @@ $(VENV)/.installed-llm: requirements-llm.txt $(VENV)/.installed
 	$(PY) -m pip install -q -r requirements-llm.txt
 	touch $@
 
-# Every figure of benchmarks/*.py against its target, written to benchmarks/RESULTS.md (about 13
+# Every figure of benchmarks/*.py against its target, written to benchmarks/RESULTS.md (about 16
 # minutes on 2 cores; run it on a quiet machine). Cancel latency is measured on PostgreSQL when
 # one answers (DATABASE_URL, else BENCH_PG), as its target asks.
 BENCH_PG ?= postgres://postgres@127.0.0.1:5432/postgres
@@ -43,6 +43,7 @@ bench: setup
 	$(PY) benchmarks/pages.py
 	$(PY) benchmarks/outputs.py --pages 3
 	$(PY) benchmarks/bulk_cancel.py --tasks 200
+	$(PY) benchmarks/slices.py
 
 # Break it on purpose (benchmarks/chaos.py): private Redis and PostgreSQL on free loopback ports.
 chaos: setup

@@ -420,15 +420,35 @@ class Service:
 
         django.setup()
 
-    def _spawn(self, name: str, argv: list[str]) -> None:
+    def _spawn(self, name: str, argv: list[str], env: dict | None = None) -> subprocess.Popen:
         log_file = open(self.tmp / f"{name}.log", "ab")
         self.names.append(name)
-        self.procs.append(
-            subprocess.Popen(
-                argv, cwd=ROOT, env=self.env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
-            )
+        proc = subprocess.Popen(
+            argv,
+            cwd=ROOT,
+            env={**self.env, **(env or {})},
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
+        self.procs.append(proc)
         log_file.close()
+        return proc
+
+    def add_worker_node(self, name: str, timeout: float = 60) -> subprocess.Popen:
+        """Another worker node (a qcluster of `self.workers` workers) on the same database and
+        queue, with its own node name and slot folder (under TMPDIR: stop() kills its leftovers)."""
+        slot_dir = self.tesseract_tmp / f"{name}-slots"
+        proc = self._spawn(
+            name, [PYTHON, "manage.py", "qcluster"], {"OCR_NODE_NAME": name, "OCR_SLOT_DIR": str(slot_dir)}
+        )
+        self._wait_ready(timeout, workers=self.workers * 2)
+        return proc
+
+    def remove_worker_node(self, proc: subprocess.Popen) -> None:
+        stop_groups([proc])
+        index = self.procs.index(proc)
+        del self.procs[index], self.names[index]
 
     def log_text(self, name: str) -> str:
         try:
@@ -436,7 +456,7 @@ class Service:
         except OSError:
             return ""
 
-    def _wait_ready(self, timeout: float = 60) -> None:
+    def _wait_ready(self, timeout: float = 60, workers: int | None = None) -> None:
         from django_q.brokers import get_broker
         from django_q.status import Stat
 
@@ -446,9 +466,9 @@ class Service:
             for proc in self.procs:
                 if proc.poll() is not None:
                     raise RuntimeError(f"{proc.args} exited with {proc.returncode}:\n{self._logs()[-3000:]}")
-            workers = sum(len(stat.workers) for stat in Stat.get_all(broker))
+            alive = sum(len(stat.workers) for stat in Stat.get_all(broker))
             http_ok = not self.http or port_open(self.port)
-            if workers >= self.workers and http_ok:
+            if alive >= (workers or self.workers) and http_ok:
                 break
             if time.monotonic() > deadline:
                 raise RuntimeError(f"service did not start within {timeout} s:\n{self._logs()[-3000:]}")

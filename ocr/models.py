@@ -1,4 +1,5 @@
-"""OCRTask, OCRPage, TaskEvent, CancelAudit, OperatorEvent and WebhookDelivery, with the task state machine."""
+"""OCRTask, OCRSlice, OCRPage, TaskEvent, CancelAudit, OperatorEvent and WebhookDelivery, with the task
+state machine."""
 
 import os
 import uuid
@@ -183,6 +184,46 @@ class OCRTask(models.Model):
     @property
     def parameters(self) -> TaskParams:
         return TaskParams.from_json(self.params)
+
+
+class SliceStatus(models.TextChoices):
+    """A slice of a long PDF task (ocr/slices.py):
+
+    pending ──claim──▶ processing ──▶ done | stopped (its task ended first)
+       ▲                    │
+       └──worker lost───────┘   (a new attempt; the pages done are kept)
+    """
+
+    PENDING = "pending"
+    PROCESSING = "processing"
+    DONE = "done"
+    STOPPED = "stopped"
+
+
+class OCRSlice(models.Model):
+    """Pages of one PDF task that one worker reads; the task keeps one status, stream and result."""
+
+    task = models.ForeignKey(OCRTask, on_delete=models.CASCADE, related_name="slices")
+    index = models.PositiveIntegerField(help_text="0-based, in page order")
+    first_page = models.PositiveIntegerField()
+    last_page = models.PositiveIntegerField()
+    pages = models.JSONField(default=list, help_text="The 1-based page numbers of this slice, in order")
+    status = models.CharField(max_length=16, choices=SliceStatus.choices, default=SliceStatus.PENDING)
+    # Each claim takes a new attempt; page writes of an earlier attempt (a worker thought lost) are refused.
+    attempt = models.PositiveSmallIntegerField(default=0)
+    worker_host = models.CharField(max_length=255, blank=True, default="")
+    worker_pid = models.PositiveIntegerField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    queued_at = models.DateTimeField(default=timezone.now, help_text="Last time a job was queued for it")
+    cpu_seconds = models.FloatField(default=0.0, help_text="CPU time of its OCR processes, as last reported")
+
+    class Meta:
+        ordering = ["task", "index"]
+        constraints = [models.UniqueConstraint(fields=["task", "index"], name="ocrslice_unique_task_index")]
+        indexes = [models.Index(fields=["status", "task"], name="ocrslice_status_task")]
+
+    def __str__(self) -> str:
+        return f"slice {self.index} (pages {self.first_page}-{self.last_page}) of {self.task_id}"
 
 
 class IdempotencyRecord(models.Model):

@@ -97,7 +97,7 @@ class CancelWatcher(threading.Thread):
             return False
         if running:
             if time.monotonic() >= self.next_beat:
-                services.task_heartbeat(task_id=self.task.pk, attempt=self.task.attempt)
+                self.heartbeat()
                 self.next_beat = time.monotonic() + settings.OCR_HEARTBEAT_SECONDS
             return False
         if self.stopped.is_set():
@@ -108,6 +108,13 @@ class CancelWatcher(threading.Thread):
         logger.info("task %s: stop detected (%s), killed %d tesseract", self.task.pk, why, killed)
         return True
 
+    def heartbeat(self) -> None:
+        services.task_heartbeat(task_id=self.task.pk, attempt=self.task.attempt)
+
+    def cpu_seconds(self) -> float:
+        """CPU seconds of the task's OCR processes so far (those of this job)."""
+        return self.scope.cpu_seconds()
+
     def limit_exceeded(self) -> str | None:
         """The cancel reason when the task went past one of its `request.limits`, else None."""
         limits = self.limits
@@ -116,7 +123,7 @@ class CancelWatcher(threading.Thread):
             if (timezone.now() - self.task.started_at).total_seconds() > max_seconds:
                 return f"Limit exceeded: max_processing_seconds={max_seconds}"
         max_cpu = limits.get("max_cpu_seconds")
-        if max_cpu and self.scope.cpu_seconds() > max_cpu:
+        if max_cpu and self.cpu_seconds() > max_cpu:
             return f"Limit exceeded: max_cpu_seconds={max_cpu}"
         return None
 
@@ -133,6 +140,25 @@ class CancelWatcher(threading.Thread):
 
     def stop(self) -> None:
         self.stopped.set()
+
+
+def run_watched(task: OCRTask, watcher: CancelWatcher, work, finish) -> None:
+    """Run `work()` under `watcher`, then `finish()` unless a cancel stopped the work first;
+    no tesseract outlives this call, whatever ended it."""
+    watcher.start()
+    try:
+        work()
+        watcher.stop()
+        finish()  # guarded: a no-op when a cancel won
+    except engine.Cancelled:
+        pass
+    finally:
+        watcher.stop()
+        watcher.scope.cancel()
+    if watcher.detected_at is not None:
+        stopped_ms = (time.monotonic() - watcher.detected_at) * 1000
+        services.task_work_stopped(task_id=task.pk)
+        logger.info("task %s: work stopped %.0f ms after the cancel was detected", task.pk, stopped_ms)
 
 
 def pages_dir() -> str:
@@ -227,9 +253,7 @@ class PagePipeline:
             outputs=page.outputs,
             text_pdf=page.text_pdf,
         )
-        return services.page_record(
-            task_id=self.task.pk, page_number=page_number, outcome=outcome, attempt=self.task.attempt
-        )
+        return self.write(page_number, outcome)
 
     def record_failure(self, page_number: int, exc: Exception, started: float) -> bool:
         logger.warning("task %s: page %d failed: %s", self.task.pk, page_number, exc)
@@ -240,6 +264,9 @@ class PagePipeline:
             success=False,
             error=str(exc),
         )
+        return self.write(page_number, outcome)
+
+    def write(self, page_number: int, outcome: PageOutcome) -> bool:
         return services.page_record(
             task_id=self.task.pk, page_number=page_number, outcome=outcome, attempt=self.task.attempt
         )

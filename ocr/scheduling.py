@@ -3,6 +3,8 @@ oldest first; a task's place in that order (`queue_position`) and a start estima
 
 Jobs on the broker do not choose their task: a job starts the first pending task of this order
 (ocr/tasks.py). Every pending task has a job of its own on the queue, so every one is started.
+A job takes a pending slice of a running sliced PDF (ocr/slices.py) first, unless a pending task
+of a higher priority waits: started work is finished before new work of the same priority.
 
 Round-robin: within a priority, a client's next task ranks by how many of its tasks are already
 running or ahead of it, so one client's 200 queued tasks never keep another's single task waiting

@@ -5,15 +5,16 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 import uuid
+from collections.abc import Callable
+from functools import partial
 
 from django.conf import settings
 from django.db import InterfaceError, OperationalError, close_old_connections, connection
 
-from . import engine, scheduling, services, upkeep
-from .models import OCRPage, OCRTask, TaskStatus
-from .pipeline import CancelWatcher, PagePipeline, pages_dir
+from . import engine, scheduling, services, slices, upkeep
+from .models import OCRPage, OCRSlice, OCRTask, TaskStatus
+from .pipeline import CancelWatcher, PagePipeline, pages_dir, run_watched
 
 logger = logging.getLogger(__name__)
 
@@ -21,9 +22,16 @@ PICK_CANDIDATES = 20  # pending tasks a job tries, in start order, before it giv
 
 
 def process_task(task_id: str) -> None:
-    """The job: start the first pending task of the start order (ocr/scheduling.py), which is
-    this job's own task unless a higher-priority or fairer one waits, and OCR it to its end."""
+    """The job: take a pending slice of a running task (ocr/slices.py: unless a pending task of
+    a higher priority waits), else start the first pending task of the start order
+    (ocr/scheduling.py), which is this job's own task unless a higher-priority or fairer one
+    waits, and read it to its end."""
     close_old_connections()
+    claimed = slices.claim()
+    if claimed is not None:
+        logger.info("task %s: slice %d taken by the job of task %s", claimed.task_id, claimed.index, task_id)
+        _run_guarded(claimed.task_id, lambda: slices.run_claimed(claimed))
+        return
     task = OCRTask.objects.filter(pk=uuid.UUID(task_id)).first()
     if task is None:
         logger.warning("task %s: not found, its job starts the next pending task", task_id)
@@ -35,23 +43,23 @@ def process_task(task_id: str) -> None:
             continue
         if candidate.pk != uuid.UUID(task_id):
             logger.info("task %s: started by the job of task %s (start order)", candidate.pk, task_id)
-        if _run_guarded(candidate):
+        if _run_guarded(candidate.pk, lambda candidate=candidate: _run(candidate)):
             return
 
 
-def _run_guarded(task: OCRTask) -> bool:
-    """Run `task`; False when another job started it first (the caller tries the next one)."""
+def _run_guarded(task_id: uuid.UUID, work: Callable[[], bool]) -> bool:
+    """Run `work` for the task; False when another job started it first (the caller tries the next one)."""
     try:
-        return _run(task)
+        return work()
     except (OperationalError, InterfaceError) as exc:  # the database restarted or failed over mid-task
-        _hand_back_after_database_loss(task.pk, exc)
+        _hand_back_after_database_loss(task_id, exc)
     except Exception as exc:  # never leave a task processing behind
-        logger.exception("task %s: unexpected error", task.pk)
-        services.task_fail(task_id=task.pk, error=f"Internal error: {exc}")
+        logger.exception("task %s: unexpected error", task_id)
+        services.task_fail(task_id=task_id, error=f"Internal error: {exc}")
     except BaseException:  # django-q2's timeout (SIGALRM -> SystemExit), a worker shutdown
         message = f"Job interrupted (timeout of {settings.OCR_JOB_TIMEOUT} s, or worker shutdown)"
-        logger.error("task %s: %s", task.pk, message)
-        services.task_fail(task_id=task.pk, error=message)
+        logger.error("task %s: %s", task_id, message)
+        services.task_fail(task_id=task_id, error=message)
         raise
     return True
 
@@ -63,6 +71,9 @@ def _hand_back_after_database_loss(task_id: uuid.UUID, exc: Exception) -> None:
     logger.warning("task %s: the job lost the database (%s)", task_id, exc)
     connection.close()  # the broken connection; the next query opens a new one
     try:
+        if OCRSlice.objects.filter(task_id=task_id).exists():
+            logger.warning("task %s: sliced; the slice reaper re-queues the lost slice alone", task_id)
+            return
         ours = OCRTask.objects.filter(
             pk=task_id, status=TaskStatus.PROCESSING, worker_pid=os.getpid(), worker_host=settings.OCR_NODE_NAME[:255]
         )
@@ -87,39 +98,35 @@ def _run(task: OCRTask) -> bool:
         except engine.EngineError as exc:
             services.task_fail(task_id=task.pk, error=str(exc))
             return True
-        page_numbers = task.parameters.pages_of(doc.page_count)
+        all_pages = task.parameters.pages_of(doc.page_count)
     else:
-        page_numbers = [1]
+        all_pages = [1]
 
-    started = services.task_start(task_id=task.pk, total_pages=len(page_numbers))
+    started = services.task_start(task_id=task.pk, total_pages=len(all_pages))
     if started is None:
         logger.info("task %s: cancelled before start, skipped without work", task.pk)
         return False
-    done = set(OCRPage.objects.filter(task_id=task.pk).values_list("page_number", flat=True))
-    page_numbers = [number for number in page_numbers if number not in done]  # kept from a lost attempt
-    logger.info("task %s: started (attempt %d), %d pages to do", task.pk, started.attempt, len(page_numbers))
-    scope = engine.CancelScope()
-    watcher = CancelWatcher(started, scope)
-    watcher.start()
-    pipeline = PagePipeline(started, scope)
     try:
-        if doc is not None:
-            pipeline.run_pdf(doc, page_numbers)
-        elif page_numbers:
-            pipeline.run_image(data)
-        watcher.stop()
-        services.task_finish(task_id=task.pk, attempt=started.attempt)  # guarded: a no-op when a cancel won
-    except engine.Cancelled:
-        pass
+        if doc is not None and slices.is_sliced(all_pages):
+            slices.run_task(started, doc, all_pages)
+            return True
+        done = set(OCRPage.objects.filter(task_id=task.pk).values_list("page_number", flat=True))
+        page_numbers = [number for number in all_pages if number not in done]  # kept from a lost attempt
+        logger.info("task %s: started (attempt %d), %d pages to do", task.pk, started.attempt, len(page_numbers))
+        scope = engine.CancelScope()
+        pipeline = PagePipeline(started, scope)
+
+        def work() -> None:
+            if doc is not None:
+                pipeline.run_pdf(doc, page_numbers)
+            elif page_numbers:
+                pipeline.run_image(data)
+
+        finish = partial(services.task_finish, task_id=task.pk, attempt=started.attempt)
+        run_watched(started, CancelWatcher(started, scope), work, finish)
     finally:
-        watcher.stop()
-        scope.cancel()  # no tesseract outlives its job, whatever ended it
         if doc is not None:
             doc.close()
-    if watcher.detected_at is not None:
-        stopped_ms = (time.monotonic() - watcher.detected_at) * 1000
-        services.task_work_stopped(task_id=task.pk)
-        logger.info("task %s: work stopped %.0f ms after the cancel was detected", task.pk, stopped_ms)
     return True
 
 
@@ -127,6 +134,11 @@ def reap() -> dict:
     """Scheduled (django-q2 schedule and `ocr_sweeper`): lost tasks, and orphan tesseracts here."""
     report = upkeep.reap_lost_tasks(
         lost_after=settings.OCR_WORKER_LOST_SECONDS, requeue_pending_after=settings.OCR_PENDING_REQUEUE_SECONDS
+    )
+    report.update(
+        slices.reap_lost_slices(
+            lost_after=settings.OCR_WORKER_LOST_SECONDS, requeue_pending_after=settings.OCR_PENDING_REQUEUE_SECONDS
+        )
     )
     report["orphans_killed"] = engine.kill_orphans(pages_dir())
     report["orphan_pages_removed"] = engine.remove_orphan_pages(pages_dir())

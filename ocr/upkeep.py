@@ -77,7 +77,8 @@ def reap_lost_tasks(
     now = timezone.now()
     cutoff = now - timedelta(seconds=lost_after)
     report = {"requeued": 0, "failed": 0, "pending_requeued": 0}
-    stale = OCRTask.objects.filter(status=TaskStatus.PROCESSING, heartbeat_at__lt=cutoff)
+    # a sliced task's lost work is its slices' (ocr/slices.py): re-queued one by one
+    stale = OCRTask.objects.filter(status=TaskStatus.PROCESSING, heartbeat_at__lt=cutoff, slices__isnull=True)
     for task in stale.only("id", "attempt"):
         if task.attempt < max_attempts:
             if services.task_requeue(task_id=task.pk, attempt=task.attempt):

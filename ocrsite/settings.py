@@ -43,6 +43,7 @@ env = environ.Env(
     OCR_HEARTBEAT_SECONDS=(float, 2.0),
     OCR_WORKER_LOST_SECONDS=(float, 30.0),
     OCR_PENDING_REQUEUE_SECONDS=(float, 60.0),
+    OCR_SLICE_PAGES=(int, 16),
     OCR_CANCEL_ALERT_RATE=(float, 0.5),
     OCR_CANCEL_ALERT_MINUTES=(int, 15),
     OCR_CANCEL_ALERT_MIN_TASKS=(int, 5),
@@ -265,6 +266,8 @@ OCR_FEED_GAP_SECONDS = env("OCR_FEED_GAP_SECONDS")
 OCR_HEARTBEAT_SECONDS = env("OCR_HEARTBEAT_SECONDS")
 OCR_WORKER_LOST_SECONDS = env("OCR_WORKER_LOST_SECONDS")
 OCR_PENDING_REQUEUE_SECONDS = env("OCR_PENDING_REQUEUE_SECONDS")
+# A PDF of more pages is split into slices of this many that workers on any node take (ocr/slices.py).
+OCR_SLICE_PAGES = max(1, env("OCR_SLICE_PAGES"))
 # Webhooks (ocr/webhooks.py): hosts a callback_url may name (host or host:port; `*`: any host that
 # resolves to public addresses only); empty = callbacks off. Secret `whsec_<base64>` (Standard
 # Webhooks); attempts per event, each timing out after TIMEOUT s, retried after BACKOFF * 2**(n-1) s.

@@ -27,7 +27,7 @@ pytestmark = [pytest.mark.django_db(transaction=True)]
 
 
 class Node:
-    def __init__(self, role: str, name: str, tmp_path) -> None:
+    def __init__(self, role: str, name: str, tmp_path, env: dict | None = None) -> None:
         self.port = free_port()
         self.slot_dir = str(tmp_path / f"slots-{name}")
         env = {
@@ -38,6 +38,7 @@ class Node:
             "OCR_NODE_NAME": name,
             "OCR_SLOT_DIR": self.slot_dir,
             "PORT": str(self.port),
+            **(env or {}),
         }
         self.proc = subprocess.Popen(
             ["bash", "scripts/run.sh"],

@@ -33,16 +33,17 @@ $(VENV)/.installed-llm: requirements-llm.txt $(VENV)/.installed
 # minutes on 2 cores; run it on a quiet machine). Cancel latency is measured on PostgreSQL when
 # one answers (DATABASE_URL, else BENCH_PG), as its target asks.
 BENCH_PG ?= postgres://postgres@127.0.0.1:5432/postgres
+BENCH_DB = $(shell pg_isready -q -h 127.0.0.1 2>/dev/null && echo "$${DATABASE_URL:-$(BENCH_PG)}")
 bench: setup
 	scripts/ensure_redis.sh >/dev/null
 	$(PY) benchmarks/throughput.py
-	if pg_isready -q -h 127.0.0.1 2>/dev/null; then DATABASE_URL=$${DATABASE_URL:-$(BENCH_PG)} $(PY) benchmarks/cancel_latency.py; \
-	else $(PY) benchmarks/cancel_latency.py; fi
+	DATABASE_URL=$(BENCH_DB) $(PY) benchmarks/cancel_latency.py
 	$(PY) benchmarks/api_load.py
 	$(PY) benchmarks/event_latency.py
 	$(PY) benchmarks/pages.py
 	$(PY) benchmarks/outputs.py --pages 3
 	$(PY) benchmarks/bulk_cancel.py --tasks 200
+	DATABASE_URL=$(BENCH_DB) $(PY) benchmarks/cancel_latency.py --worker-node node-b --cancels 15
 	$(PY) benchmarks/slices.py
 
 # Break it on purpose (benchmarks/chaos.py): private Redis and PostgreSQL on free loopback ports.

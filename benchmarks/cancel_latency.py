@@ -87,6 +87,12 @@ def main() -> None:
     parser.add_argument("--min-delay", type=float, default=0.05, help="seconds of tesseract before the cancel")
     parser.add_argument("--max-delay", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--worker-node",
+        metavar="NAME",
+        help="across nodes: the tasks run on a worker node of this name (own OCR_NODE_NAME and slot "
+        "folder, no web) and the cancels go to the web node (daphne); on this one host",
+    )
     args = parser.parse_args()
     rng = random.Random(args.seed)
 
@@ -105,6 +111,9 @@ def main() -> None:
     with harness.Service(http=True) as service:
         from ocr.models import OCRPage, OCRTask, TaskEvent
 
+        if args.worker_node:  # the service's own qcluster makes way for the worker node
+            service.add_worker_node(args.worker_node)
+            service.remove_worker_node(service.procs[service.names.index("qcluster")])
         prefix = str(service.tesseract_tmp)
         meter = service.cpu_meter()
         workers = service.workers
@@ -202,6 +211,8 @@ def main() -> None:
         ):
             harness.http_request(service.base_url, "POST", f"/v1/ocr/tasks/{task_id}/cancel", b"{}")
         database = "postgresql" if service.pg_name else "sqlite"
+        started = OCRTask.objects.filter(pk__in=submitted, started_at__isnull=False)
+        elsewhere = started.exclude(worker_host=args.worker_node).count() if args.worker_node else 0
         foreign_cpu_cores = round(meter.foreign_cores(), 2)
         from django.conf import settings
 
@@ -243,8 +254,9 @@ def main() -> None:
     def below(summary: dict, key: str, bound: float) -> bool:
         return summary[key] is not None and summary[key] < bound
 
+    where = "across nodes, " if args.worker_node else ""
     results.write_section(
-        f"Cancel latency ({'PostgreSQL' if database == 'postgresql' else 'SQLite'}, full queue)",
+        f"Cancel latency ({where}{'PostgreSQL' if database == 'postgresql' else 'SQLite'}, full queue)",
         [
             Row(
                 "cancel accepted (cancelled_at) -> every tesseract of the task dead, p50 / p99",
@@ -270,6 +282,11 @@ def main() -> None:
                 "",
                 verdict(None),
             ),
+            *(
+                [Row("tasks started on another node than the worker node", str(elsewhere), "0", verdict(not elsewhere))]
+                if args.worker_node
+                else []
+            ),
             Row(
                 "cancelled events missing / pages recorded after the cancel",
                 f"{missing_events} / {pages_after_cancel}",
@@ -277,7 +294,14 @@ def main() -> None:
                 verdict(missing_events == 0 and pages_after_cancel == 0),
             ),
         ],
-        notes=f"{workers} workers, a backlog of {args.backlog} pending tasks, pages OCR'd at {args.dpi} dpi; "
+        notes=(
+            f"Web node (daphne) answers the cancel; the tasks run on worker node {args.worker_node!r} "
+            "(its own OCR_NODE_NAME and slot folder; the nodes share only PostgreSQL and Redis, "
+            "here on one host). "
+            if args.worker_node
+            else ""
+        )
+        + f"{workers} workers, a backlog of {args.backlog} pending tasks, pages OCR'd at {args.dpi} dpi; "
         f"other programs used {foreign_cpu_cores} cores meanwhile.",
     )
 

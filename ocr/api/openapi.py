@@ -73,7 +73,6 @@ def request_schema(kind: Kind | None) -> dict:
     osd = engine.osd_available()
     limits = {
         "type": "object",
-        "nullable": True,
         "additionalProperties": False,
         "properties": {
             name: {"type": "integer", "minimum": 1} for name in ("max_processing_seconds", "max_cpu_seconds")

@@ -75,7 +75,7 @@ class OCRParamsSerializer(CallbackFieldsMixin, serializers.Serializer):
     deadline_seconds = StrictIntegerField(min_value=1, required=False, allow_null=True)
     task_id = serializers.UUIDField(required=False, allow_null=True)
     priority = serializers.ChoiceField(choices=PARAMETER_RANGES["priority"]["choices"], default="normal")
-    limits = LimitsSerializer(required=False, allow_null=True)
+    limits = LimitsSerializer(required=False)
 
     def validate_rotate(self, value: str) -> str:
         if value == "auto" and not engine.osd_available():

@@ -27,8 +27,9 @@ class TaskDetailView(generics.GenericAPIView):
 
 @extend_schema(
     parameters=[
-        OpenApiParameter("status", enum=TaskStatus.values, required=False),
-        OpenApiParameter("task_type", enum=list(KINDS), required=False),
+        # empty = no filter (what a browser's form sends for "any")
+        OpenApiParameter("status", enum=[*TaskStatus.values, ""], required=False),
+        OpenApiParameter("task_type", enum=[*KINDS, ""], required=False),
     ]
 )
 class TaskListView(generics.ListAPIView):

@@ -342,9 +342,10 @@ def task_cancel(
         if cancelled is not None:
             cancelled.cancelled_at = now
             OCRTask.objects.filter(pk=task.pk).update(cancelled_at=now)
+            # on commit, the worker is woken first (its tesseract dies sooner), then events go out
+            transaction.on_commit(lambda: queue.wake_task_worker(task.pk))
             _store_result(cancelled)
             _store_event(cancelled, EventType.CANCELLED)
-            transaction.on_commit(lambda: queue.wake_task_worker(task.pk))
             current, outcome = cancelled, "cancelled"
             status_before = TaskStatus.PROCESSING if cancelled.started_at else TaskStatus.PENDING
         else:

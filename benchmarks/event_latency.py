@@ -289,8 +289,11 @@ def main() -> None:
     }
     print(json.dumps(result))
 
+    # the diagnostic layer listener joins the group late: its problems do not concern the clients
+    client_problems = [problem for problem in problems if " layer: " not in problem]
+
     def row(name: str, figures: dict, target: str, bound: float | None) -> Row:
-        ok = None if bound is None else (figures["p95"] is not None and figures["p95"] < bound and not problems)
+        ok = None if bound is None else (figures["p95"] is not None and figures["p95"] < bound and not client_problems)
         return Row(
             f"page event -> {name} client, p50 / p95 / max ({figures['count']} live events)",
             f"{figures['p50']} / {figures['p95']} / {figures['max']} ms",
@@ -311,7 +314,10 @@ def main() -> None:
                 verdict(uploads > 0),
             ),
             Row(
-                "stream problems (gaps, duplicates, no terminal event)", str(len(problems)), "0", verdict(not problems)
+                "WebSocket and SSE stream problems (gaps, duplicates, no terminal event)",
+                str(len(client_problems)),
+                "0",
+                verdict(not client_problems),
             ),
         ],
         notes="Latency: the event's `timestamp` (set in the worker when the event is built, after the page's "

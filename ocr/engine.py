@@ -31,6 +31,7 @@ from .processes import (  # noqa: F401  (re-exported: the engine's public names)
     TesseractSlots,
     kill_orphans,
     limit_memory,
+    lower_priority,
     remove_orphan_pages,
 )
 
@@ -38,6 +39,8 @@ logger = logging.getLogger(__name__)
 
 IMAGE_FORMATS = {"JPEG": "jpeg", "PNG": "png", "BMP": "bmp", "TIFF": "tiff", "WEBP": "webp"}
 TESSERACT_ENV = {**os.environ, "OMP_THREAD_LIMIT": "1"}
+# Niceness of every tesseract (0 = as the worker): lower than the API's and the watchers'.
+TESSERACT_NICE = int(os.environ.get("OCR_TESSERACT_NICE", "10") or 0)
 
 
 class EngineError(Exception):
@@ -191,6 +194,8 @@ def _run(
         )
         if memory_limit_mb:
             limit_memory(proc.pid, memory_limit_mb)
+        if TESSERACT_NICE:
+            lower_priority(proc.pid, TESSERACT_NICE)
         with scope.track(proc):
             stdout, stderr = proc.communicate()
     scope.check()

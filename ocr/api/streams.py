@@ -57,12 +57,22 @@ def event_stream(frames) -> StreamingHttpResponse:
 
 async def stream_events(request: HttpRequest, task_id: str):
     """Stored events after Last-Event-ID (or ?after=), then live ones, until the terminal one."""
+
+    def admit(request: HttpRequest) -> tuple:
+        return _visible_task(request, task_id).pk, _after(request)
+
+    keepalive = settings.OCR_SSE_KEEPALIVE_SECONDS
+    return await _sse(request, admit, lambda position: streams.follow(*position, keepalive=keepalive))
+
+
+async def _sse(request: HttpRequest, admit, follow, id_field: str = "seq"):
+    """GET only: `admit(request)` (sync: access, the resume position) gives what `follow` takes,
+    and its refusals answer as JSON errors; then the stream of `follow(...)` with keep-alives."""
     refused = refuse_method(request, ("GET",))
     if refused is not None:
         return refused
     try:
-        task = await sync_to_async(_visible_task)(request, task_id)
-        after = _after(request)
+        position = await sync_to_async(admit)(request)
     except Exception as exc:
         response = error_json(exc)
         if response is None:
@@ -71,10 +81,9 @@ async def stream_events(request: HttpRequest, task_id: str):
 
     async def frames():
         yield b": connected\n\n"
-        follow = streams.follow(task.pk, after, keepalive=settings.OCR_SSE_KEEPALIVE_SECONDS)
-        async with contextlib.aclosing(follow) as events:
+        async with contextlib.aclosing(follow(position)) as events:
             async for event in events:
-                yield b": keep-alive\n\n" if event is None else sse_frame(event)
+                yield b": keep-alive\n\n" if event is None else sse_frame(event, id_field)
 
     return event_stream(frames())
 
@@ -92,23 +101,10 @@ def _operator(request: HttpRequest) -> None:
 async def operator_events(request: HttpRequest):
     """The operator feed after Last-Event-ID (or ?after=; neither: the newest OCR_FEED_REPLAY
     items), then live, with a comment keep-alive; `id:` is the item's id, the resume cursor."""
-    refused = refuse_method(request, ("GET",))
-    if refused is not None:
-        return refused
-    try:
-        await sync_to_async(_operator)(request)
-        after = _after(request, default=None)
-    except Exception as exc:
-        response = error_json(exc)
-        if response is None:
-            raise
-        return response
 
-    async def frames():
-        yield b": connected\n\n"
-        follow = feed.follow(after, keepalive=settings.OCR_SSE_KEEPALIVE_SECONDS)
-        async with contextlib.aclosing(follow) as items:
-            async for item in items:
-                yield b": keep-alive\n\n" if item is None else sse_frame(item, "id")
+    def admit(request: HttpRequest) -> int | None:
+        _operator(request)
+        return _after(request, default=None)
 
-    return event_stream(frames())
+    keepalive = settings.OCR_SSE_KEEPALIVE_SECONDS
+    return await _sse(request, admit, lambda after: feed.follow(after, keepalive=keepalive), id_field="id")

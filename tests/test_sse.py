@@ -80,6 +80,18 @@ def test_sse_unknown_task_is_404(live_daphne):
     assert conn.getresponse().status == 404
 
 
+@pytest.mark.parametrize(
+    ("query", "headers"),
+    [("?after=-1", {}), ("?after=x", {}), ("", {"Last-Event-ID": "-1"}), ("?after=-5", {"Last-Event-ID": "2"})],
+)
+def test_a_bad_resume_position_is_a_400_even_beside_a_good_one(live_daphne, query, headers):
+    task = make_processing_task()
+    conn = connection(live_daphne, timeout=20)
+    conn.request("GET", f"/v1/ocr/stream/{task.pk}{query}", headers=headers)
+    response = conn.getresponse()
+    assert response.status == 400 and b"whole number" in response.read()
+
+
 def test_quiet_stream_gets_keep_alives_and_survives_redis_read_timeouts(live_daphne):
     """Quiet for longer than channels-redis's 5 s blocking read (the daphne under test sends a
     keep-alive every 6 s), then a live event still arrives and the stream ends."""

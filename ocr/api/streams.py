@@ -39,12 +39,12 @@ def _seq(raw: str, name: str) -> int:
 
 def _after(request: HttpRequest, default: int | None = 0) -> int | None:
     """The position to resume after: `Last-Event-ID` (what EventSource sends back), else
-    `?after=`; `default` when neither is given. Anything but a whole number is a 400."""
+    `?after=`; `default` when neither is given. Anything but a whole number in either is a
+    400, even in the one not used: a bad value is never silently ignored."""
+    query = _seq(request.GET["after"], "after") if "after" in request.GET else default
     if "Last-Event-ID" in request.headers:
         return _seq(request.headers["Last-Event-ID"], "Last-Event-ID")
-    if "after" in request.GET:
-        return _seq(request.GET["after"], "after")
-    return default
+    return query
 
 
 def event_stream(frames) -> StreamingHttpResponse:

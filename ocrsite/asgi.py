@@ -2,6 +2,7 @@
 
 import os
 
+from django.conf import settings
 from django.core.asgi import get_asgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "ocrsite.settings")
@@ -12,11 +13,12 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
 from ocr.routing import websocket_urlpatterns  # noqa: E402
 from ocr.websocket_auth import OriginCheck, TokenAuthMiddleware  # noqa: E402
+from ocrsite.http_threads import ThreadLeases  # noqa: E402
 
 # Session, then token authentication; then the Origin check (it needs to know which was used).
 application = ProtocolTypeRouter(
     {
-        "http": django_asgi_app,
+        "http": ThreadLeases(django_asgi_app, size=settings.OCR_HTTP_THREADS),
         "websocket": AuthMiddlewareStack(TokenAuthMiddleware(OriginCheck(URLRouter(websocket_urlpatterns)))),
     }
 )

@@ -66,6 +66,7 @@ env = environ.Env(
     OCR_WEBHOOK_BACKOFF_SECONDS=(float, 10.0),
     OCR_WEBHOOK_BACKOFF_MAX_SECONDS=(float, 3600.0),
     OCR_WEBHOOK_CONCURRENCY=(int, 4),
+    OCR_HTTP_THREADS=(int, 8),
 )
 
 SECRET_KEY = env("SECRET_KEY", default="dev-insecure-change-me-in-production")  # refused by check --deploy
@@ -92,9 +93,13 @@ INSTALLED_APPS = [
     "ocr",
 ]
 
+# WhiteNoise (sync only) comes last, against its docs' advice to put it second: under ASGI a
+# sync middleware makes every middleware outside it run sync too, so the chain runs on one thread
+# in one hop. In the second place it left the others async, and each Django middleware run async
+# hops to a thread and back for its process_request and again for process_response: about ten
+# hops per request, the larger part of daphne's CPU for a task GET (py-spy --gil).
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
-    "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -102,6 +107,7 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "ocr.api.versioning.DeprecationMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
 ]
 
 ROOT_URLCONF = "ocrsite.urls"
@@ -133,8 +139,9 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
     }
 # Persistent connections: opening one per request cost a cancel tens of milliseconds on
-# PostgreSQL. Sync code under daphne runs in one thread per process, so this is one connection
-# per process (plus one per worker thread); CONN_HEALTH_CHECKS replaces a broken one.
+# PostgreSQL. Under daphne, requests run their sync code on up to OCR_HTTP_THREADS threads kept
+# between requests (ocrsite/http_threads.py), so this is at most that many connections per web
+# process (plus one per worker thread); CONN_HEALTH_CHECKS replaces a broken one.
 DATABASES["default"]["CONN_MAX_AGE"] = env.int("DB_CONN_MAX_AGE", default=60)
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
@@ -279,7 +286,9 @@ OCR_WEBHOOK_BACKOFF_SECONDS = env("OCR_WEBHOOK_BACKOFF_SECONDS")
 OCR_WEBHOOK_BACKOFF_MAX_SECONDS = env("OCR_WEBHOOK_BACKOFF_MAX_SECONDS")
 # deliveries at once per sweeper (their own threads: a slow receiver never holds an OCR worker)
 OCR_WEBHOOK_CONCURRENCY = max(1, env("OCR_WEBHOOK_CONCURRENCY"))
-# Host-wide tesseract slots (flock files): never more tesseract processes than OCR_WORKERS.
+# Threads (each with its database connection) kept by each daphne process for the sync code of
+# HTTP requests; a request finding none free gets a thread of its own (ocrsite/http_threads.py).
+OCR_HTTP_THREADS = max(0, env("OCR_HTTP_THREADS"))
 # This node's name in the task JSON (`worker_node`) and in metrics (several nodes: API.md section 12).
 OCR_NODE_NAME = env("OCR_NODE_NAME")
 # Node-local tesseract slots (flock files): never more tesseract processes than OCR_WORKERS.

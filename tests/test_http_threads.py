@@ -1,0 +1,125 @@
+"""HTTP requests through the project's ASGI application (ocrsite/asgi.py) keep their threads and
+database connections between requests (ocrsite/http_threads.py), and the middleware chain runs
+sync in one hop (ocrsite/settings.py, MIDDLEWARE)."""
+
+import asyncio
+import json
+import threading
+
+import pytest
+from asgiref.testing import ApplicationCommunicator
+from django.db.backends.signals import connection_created
+from django.urls import reverse
+
+from ocrsite.asgi import application
+from ocrsite.http_threads import LONG_LIVED, ThreadLeases
+from tests import factories
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("no_worker")]
+
+
+async def get(app, path: str) -> tuple[int, bytes]:
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"host", b"testserver")],
+        "client": ("127.0.0.1", 50000),
+        "server": ("testserver", 80),
+    }
+    communicator = ApplicationCommunicator(app, scope)
+    await communicator.send_input({"type": "http.request", "body": b""})
+    start = await communicator.receive_output(timeout=10)
+    body = b""
+    while True:
+        message = await communicator.receive_output(timeout=10)
+        body += message.get("body", b"")
+        if not message.get("more_body"):
+            break
+    await communicator.wait(timeout=5)
+    return start["status"], body
+
+
+def connections_opened_by(app, path: str, requests: int) -> list[int]:
+    """The threads that opened a database connection while `requests` GETs went through `app`."""
+    opened: list[int] = []
+
+    def count(sender, connection, **kwargs):
+        opened.append(threading.get_ident())
+
+    connection_created.connect(count)
+    try:
+
+        async def run():
+            for _ in range(requests):
+                status, body = await get(app, path)
+                assert status == 200, body
+
+        asyncio.run(run())
+    finally:
+        connection_created.disconnect(count)
+    return opened
+
+
+def test_requests_share_a_kept_thread_and_its_database_connection():
+    task = factories.submit_task(pages=1)
+    path = f"/v1/ocr/tasks/{task.pk}"
+    opened = connections_opened_by(application, path, requests=10)
+    assert len(opened) <= 1, f"{len(opened)} database connections opened for 10 requests"
+
+
+def test_without_leases_every_request_opens_a_connection():
+    """The measurement above can fail: Django alone opens one connection per request."""
+    task = factories.submit_task(pages=1)
+    path = f"/v1/ocr/tasks/{task.pk}"
+    opened = connections_opened_by(ThreadLeases(application.application_mapping["http"].app, size=0), path, 5)
+    assert len(opened) == 5
+
+
+def test_a_busy_thread_is_not_lent_twice():
+    leases = ThreadLeases(app=None, size=2)
+    first, second = leases._lease(), leases._lease()
+    assert first is not second and leases._lease() is None  # both lent: a request gets its own thread
+    leases.free.append(first)
+    assert leases._lease() is first
+
+
+def test_the_middleware_runs_sync():
+    """A Django middleware run async hops to a thread and back twice per request; in the chain's
+    sync part there is one hop for all of them (CSRF stands for the rest: it has a process_view)."""
+    handler = application.application_mapping["http"].app
+    csrf = next(
+        method.func.__self__
+        for method in handler._view_middleware
+        if type(getattr(method, "func", None).__self__).__name__ == "CsrfViewMiddleware"
+    )
+    assert not asyncio.iscoroutinefunction(csrf), "CsrfViewMiddleware runs async: a sync middleware sits outside it"
+
+
+@pytest.mark.parametrize(
+    ("name", "kwargs", "long_lived"),
+    [
+        ("stream", {"task_id": "x"}, True),
+        ("operator-events", {}, True),
+        ("submit-process-pdf-sync", {}, True),
+        ("task-detail", {"task_id": "x"}, False),
+        ("task-cancel", {"task_id": "x"}, False),
+        ("stream-cancel", {"task_id": "x"}, False),
+        ("task-download", {"task_id": "x"}, False),
+        ("submit-process-pdf", {}, False),
+    ],
+)
+def test_only_requests_that_wait_go_without_a_lease(name, kwargs, long_lived):
+    assert bool(LONG_LIVED.match(reverse(name, kwargs=kwargs))) is long_lived
+
+
+def test_task_json_unchanged_through_the_asgi_application():
+    task = factories.submit_task(pages=1)
+    status, body = asyncio.run(get(application, f"/v1/ocr/tasks/{task.pk}"))
+    assert status == 200 and json.loads(body)["task_id"] == str(task.pk)

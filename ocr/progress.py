@@ -10,10 +10,10 @@ import logging
 import uuid
 from typing import Any, NotRequired, TypedDict
 
-from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.utils import timezone
 
+from . import layer_sender
 from .models import OCRPage, OCRTask
 from .params import TaskParams
 
@@ -165,7 +165,10 @@ def _send(messages: list[tuple[str, dict]], what: str) -> None:
         for group, message in messages:
             await layer.group_send(group, message)
 
-    try:
-        async_to_sync(send_all)()
-    except Exception:
-        logger.warning("%s could not be published", what, exc_info=True)
+    for attempt in (1, 2):  # a pooled connection that a Redis restart broke fails once
+        try:
+            layer_sender.run(send_all)
+            return
+        except Exception:
+            if attempt == 2:
+                logger.warning("%s could not be published", what, exc_info=True)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
+import resource
 import sys
 import threading
 import time
@@ -108,6 +109,12 @@ def run_clients(service: harness.Service, pdf: bytes, args, phase: str, task_ids
     return records
 
 
+def children_cpu() -> float:
+    """CPU seconds of this process's reaped children: the client processes once joined."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def operations(records: list[tuple[str, float, str]], seconds: float) -> dict:
     figures = {}
     for op in sorted({r[0] for r in records}):
@@ -132,12 +139,15 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=50)
     parser.add_argument("--processes", type=int, default=5, help="processes the clients are spread over")
     parser.add_argument("--seconds", type=float, default=20, help="length of the mixed and the get phase")
+    parser.add_argument(
+        "--web-processes", type=int, default=2, help="OCR_WEB_PROCESSES: daphne processes on the port (scripts/web.py)"
+    )
     args = parser.parse_args()
 
     from tests import factories
 
     pdf = factories.text_pdf(1)
-    with harness.Service(http=True) as service:
+    with harness.Service(http=True, web_processes=args.web_processes) as service:
         from ocrsite_client import Client
 
         from ocr.models import OCRTask
@@ -171,7 +181,14 @@ def main() -> None:
         wait_terminal(ids, timeout=300)
         not_terminal = OCRTask.objects.filter(pk__in=ids).exclude(status__in=TERMINAL).count()
         log("get: %d clients, %s s", args.clients, args.seconds)
+        service_cpu, clients_cpu = sum(service.cpu_seconds().values()), children_cpu()
         gets = operations(run_clients(service, pdf, args, "get", ids[-args.clients :]), args.seconds)["get"]
+        service_cpu = sum(service.cpu_seconds().values()) - service_cpu
+        clients_cpu = children_cpu() - clients_cpu
+        gets["cpu_ms_per_request"] = {
+            "service": round(service_cpu / max(1, gets["count"]) * 1000, 2),
+            "clients": round(clients_cpu / max(1, gets["count"]) * 1000, 2),
+        }
         foreign_cpu_cores = round(meter.foreign_cores(), 2)
         database = "postgresql" if service.pg_name else "sqlite"
 
@@ -221,11 +238,18 @@ def main() -> None:
             ">= 250/s, p99 < 300 ms",
             verdict(gets["per_second"] >= 250 and (gets["p99"] or 1e9) < 300 and gets["errors"] == 0),
         ),
+        Row(
+            "GET only: CPU per request, service / load generator",
+            f"{gets['cpu_ms_per_request']['service']} / {gets['cpu_ms_per_request']['clients']} ms",
+            "",
+            verdict(None),
+        ),
     ]
     results.write_section(
         "API under load",
         rows,
-        notes=f"{service.workers} workers; the {args.clients} clients (the Python client, httpx) run on the same "
+        notes=f"{service.workers} workers, {args.web_processes} daphne processes (OCR_WEB_PROCESSES); "
+        f"the {args.clients} clients (the Python client, httpx) run on the same "
         f"cores in {args.processes} processes; other programs used {foreign_cpu_cores} cores meanwhile.",
     )
 

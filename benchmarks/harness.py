@@ -321,8 +321,11 @@ class Service:
     environment, a fresh PostgreSQL database `bench_<pid>` on that server (dropped at the end).
     """
 
-    def __init__(self, *, http: bool = True, workers: int = CORES, extra_env: dict | None = None) -> None:
+    def __init__(
+        self, *, http: bool = True, workers: int = CORES, extra_env: dict | None = None, web_processes: int = 1
+    ) -> None:
         self.http = http
+        self.web_processes = web_processes  # > 1: scripts/web.py, several daphne on one socket
         self.workers = workers
         self.extra_env = extra_env or {}
         self.queue = f"bench{os.getpid()}"
@@ -406,9 +409,11 @@ class Service:
         if self.http:
             self.port = free_port()
             self.base_url = f"http://127.0.0.1:{self.port}"
-            self._spawn(
-                "daphne", [PYTHON, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port), "ocrsite.asgi:application"]
-            )
+            if self.web_processes > 1:
+                command = [PYTHON, "scripts/web.py", "127.0.0.1", str(self.port), str(self.web_processes)]
+            else:
+                command = [PYTHON, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port), "ocrsite.asgi:application"]
+            self._spawn("daphne", command)
         self._wait_ready()
 
     def _setup_django(self) -> None:

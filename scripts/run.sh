@@ -2,6 +2,7 @@
 # `make run`: daphne (API, WebSocket, UI) + qcluster (workers) + sweeper, in the foreground.
 # OCR_ROLE: all (default), web (daphne only) or worker (qcluster and sweeper only): any number of
 # web and worker nodes share one database and one Redis (README, "Running as several nodes").
+# OCR_WEB_PROCESSES: daphne processes on the one port (default 1; scripts/web.py).
 # Ctrl-C, SIGTERM or SIGHUP (terminal closed) stops all of them (and a Redis we started) within
 # seconds. Each child runs in its own session (a qcluster stops cleanly only when its leader alone
 # gets the signal) and with a parent-death signal, so that it also dies if this script is killed.
@@ -11,6 +12,8 @@ PORT="${PORT:-8000}"
 PY=.venv/bin/python
 ROLE="${OCR_ROLE:-all}"
 case "$ROLE" in all|web|worker) ;; *) echo "OCR_ROLE must be all, web or worker (got '$ROLE')" >&2; exit 2 ;; esac
+WEB_PROCESSES="${OCR_WEB_PROCESSES:-1}"
+case "$WEB_PROCESSES" in ''|*[!0-9]*|0) echo "OCR_WEB_PROCESSES must be a whole number, 1 or more (got '$WEB_PROCESSES')" >&2; exit 2 ;; esac
 redis_pid=$(scripts/ensure_redis.sh) || exit 1
 pids=()
 child() {  # child COMMAND...: own session; SIGTERM when this script dies, however it dies
@@ -46,7 +49,11 @@ if [ "$ROLE" != web ]; then
   child $PY manage.py ocr_sweeper
 fi
 if [ "$ROLE" != worker ]; then
-  child .venv/bin/daphne -b "$HOST" -p "$PORT" ocrsite.asgi:application
+  if [ "$WEB_PROCESSES" = 1 ]; then
+    child .venv/bin/daphne -b "$HOST" -p "$PORT" ocrsite.asgi:application
+  else  # one socket, several daphne processes accepting on it (scripts/web.py)
+    child $PY scripts/web.py "$HOST" "$PORT" "$WEB_PROCESSES"
+  fi
   echo "ocrsite ($ROLE): http://$HOST:$PORT/  (API under /v1/ocr/, admin under /admin/); Ctrl-C stops"
 else
   echo "ocrsite (worker node ${OCR_NODE_NAME:-$(hostname)}); Ctrl-C stops"

@@ -32,19 +32,31 @@ def alive(pid: int) -> bool:
         return False
 
 
-def start_run_script():
+def start_run_script(web_processes: int = 1):
     port = free_port()
     proc = subprocess.Popen(
         ["bash", "scripts/run.sh"],
         cwd=ROOT,
-        env={**service_env(), "PORT": str(port)},
+        env={**service_env(), "PORT": str(port), "OCR_WEB_PROCESSES": str(web_processes)},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,  # its own process group, as in a terminal
     )
     wait_for(lambda: port_open(port), timeout=60)
+    wait_for(lambda: len(daphnes(proc.pid)) == web_processes, timeout=30)
     wait_for(lambda: len(descendants(proc.pid)) >= 4, timeout=30)  # daphne, sweeper, qcluster and its workers
     return proc, descendants(proc.pid)
+
+
+def daphnes(root: int) -> set[int]:
+    def is_daphne(pid: int) -> bool:
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as handle:
+                return b"/daphne\0" in handle.read()
+        except OSError:
+            return False
+
+    return {pid for pid in descendants(root) if is_daphne(pid)}
 
 
 @pytest.mark.parametrize(
@@ -55,8 +67,9 @@ def start_run_script():
         pytest.param(lambda proc: proc.send_signal(signal.SIGKILL), id="script-killed"),
     ],
 )
-def test_every_way_of_stopping_leaves_nothing_running(how):
-    proc, started = start_run_script()
+@pytest.mark.parametrize("web_processes", [1, 2])
+def test_every_way_of_stopping_leaves_nothing_running(how, web_processes):
+    proc, started = start_run_script(web_processes)
     how(proc)
     try:
         wait_for(lambda: not any(alive(pid) for pid in started) and proc.poll() is not None, timeout=10, interval=0.1)
@@ -65,3 +78,19 @@ def test_every_way_of_stopping_leaves_nothing_running(how):
             if alive(pid):
                 os.kill(pid, signal.SIGKILL)
         proc.wait(10)
+
+
+def test_several_web_processes_share_the_port():
+    proc, _ = start_run_script(web_processes=2)
+    try:
+        listening = {pid: listening_sockets(pid) for pid in daphnes(proc.pid)}
+        assert len(listening) == 2 and all(listening.values())
+        assert len(set.union(*listening.values())) == 1, f"not one shared socket: {listening}"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(15)
+
+
+def listening_sockets(pid: int) -> set[str]:
+    """The socket inodes on file descriptor 3 (where scripts/web.py hands its socket over)."""
+    return {os.readlink(f"/proc/{pid}/fd/3")}

@@ -53,9 +53,16 @@ def plan(page_numbers: list[int], size: int) -> list[list[int]]:
 # --- Start and claim ------------------------------------------------------------------------
 
 
+# Jobs queued beyond one per slice: the starting node's cluster, its worker busy with the first
+# slice, may take up to two jobs off Redis ahead of time (Q_CLUSTER queue_limit 1, plus one in its
+# pusher's hand); these two make sure the other slices' jobs reach the nodes that are free. A
+# job that finds no slice left starts the next pending task, or does nothing.
+SPARE_JOBS = 2
+
+
 def create(task: OCRTask, page_numbers: list[int]) -> int:
     """Write the task's slices (idempotent) and queue a job for each but the first, which the
-    starting job reads itself; returns how many slices the task has."""
+    starting job reads itself, plus SPARE_JOBS; returns how many slices the task has."""
     chunks = plan(page_numbers, settings.OCR_SLICE_PAGES)
     with transaction.atomic():
         OCRSlice.objects.bulk_create(
@@ -65,7 +72,7 @@ def create(task: OCRTask, page_numbers: list[int]) -> int:
             ],
             ignore_conflicts=True,
         )
-        for _ in chunks[1:]:
+        for _ in range(len(chunks) - 1 + (SPARE_JOBS if len(chunks) > 1 else 0)):
             transaction.on_commit(partial(services.enqueue_task, task.pk))
     logger.info(
         "task %s: started (attempt %d), %d pages in %d slices", task.pk, task.attempt, len(page_numbers), len(chunks)

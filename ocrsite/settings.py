@@ -185,6 +185,9 @@ Q_CLUSTER = {
     "save_limit": 1000,
     "ack_failures": True,
     "label": "Task queue",
+    # Jobs a busy cluster takes from Redis ahead of a free worker (default workers**2, plus one in
+    # the pusher's hand): held there, they wait while another node's free workers have none.
+    "queue_limit": 1,
 }
 
 # --- REST ------------------------------------------------------------------------------

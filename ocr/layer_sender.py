@@ -38,12 +38,12 @@ def run(send: Callable[[], Awaitable[None]], timeout: float = 10.0) -> None:
 
 
 def _in_a_request_of_this_process() -> bool:
-    """asgiref marks the threads it runs sync code in for an event loop (daphne's requests)."""
+    """asgiref marks the threads it runs sync code in for an event loop (daphne's requests).
+    The mark stays on a thread after that loop is gone (a finished `async_to_sync` call leaves
+    it): only a loop still running counts."""
     local = SyncToAsync.threadlocal
-    return (
-        getattr(local, "main_event_loop", None) is not None
-        and getattr(local, "main_event_loop_pid", None) == os.getpid()
-    )
+    loop = getattr(local, "main_event_loop", None)
+    return loop is not None and getattr(local, "main_event_loop_pid", None) == os.getpid() and loop.is_running()
 
 
 def _loop() -> asyncio.AbstractEventLoop:

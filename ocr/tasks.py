@@ -36,7 +36,7 @@ def process_task(task_id: str) -> None:
     if task is None:
         logger.warning("task %s: not found, its job starts the next pending task", task_id)
     elif task.status != TaskStatus.PENDING:
-        logger.info("task %s: already %s; this job starts the next pending work, if any", task.pk, task.status)
+        logger.info("task %s: %s before start, skipped (its job takes the next)", task.pk, task.status)
     for candidate_id in scheduling.start_order(limit=PICK_CANDIDATES):
         candidate = OCRTask.objects.filter(pk=candidate_id, status=TaskStatus.PENDING).first()
         if candidate is None or upkeep.task_cancel_if_expired(task=candidate):

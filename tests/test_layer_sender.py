@@ -5,7 +5,7 @@ import os
 import threading
 
 import pytest
-from asgiref.sync import sync_to_async
+from asgiref.sync import async_to_sync, sync_to_async
 
 from ocr import layer_sender
 
@@ -40,6 +40,18 @@ def test_in_a_request_the_send_runs_on_the_request_loop():
 
     request_loop = asyncio.run(request())
     assert seen[0][0] is request_loop
+
+
+def test_a_thread_marked_by_a_finished_loop_uses_the_kept_loop():
+    """asgiref leaves its mark on a thread after the loop it ran for has stopped."""
+
+    async def leave_a_mark() -> None:
+        await sync_to_async(lambda: None)()  # runs on this (the main) thread, which asgiref marks
+
+    async_to_sync(leave_a_mark)()
+    seen: list = []
+    layer_sender.run(record_loop(seen), timeout=5)
+    assert seen and seen[0][0].is_running()
 
 
 def test_errors_and_timeouts_reach_the_caller():

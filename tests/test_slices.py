@@ -229,6 +229,32 @@ def test_cancel_stops_every_slice_on_every_node_then_resume(slice_nodes):
 
 
 @pytest.mark.django_db(transaction=True)
+def test_a_deadline_stops_every_slice_on_every_node(slice_nodes):
+    web = slice_nodes["web"]
+    request = {"dpi": 600, "text_layer": "ocr", "deadline_seconds": 8}
+    status, body = post_file(web.url, "/v1/ocr/process-pdf", factories.slow_pdf(4), request)
+    assert status == 202, body
+    reading = {"a": False, "b": False}
+
+    def ended() -> bool:
+        for name in reading:
+            reading[name] = reading[name] or bool(tesseract_pids(slice_nodes[name].slot_dir))
+        return OCRTask.objects.get(pk=body["task_id"]).status in ("completed", "failed", "cancelled")
+
+    wait_for(ended, timeout=60, interval=0.05)
+    task = OCRTask.objects.get(pk=body["task_id"])
+    assert task.status == "cancelled" and task.cancelled_by == "deadline", task.status
+    assert task.cancellation_reason == "Deadline of 8 s exceeded"
+    assert reading == {"a": True, "b": True}  # each node read a slice before the deadline
+    wait_for(lambda: not tesseract_pids(slice_nodes["a"].slot_dir), timeout=5, interval=0.01)
+    wait_for(lambda: not tesseract_pids(slice_nodes["b"].slot_dir), timeout=5, interval=0.01)
+    wait_for(lambda: not OCRSlice.objects.filter(task_id=task.pk, status="processing").exists(), timeout=10)
+    assert task.processed_pages < 4
+    assert not OCRPage.objects.filter(task_id=task.pk, created_at__gt=task.cancelled_at).exists()
+    assert_event_log(task.pk, "cancelled")
+
+
+@pytest.mark.django_db(transaction=True)
 def test_worker_killed_mid_slice_requeues_that_slice_alone(slice_nodes):
     web = slice_nodes["web"]
     status, body = post_file(web.url, "/v1/ocr/process-pdf", factories.slow_pdf(4), {"dpi": 600, "text_layer": "ocr"})

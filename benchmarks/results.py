@@ -32,6 +32,11 @@ class Row:
     target: str = ""
     verdict: str = ""  # "met", "NOT met", "info", or a short explanation
 
+    @classmethod
+    def none(cls, figure: str, count: int) -> Row:
+        """A count whose target is 0 (problems found)."""
+        return cls(figure, str(count), "0", verdict(count == 0))
+
 
 def verdict(ok: bool | None) -> str:
     return "info" if ok is None else ("met" if ok else "NOT met")

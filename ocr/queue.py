@@ -20,6 +20,14 @@ def enqueue(task_id) -> None:
     async_task(PROCESS_TASK_JOB, str(task_id), task_name=f"ocr-{task_id}")
 
 
+def missing_from_queue(task_ids) -> list:
+    """Those of `task_ids` whose job is not on the broker's list (re-queue them)."""
+    if not task_ids:
+        return []
+    on_queue = queued_task_ids()
+    return [task_id for task_id in task_ids if str(task_id) not in on_queue]
+
+
 def queue_depth() -> int | None:
     from django_q.brokers import get_broker
 

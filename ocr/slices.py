@@ -267,13 +267,9 @@ def reap_lost_slices(*, lost_after: float, max_attempts: int = 2, requeue_pendin
     waiting = OCRSlice.objects.filter(
         status=SliceStatus.PENDING, task__status=TaskStatus.PROCESSING, queued_at__lt=waiting_since
     )
-    task_ids = set(waiting.values_list("task_id", flat=True)[:1000])
-    if task_ids:
-        on_queue = queue.queued_task_ids()
-        for task_id in task_ids:
-            if str(task_id) not in on_queue:
-                logger.warning("task %s: a slice waits without a job, queued one", task_id)
-                waiting.filter(task_id=task_id).update(queued_at=now)
-                services.enqueue_task(task_id)
-                report["slice_jobs_queued"] += 1
+    for task_id in queue.missing_from_queue(set(waiting.values_list("task_id", flat=True)[:1000])):
+        logger.warning("task %s: a slice waits without a job, queued one", task_id)
+        waiting.filter(task_id=task_id).update(queued_at=now)
+        services.enqueue_task(task_id)
+        report["slice_jobs_queued"] += 1
     return report

@@ -90,14 +90,10 @@ def reap_lost_tasks(
     waiting = OCRTask.objects.filter(status=TaskStatus.PENDING, created_at__lt=waiting_since).filter(
         Q(enqueued_at__isnull=True) | Q(enqueued_at__lt=waiting_since)
     )
-    waiting_ids = list(waiting.values_list("pk", flat=True)[:1000])
-    if waiting_ids:
-        on_queue = queue.queued_task_ids()
-        for task_id in waiting_ids:
-            if str(task_id) not in on_queue:
-                logger.warning("task %s: pending but not on the queue, queued again", task_id)
-                services.enqueue_task(task_id)
-                report["pending_requeued"] += 1
+    for task_id in queue.missing_from_queue(list(waiting.values_list("pk", flat=True)[:1000])):
+        logger.warning("task %s: pending but not on the queue, queued again", task_id)
+        services.enqueue_task(task_id)
+        report["pending_requeued"] += 1
     return report
 
 

@@ -38,7 +38,16 @@ from .processes import (  # noqa: F401  (re-exported: the engine's public names)
 logger = logging.getLogger(__name__)
 
 IMAGE_FORMATS = {"JPEG": "jpeg", "PNG": "png", "BMP": "bmp", "TIFF": "tiff", "WEBP": "webp"}
-TESSERACT_ENV = {**os.environ, "OMP_THREAD_LIMIT": "1"}
+# glibc.malloc.hugetlb=1: tesseract's heap in transparent huge pages (where the kernel offers
+# them, as with Debian's default "madvise"): a killed tesseract of a 600 dpi page is gone in
+# 1-2.5 ms instead of 4-11 ms (fewer page tables to free, measured here on a busy machine),
+# and it read a 300 dpi page a few percent faster (pairs run side by side, same page).
+HUGE_PAGES = "glibc.malloc.hugetlb=1"
+TESSERACT_ENV = {
+    **os.environ,
+    "OMP_THREAD_LIMIT": "1",
+    "GLIBC_TUNABLES": ":".join(filter(None, [os.environ.get("GLIBC_TUNABLES"), HUGE_PAGES])),
+}
 # Niceness of every tesseract (0 = as the worker): lower than the API's and the watchers'.
 TESSERACT_NICE = int(os.environ.get("OCR_TESSERACT_NICE", "10") or 0)
 

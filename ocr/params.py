@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 
-DEFAULT_THRESHOLD = "auto"  # adaptive (Sauvola) binarisation by tesseract; an int cuts globally
+DEFAULT_THRESHOLD = "auto"  # tesseract binarises: Otsu on even paper, else Sauvola; an int cuts globally
 DEFAULT_OUTPUTS = ("text",)
 OUTPUT_FORMATS = ("text", "words", "hocr", "alto", "tsv", "pdf")
 ROTATE_CHOICES = ("none", "auto")

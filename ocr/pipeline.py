@@ -20,7 +20,7 @@ import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 
 from django.conf import settings
-from django.db import InterfaceError, OperationalError, connection
+from django.db import DatabaseError, InterfaceError, OperationalError, connection, transaction
 from django.utils import timezone
 
 from . import engine, imaging, llm, queue, reader, services, upkeep
@@ -29,6 +29,9 @@ from .refine import PageText, refine_page
 from .services import PageOutcome
 
 logger = logging.getLogger(__name__)
+
+
+LOCK_WAIT_MS = 2000  # a cancel transaction holds the task's row for milliseconds
 
 
 class CancelWatcher(threading.Thread):
@@ -55,14 +58,15 @@ class CancelWatcher(threading.Thread):
         database_lost = False
         try:
             while not self.stopped.is_set():
+                woke = None
                 if wakeups is not None:
-                    queue.wait_for_wakeup(wakeups, timeout=poll)
+                    woke = queue.wait_for_wakeup(wakeups, timeout=poll)
                 else:
                     self.stopped.wait(poll)
                 if self.stopped.is_set():
                     return
                 try:
-                    if self.check():
+                    if self.check(wait_for_commit=woke == queue.WAKE_IN_FLIGHT):
                         return
                 except (OperationalError, InterfaceError) as exc:  # a database restart: keep watching
                     if not database_lost:
@@ -80,10 +84,11 @@ class CancelWatcher(threading.Thread):
                 wakeups.close()
             connection.close()
 
-    def check(self) -> bool:
+    def check(self, *, wait_for_commit: bool = False) -> bool:
         """One look at the task's row: deadline, limits, heartbeat; True once the task is no
-        longer running in this attempt and its tesseracts were killed (the watcher is done)."""
-        row = self.poll_row()
+        longer running in this attempt and its tesseracts were killed (the watcher is done).
+        `wait_for_commit`: a change of the row is in flight (see poll_row)."""
+        row = self.poll_row(wait_for_commit=wait_for_commit)
         ours = row is not None and row[1] == self.task.attempt  # re-queued as lost: another worker's now
         running = ours and row[0] == TaskStatus.PROCESSING
         deadline = self.task.deadline_at
@@ -127,13 +132,26 @@ class CancelWatcher(threading.Thread):
             return f"Limit exceeded: max_cpu_seconds={max_cpu}"
         return None
 
-    def poll_row(self) -> tuple[str, int] | None:
+    def poll_row(self, *, wait_for_commit: bool = False) -> tuple[str, int] | None:
         """(status, attempt) of the task, by plain SQL: this runs 20 times a second per task,
-        and the ORM's query building cost about 3x the CPU of the query itself."""
+        and the ORM's query building cost about 3x the CPU of the query itself.
+
+        `wait_for_commit` (PostgreSQL): a transaction that changed the row has woken us before
+        its commit; FOR SHARE waits for its lock on the row and then reads the committed row,
+        so the kill follows the commit at once instead of a second wake-up's trip. Bounded by
+        LOCK_WAIT_MS; after it (or on any error) the plain read."""
         if self._poll_sql is None:
             table = connection.ops.quote_name(OCRTask._meta.db_table)
             self._poll_sql = f"SELECT status, attempt FROM {table} WHERE id = %s"  # noqa: S608
             self._poll_pk = OCRTask._meta.pk.get_db_prep_value(self.task.pk, connection)
+        if wait_for_commit and connection.vendor == "postgresql":
+            try:
+                with transaction.atomic(), connection.cursor() as cursor:
+                    cursor.execute(f"SET LOCAL lock_timeout = '{LOCK_WAIT_MS}ms'")
+                    cursor.execute(f"{self._poll_sql} FOR SHARE", [self._poll_pk])
+                    return cursor.fetchone()
+            except DatabaseError as exc:
+                logger.info("task %s: lock-waiting read failed (%s), plain read", self.task.pk, exc)
         with connection.cursor() as cursor:
             cursor.execute(self._poll_sql, [self._poll_pk])
             return cursor.fetchone()

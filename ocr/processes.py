@@ -119,7 +119,11 @@ def _kill_group(proc: subprocess.Popen) -> None:
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
-        pass
+        return
+    # A killed process still frees its memory before it is gone (2-5 ms of CPU for a page at
+    # 600 dpi). At the lowered weight of `lower_priority` that took 10-15 ms on a busy machine;
+    # its session's group gets the normal weight back (allowed without privilege: nice >= 0).
+    _set_autogroup_nice(proc.pid, 0)
 
 
 class TesseractSlots:
@@ -163,11 +167,25 @@ class TesseractSlots:
 def lower_priority(pid: int, niceness: int) -> None:
     """Run `pid` at `niceness` (never raised): OCR yields the CPU to the service's own processes
     (API, cancel watchers), so a cancel or a page event is served at once on a machine whose
-    cores all run tesseract; alone on the CPU, tesseract runs as fast as before."""
+    cores all run tesseract; alone on the CPU, tesseract runs as fast as before.
+
+    `pid` leads a session of its own (start_new_session). Where the kernel groups sessions for
+    scheduling (autogroup, on by default in Debian's and Ubuntu's kernels), a process's nice
+    value only ranks it within its session's group, and each group weighs as much as any other:
+    so the group's nice value is lowered too (/proc/PID/autogroup; raising it needs no privilege)."""
     try:
         os.setpriority(os.PRIO_PROCESS, pid, max(niceness, os.getpriority(os.PRIO_PROCESS, pid)))
     except (ProcessLookupError, PermissionError, OSError):
         pass  # gone already, or not allowed here
+    _set_autogroup_nice(pid, niceness)
+
+
+def _set_autogroup_nice(pid: int, niceness: int) -> None:
+    try:
+        with open(f"/proc/{pid}/autogroup", "w") as handle:
+            handle.write(str(niceness))
+    except OSError:
+        pass  # no autogroups (the kernel's own setting or build), or the process is gone
 
 
 def limit_memory(pid: int, megabytes: int) -> None:

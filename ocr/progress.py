@@ -37,6 +37,7 @@ class PageResult(TypedDict, total=False):
     rotation: int
     script: str
     skew_corrected: float
+    binarisation: str  # threshold "auto": "global" (even paper) or "adaptive" (Sauvola)
 
 
 class TaskEventPayload(TypedDict):

@@ -69,13 +69,28 @@ def redis_client(url: str):
     return redis.Redis.from_url(url, socket_timeout=1)
 
 
-def wake_task_worker(task_id) -> None:
-    """Tell the task's worker to look at its row now (a hint: the row is the truth)."""
+WAKE_COMMITTED = b"1"
+WAKE_IN_FLIGHT = b"in-flight"
+
+
+def wake_task_worker(task_id, *, in_flight: bool = False) -> None:
+    """Tell the task's worker to look at its row now (a hint: the row is the truth).
+
+    `in_flight`: sent from inside a transaction that has changed the row and not committed
+    yet. On PostgreSQL the worker then reads the row with a lock-waiting read, which returns
+    the moment the change commits: the wake-up's trip overlaps the rest of the transaction.
+    Elsewhere (SQLite: readers never wait for writers) the worker ignores it and waits for the
+    wake-up sent on commit, which must always follow."""
     import redis
     from django.conf import settings
+    from django.db import connection
 
+    if in_flight and connection.vendor != "postgresql":
+        return
     try:
-        redis_client(settings.REDIS_URL).publish(_wakeup_channel(task_id), b"1")
+        redis_client(settings.REDIS_URL).publish(
+            _wakeup_channel(task_id), WAKE_IN_FLIGHT if in_flight else WAKE_COMMITTED
+        )
     except redis.RedisError:
         logger.warning("task %s: worker wake-up not sent (its poll will see the change)", task_id)
 
@@ -124,12 +139,14 @@ def subscribe_task_wakeups(task_id):
         return None
 
 
-def wait_for_wakeup(pubsub, timeout: float) -> bool:
-    """Wait up to `timeout` s for a wake-up; True if one came."""
+def wait_for_wakeup(pubsub, timeout: float) -> bytes | None:
+    """Wait up to `timeout` s for a wake-up; what it said (WAKE_COMMITTED or WAKE_IN_FLIGHT),
+    or None if none came."""
     import redis
 
     try:
-        return pubsub.get_message(timeout=timeout) is not None
+        message = pubsub.get_message(timeout=timeout)
     except redis.RedisError:
         time.sleep(timeout)
-        return False
+        return None
+    return None if message is None else message["data"]

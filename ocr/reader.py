@@ -57,6 +57,7 @@ class PageRead:
     lang_used: str = ""
     skew: float | None = None
     size: tuple[int, int] = (0, 0)  # of the image tesseract read
+    binarisation: str | None = None  # threshold "auto": "global" on even paper, else "adaptive"
 
     def details(self) -> dict:
         """The fields this page adds to its page result."""
@@ -67,6 +68,8 @@ class PageRead:
             found["script"] = self.script
         if self.skew is not None:
             found["skew_corrected"] = self.skew
+        if self.binarisation is not None:
+            found["binarisation"] = self.binarisation
         return found
 
 
@@ -123,6 +126,9 @@ def read_page(
         skew = imaging.skew_angle(prepared, check=scope.check)
         prepared = imaging.straighten(prepared, skew)
     lang = languages_for(script, engine.tesseract_languages()) if params.lang == "auto" else params.lang
+    binarisation = None
+    if params.adaptive_threshold:
+        binarisation = "global" if imaging.even_paper(prepared) else "adaptive"
     formats = ["tsv"]  # always: words and the mean confidence come from it
     formats += [name for name in ("hocr", "alto", "pdf") if params.wants(name)]
     result = engine.run_tesseract(
@@ -133,7 +139,7 @@ def read_page(
         tmpdir=tmpdir,
         slots=slots,
         formats=tuple(formats),
-        adaptive=params.adaptive_threshold,
+        adaptive=binarisation == "adaptive",
         memory_limit_mb=memory_limit_mb,
     )
     words = parse_tsv(result.files["tsv"])
@@ -154,4 +160,5 @@ def read_page(
         lang_used=lang,
         skew=skew,
         size=prepared.size,
+        binarisation=binarisation,
     )

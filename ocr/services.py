@@ -72,10 +72,11 @@ def _store_event(task: OCRTask, type: str, **details) -> progress.TaskEventPaylo
     return payload
 
 
-def _store_result(task: OCRTask) -> None:
+def _store_result(task: OCRTask, **also) -> None:
+    """Assemble and store the task's result (with `also`, more fields in the same UPDATE)."""
     pages = OCRPage.objects.filter(task_id=task.pk).defer("outputs", "text_pdf")  # documents: downloads only
     task.result = progress.assemble_result(task, list(pages))
-    OCRTask.objects.filter(pk=task.pk).update(result=task.result)
+    OCRTask.objects.filter(pk=task.pk).update(result=task.result, **also)
 
 
 # --- Submit and start ---------------------------------------------------------------------
@@ -340,11 +341,13 @@ def task_cancel(
         # Stamped once the UPDATE holds the row: every page committed before it is older.
         now = timezone.now()
         if cancelled is not None:
-            cancelled.cancelled_at = now
-            OCRTask.objects.filter(pk=task.pk).update(cancelled_at=now)
-            # on commit, the worker is woken first (its tesseract dies sooner), then events go out
+            # The worker is woken twice: now, to wait for this commit on the row's lock (see
+            # queue.wake_task_worker), and on commit, first (its tesseract dies sooner), then
+            # events go out.
+            queue.wake_task_worker(task.pk, in_flight=True)
             transaction.on_commit(lambda: queue.wake_task_worker(task.pk))
-            _store_result(cancelled)
+            cancelled.cancelled_at = now
+            _store_result(cancelled, cancelled_at=now)
             _store_event(cancelled, EventType.CANCELLED)
             current, outcome = cancelled, "cancelled"
             status_before = TaskStatus.PROCESSING if cancelled.started_at else TaskStatus.PENDING

@@ -196,6 +196,28 @@ def degraded_pages() -> dict[str, Image.Image]:
 def test_degraded_pages_survive_the_default_threshold(upright_page, name):
     page = read(degraded_pages()[name])
     assert cer(one_line(upright_page.text), one_line(page.text)) <= (0.03 if name == "noise" else 0.01), page.text
+    # Sauvola only where the paper is uneven; a global cut on even paper (less tesseract time)
+    assert page.binarisation == ("adaptive" if name == "shading" else "global")
+    assert page.details()["binarisation"] == page.binarisation
+
+
+def test_very_faded_print_on_even_paper_is_read_with_the_global_cut(upright_page):
+    """Ink at 75% grey: Sauvola's local thresholds lose it all, tesseract's global cut reads it."""
+    very_faded = rendered().point(lambda v: 190 + v * 65 // 255)
+    page = read(very_faded)
+    assert page.binarisation == "global"
+    assert cer(one_line(upright_page.text), one_line(page.text)) <= 0.01, page.text
+
+
+def test_paper_spread_measures_the_paper_not_the_ink():
+    dense = rendered(LINES * 20, fontsize=10)  # lines 20 pt apart: little paper between them
+    assert imaging.paper_spread(dense) == 0
+    shadow = ImageChops.multiply(
+        dense, Image.linear_gradient("L").resize(dense.size).point(lambda v: 160 + v * 95 // 255)
+    )
+    assert imaging.paper_spread(shadow) > imaging.EVEN_PAPER_SPREAD
+    assert imaging.paper_spread(Image.new("L", (5, 3), 200)) == 0  # tiny images too
+    assert read(dense, threshold=500).binarisation is None  # a numeric threshold: our own cut
 
 
 def test_a_global_threshold_still_does_what_it_says():

@@ -132,28 +132,34 @@ class CancelWatcher(threading.Thread):
             return f"Limit exceeded: max_cpu_seconds={max_cpu}"
         return None
 
+    def poll_query(self) -> tuple[str, list, str]:
+        """The row poll: SQL, its parameters, and the clause that makes it wait for a lock on
+        the task's row. Plain SQL: this runs 20 times a second per task, and the ORM's query
+        building cost about 3x the CPU of the query itself."""
+        if self._poll_sql is None:
+            table = connection.ops.quote_name(OCRTask._meta.db_table)
+            self._poll_sql = f"SELECT status, attempt FROM {table} WHERE id = %s"  # noqa: S608
+            self._poll_pk = OCRTask._meta.pk.get_db_prep_value(self.task.pk, connection)
+        return self._poll_sql, [self._poll_pk], "FOR SHARE"
+
     def poll_row(self, *, wait_for_commit: bool = False) -> tuple[str, int] | None:
-        """(status, attempt) of the task, by plain SQL: this runs 20 times a second per task,
-        and the ORM's query building cost about 3x the CPU of the query itself.
+        """(status, attempt) of the task.
 
         `wait_for_commit` (PostgreSQL): a transaction that changed the row has woken us before
         its commit; FOR SHARE waits for its lock on the row and then reads the committed row,
         so the kill follows the commit at once instead of a second wake-up's trip. Bounded by
         LOCK_WAIT_MS; after it (or on any error) the plain read."""
-        if self._poll_sql is None:
-            table = connection.ops.quote_name(OCRTask._meta.db_table)
-            self._poll_sql = f"SELECT status, attempt FROM {table} WHERE id = %s"  # noqa: S608
-            self._poll_pk = OCRTask._meta.pk.get_db_prep_value(self.task.pk, connection)
+        sql, params, lock = self.poll_query()
         if wait_for_commit and connection.vendor == "postgresql":
             try:
                 with transaction.atomic(), connection.cursor() as cursor:
                     cursor.execute(f"SET LOCAL lock_timeout = '{LOCK_WAIT_MS}ms'")
-                    cursor.execute(f"{self._poll_sql} FOR SHARE", [self._poll_pk])
+                    cursor.execute(f"{sql} {lock}", params)
                     return cursor.fetchone()
             except DatabaseError as exc:
                 logger.info("task %s: lock-waiting read failed (%s), plain read", self.task.pk, exc)
         with connection.cursor() as cursor:
-            cursor.execute(self._poll_sql, [self._poll_pk])
+            cursor.execute(sql, params)
             return cursor.fetchone()
 
     def stop(self) -> None:

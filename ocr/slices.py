@@ -154,7 +154,7 @@ class SliceWatcher(CancelWatcher):
         self.slice = slice_
         self.others_cpu = 0.0
 
-    def poll_row(self) -> tuple[str, int] | None:
+    def poll_query(self) -> tuple[str, list, str]:
         """(task status, task attempt), the attempt -1 once the slice is no longer this one's."""
         if self._poll_sql is None:
             slices = connection.ops.quote_name(OCRSlice._meta.db_table)
@@ -163,9 +163,7 @@ class SliceWatcher(CancelWatcher):
                 f"SELECT t.status, CASE WHEN s.status = %s AND s.attempt = %s THEN t.attempt ELSE -1 END "  # noqa: S608
                 f"FROM {slices} s JOIN {tasks} t ON t.id = s.task_id WHERE s.id = %s"
             )
-        with connection.cursor() as cursor:
-            cursor.execute(self._poll_sql, [str(SliceStatus.PROCESSING), self.slice.attempt, self.slice.pk])
-            return cursor.fetchone()
+        return self._poll_sql, [str(SliceStatus.PROCESSING), self.slice.attempt, self.slice.pk], "FOR SHARE OF t"
 
     def heartbeat(self) -> None:
         super().heartbeat()

@@ -186,7 +186,7 @@ def both_nodes_reading(nodes, task_id) -> bool:
     """A page is recorded and each node holds a slice of the task and runs its tesseract; fails
     at once if the task ended first (the nodes never overlapped: see slices.SPARE_JOBS)."""
     task = OCRTask.objects.get(pk=task_id)
-    assert task.status in ("pending", "processing"), f"task {task.status} before both nodes read at once"
+    assert task.status in ("pending", "processing"), f"task {task.status} ({task.error_message}) before both nodes read"
     if not OCRPage.objects.filter(task_id=task_id).exists():
         return False
     hosts = set(OCRSlice.objects.filter(task_id=task_id, status="processing").values_list("worker_host", flat=True))

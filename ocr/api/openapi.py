@@ -57,6 +57,9 @@ REPLAYED = {
 # --- The `request` part ---------------------------------------------------------------------
 
 
+NO_NUL = "^[^\\x00]*$"  # a string without NUL characters
+
+
 def _integer(name: str, **extra) -> dict:
     spec = PARAMETER_RANGES[name]
     return {"type": "integer", "minimum": spec["min"], **({"maximum": spec["max"]} if "max" in spec else {}), **extra}
@@ -135,8 +138,9 @@ def request_schema(kind: Kind | None) -> dict:
             "text_layer": {"type": "string", "enum": ["auto", "ocr"], "default": "auto"},
         }
     llm_fields = {
-        "prompt": {"type": "string", "minLength": 1, "maxLength": 20000, "nullable": True},
-        "model": {"type": "string", "minLength": 1, "maxLength": 200, "nullable": True},
+        # DRF's CharField refuses NUL characters (400): the schema says so
+        "prompt": {"type": "string", "minLength": 1, "maxLength": 20000, "nullable": True, "pattern": NO_NUL},
+        "model": {"type": "string", "minLength": 1, "maxLength": 200, "nullable": True, "pattern": NO_NUL},
     }
     description = (
         "The `request` part (JSON). `outputs` are all written by the page's one tesseract run and downloaded from "

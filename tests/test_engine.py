@@ -4,6 +4,7 @@ import os
 import subprocess
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -98,11 +99,12 @@ def test_cancel_scope_kills_tesseract_mid_page(tmp_path):
     assert tesseract_pids(str(tmp_path)) == []
 
 
-def test_tesseract_yields_the_cpu_to_the_service(tmp_path):
-    """Nice 10 for the process and, where the kernel groups sessions (autogroup), for its
-    session's group too: there the process's own nice value only ranks it within its session."""
-    data = factories.slow_pdf(1)
-    image = engine.preprocess(engine.render_page(engine.open_pdf(data), 0, 600), contrast_level=1.3, threshold=500)
+@contextmanager
+def a_running_tesseract(tmp_path):
+    """The PID of a tesseract reading a slow 600 dpi page through the engine; killed after."""
+    image = engine.preprocess(
+        engine.render_page(engine.open_pdf(factories.slow_pdf(1)), 0, 600), contrast_level=1.3, threshold=500
+    )
     scope = engine.CancelScope()
     thread = threading.Thread(
         target=lambda: pytest.raises(
@@ -113,15 +115,22 @@ def test_tesseract_yields_the_cpu_to_the_service(tmp_path):
     try:
         wait_for(lambda: tesseract_pids(str(tmp_path)), timeout=10, interval=0.005)
         (pid,) = tesseract_pids(str(tmp_path))
+        yield pid
+    finally:
+        scope.cancel()
+        thread.join(10)
+
+
+def test_tesseract_yields_the_cpu_to_the_service(tmp_path):
+    """Nice 10 for the process and, where the kernel groups sessions (autogroup), for its
+    session's group too: there the process's own nice value only ranks it within its session."""
+    with a_running_tesseract(tmp_path) as pid:
         nice = engine.TESSERACT_NICE
         assert nice > 0  # the default, 10
         wait_for(lambda: os.getpriority(os.PRIO_PROCESS, pid) == nice, timeout=2, interval=0.005)
         if os.path.exists("/proc/self/autogroup"):  # "/autogroup-42 nice 10"
             autogroup = Path(f"/proc/{pid}/autogroup")
             wait_for(lambda: autogroup.read_text().split()[-1] == str(nice), timeout=2, interval=0.005)
-    finally:
-        scope.cancel()
-        thread.join(10)
 
 
 def test_tesseract_heap_is_in_huge_pages_where_the_kernel_offers_them(tmp_path):
@@ -129,27 +138,13 @@ def test_tesseract_heap_is_in_huge_pages_where_the_kernel_offers_them(tmp_path):
     thp = Path("/sys/kernel/mm/transparent_hugepage/enabled")
     if not thp.exists() or "[never]" in thp.read_text():
         pytest.skip("no transparent huge pages on this kernel")
-    data = factories.slow_pdf(1)
-    image = engine.preprocess(engine.render_page(engine.open_pdf(data), 0, 600), contrast_level=1.3, threshold=500)
-    scope = engine.CancelScope()
-    thread = threading.Thread(
-        target=lambda: pytest.raises(
-            engine.Cancelled, engine.run_tesseract, image, lang="eng", dpi=600, scope=scope, tmpdir=str(tmp_path)
-        )
-    )
-    thread.start()
 
     def huge_kb(pid: int) -> int:
         rollup = Path(f"/proc/{pid}/smaps_rollup").read_text()
         return int(rollup.split("AnonHugePages:")[1].split()[0])
 
-    try:
-        wait_for(lambda: tesseract_pids(str(tmp_path)), timeout=10, interval=0.005)
-        (pid,) = tesseract_pids(str(tmp_path))
+    with a_running_tesseract(tmp_path) as pid:
         wait_for(lambda: huge_kb(pid) > 0, timeout=5, interval=0.01)
-    finally:
-        scope.cancel()
-        thread.join(10)
 
 
 def test_slots_limit_concurrency(tmp_path):

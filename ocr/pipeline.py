@@ -65,8 +65,11 @@ class CancelWatcher(threading.Thread):
                     self.stopped.wait(poll)
                 if self.stopped.is_set():
                     return
+                if woke == queue.WAKE_IN_FLIGHT and connection.vendor == "postgresql":
+                    self.stop_in_flight()
+                    return
                 try:
-                    if self.check(wait_for_commit=woke == queue.WAKE_IN_FLIGHT):
+                    if self.check():
                         return
                 except (OperationalError, InterfaceError) as exc:  # a database restart: keep watching
                     if not database_lost:
@@ -84,11 +87,40 @@ class CancelWatcher(threading.Thread):
                 wakeups.close()
             connection.close()
 
-    def check(self, *, wait_for_commit: bool = False) -> bool:
+    def stop_in_flight(self) -> None:
+        """A cancel has changed the task's row and woken us before its commit (PostgreSQL, see
+        queue.wake_task_worker): kill now, then confirm on the commit (poll_row waits for it).
+
+        Only a cancel that changed the row sends this wake-up, so the kill does not wait for the
+        rest of its transaction (the event, result, audit and feed rows, the durable commit).
+        Should that transaction roll back after all, the attempt is re-queued at once (pages
+        done are kept) instead of stopped; re-queuing is conditional on the committed row, so a
+        cancel that commits late still wins. A database lost meanwhile leaves the attempt to
+        the sweeper's lost-work path, as for any dead worker."""
+        self.detected_at = time.monotonic()
+        killed = self.scope.cancel()
+        try:
+            row = self.poll_row(wait_for_commit=True)
+            if row is not None and row[1] == self.task.attempt and row[0] == TaskStatus.PROCESSING:
+                logger.warning(
+                    "task %s: the cancel that stopped attempt %d rolled back", self.task.pk, self.task.attempt
+                )
+                self.requeue()
+                return
+        except DatabaseError as exc:
+            logger.warning("task %s: stop not confirmed, database lost (%s)", self.task.pk, exc)
+            return
+        why = row[0] if row is not None and row[1] == self.task.attempt else "attempt taken over by another worker"
+        logger.info("task %s: stop detected in flight (%s), killed %d tesseract", self.task.pk, why, killed)
+
+    def requeue(self) -> None:
+        """Hand the stopped attempt back to the queue (pages done are kept)."""
+        services.task_requeue(task_id=self.task.pk, attempt=self.task.attempt)
+
+    def check(self) -> bool:
         """One look at the task's row: deadline, limits, heartbeat; True once the task is no
-        longer running in this attempt and its tesseracts were killed (the watcher is done).
-        `wait_for_commit`: a change of the row is in flight (see poll_row)."""
-        row = self.poll_row(wait_for_commit=wait_for_commit)
+        longer running in this attempt and its tesseracts were killed (the watcher is done)."""
+        row = self.poll_row()
         ours = row is not None and row[1] == self.task.attempt  # re-queued as lost: another worker's now
         running = ours and row[0] == TaskStatus.PROCESSING
         deadline = self.task.deadline_at
@@ -146,9 +178,8 @@ class CancelWatcher(threading.Thread):
         """(status, attempt) of the task.
 
         `wait_for_commit` (PostgreSQL): a transaction that changed the row has woken us before
-        its commit; FOR SHARE waits for its lock on the row and then reads the committed row,
-        so the kill follows the commit at once instead of a second wake-up's trip. Bounded by
-        LOCK_WAIT_MS; after it (or on any error) the plain read."""
+        its commit; FOR SHARE waits for its lock on the row and then reads the committed row
+        (see stop_in_flight). Bounded by LOCK_WAIT_MS; after it (or on any error) the plain read."""
         sql, params, lock = self.poll_query()
         if wait_for_commit and connection.vendor == "postgresql":
             try:

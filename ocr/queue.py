@@ -76,11 +76,12 @@ WAKE_IN_FLIGHT = b"in-flight"
 def wake_task_worker(task_id, *, in_flight: bool = False) -> None:
     """Tell the task's worker to look at its row now (a hint: the row is the truth).
 
-    `in_flight`: sent from inside a transaction that has changed the row and not committed
-    yet. On PostgreSQL the worker then reads the row with a lock-waiting read, which returns
-    the moment the change commits: the wake-up's trip overlaps the rest of the transaction.
-    Elsewhere (SQLite: readers never wait for writers) the worker ignores it and waits for the
-    wake-up sent on commit, which must always follow."""
+    `in_flight`: sent by a cancel from inside its transaction, once its UPDATE has changed the
+    row, before the commit. On PostgreSQL the worker kills at once and then confirms with a
+    lock-waiting read, which returns the moment the cancel commits (a cancel rolled back
+    after all re-queues the attempt: pipeline.CancelWatcher.stop_in_flight). Elsewhere
+    (SQLite: readers never wait for writers) the worker ignores it and waits for the wake-up
+    sent on commit, which must always follow."""
     import redis
     from django.conf import settings
     from django.db import connection

@@ -341,7 +341,7 @@ def task_cancel(
         # Stamped once the UPDATE holds the row: every page committed before it is older.
         now = timezone.now()
         if cancelled is not None:
-            # The worker is woken twice: now, to wait for this commit on the row's lock (see
+            # The worker is woken twice: now, to kill at once and confirm on this commit (see
             # queue.wake_task_worker), and on commit, first (its tesseract dies sooner), then
             # events go out.
             queue.wake_task_worker(task.pk, in_flight=True)

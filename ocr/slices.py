@@ -165,6 +165,9 @@ class SliceWatcher(CancelWatcher):
             )
         return self._poll_sql, [str(SliceStatus.PROCESSING), self.slice.attempt, self.slice.pk], "FOR SHARE OF t"
 
+    def requeue(self) -> None:
+        requeue(self.slice)
+
     def heartbeat(self) -> None:
         super().heartbeat()
         OCRSlice.objects.filter(pk=self.slice.pk, status=SliceStatus.PROCESSING, attempt=self.slice.attempt).update(

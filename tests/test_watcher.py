@@ -2,6 +2,7 @@
 
 import subprocess
 import time
+from contextlib import contextmanager
 
 import pytest
 
@@ -43,11 +44,11 @@ def test_watcher_without_redis_still_polls(settings, monkeypatch):
     watcher.join(3)
 
 
-def test_a_wake_up_before_the_commit_waits_for_it_on_postgresql(settings):
-    """The cancel wakes the worker from inside its transaction; on PostgreSQL the watcher's
-    read waits for the row's lock and kills at the commit. Only that in-flight wake-up is sent
-    here (no wake-up on commit) and the poll is 5 s away: a plain read would see `processing`
-    and wait for the poll."""
+@contextmanager
+def in_flight_cancel(task, *, commit: bool):
+    """What task_cancel does on PostgreSQL up to its commit: the status UPDATE, the in-flight
+    wake-up (and no wake-up on commit), then the rest of the transaction, which holds the row
+    until the tesseract stand-in is dead; then commit, or roll back. The time of the commit."""
     from django.db import connection, transaction
 
     from ocr import queue
@@ -55,22 +56,64 @@ def test_a_wake_up_before_the_commit_waits_for_it_on_postgresql(settings):
 
     if connection.vendor != "postgresql":
         pytest.skip("readers wait for a writer's lock only on PostgreSQL (SQLite ignores the in-flight wake-up)")
-    settings.OCR_CANCEL_POLL_SECONDS = 5.0
-    task = factories.submit_task(start=True)
-    scope = engine.CancelScope()
-    stand_in = subprocess.Popen(["sleep", "30"], start_new_session=True)
-    with scope.track(stand_in):
-        watcher = CancelWatcher(task, scope)
-        watcher.start()
-        time.sleep(0.3)  # subscribed and waiting
+
+    class RolledBack(Exception):
+        pass
+
+    try:
         with transaction.atomic():
             OCRTask.objects.filter(pk=task.pk).update(status=TaskStatus.CANCELLED)
             queue.wake_task_worker(task.pk, in_flight=True)
-            time.sleep(0.5)  # the rest of the transaction
-            assert stand_in.poll() is None  # nothing is killed before the commit
-            committed = time.monotonic()
-        stand_in.wait(timeout=3)
-        killed_after = time.monotonic() - committed
+            yield
+            if not commit:
+                raise RolledBack
+    except RolledBack:
+        pass
+
+
+def watched_stand_in(task, settings):
+    """A watcher (poll 5 s away: only a wake-up makes it act) over a tesseract stand-in."""
+    settings.OCR_CANCEL_POLL_SECONDS = 5.0
+    scope = engine.CancelScope()
+    stand_in = subprocess.Popen(["sleep", "30"], start_new_session=True)
+    watcher = CancelWatcher(task, scope)
+    return scope, stand_in, watcher
+
+
+def test_a_wake_up_before_the_commit_kills_at_once_and_confirms_on_postgresql(settings):
+    """The cancel wakes the worker from inside its transaction: the kill does not wait for the
+    rest of the transaction, and the watcher ends once the commit confirms the cancel."""
+    from ocr.models import OCRTask, TaskStatus
+
+    task = factories.submit_task(start=True)
+    scope, stand_in, watcher = watched_stand_in(task, settings)
+    with scope.track(stand_in):
+        watcher.start()
+        time.sleep(0.3)  # subscribed and waiting
+        with in_flight_cancel(task, commit=True):
+            stand_in.wait(timeout=3)  # killed while the cancel has not committed yet
+            assert watcher.is_alive()  # waiting for the commit to confirm
     watcher.join(3)
-    assert killed_after < 0.5, killed_after
     assert watcher.detected_at is not None and not watcher.is_alive()
+    assert OCRTask.objects.get(pk=task.pk).status == TaskStatus.CANCELLED
+
+
+def test_a_cancel_that_rolls_back_after_the_kill_requeues_the_attempt(settings):
+    """Killed on the in-flight wake-up, but the cancel's transaction rolls back: the attempt
+    is handed back to the queue (a status event says so) rather than left stopped and running."""
+    from ocr.models import OCRTask, TaskEvent, TaskStatus
+
+    task = factories.submit_task(start=True)
+    scope, stand_in, watcher = watched_stand_in(task, settings)
+    with scope.track(stand_in):
+        watcher.start()
+        time.sleep(0.3)
+        with in_flight_cancel(task, commit=False):
+            stand_in.wait(timeout=3)
+    watcher.join(3)
+    assert not watcher.is_alive()
+    after = OCRTask.objects.get(pk=task.pk)
+    assert after.status == TaskStatus.PENDING and after.worker_pid is None
+    assert (
+        list(TaskEvent.objects.filter(task_id=task.pk).order_by("seq").values_list("type", flat=True))[-1] == "status"
+    )

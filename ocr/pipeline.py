@@ -212,6 +212,9 @@ def run_watched(task: OCRTask, watcher: CancelWatcher, work, finish) -> None:
         watcher.scope.cancel()
     if watcher.detected_at is not None:
         stopped_ms = (time.monotonic() - watcher.detected_at) * 1000
+        # A stop seen in flight is confirmed by the watcher once the cancel commits; before
+        # that, the conditional UPDATE below would see the row still `processing`.
+        watcher.join(LOCK_WAIT_MS / 1000 + 5)
         services.task_work_stopped(task_id=task.pk)
         logger.info("task %s: work stopped %.0f ms after the cancel was detected", task.pk, stopped_ms)
 

@@ -1,13 +1,14 @@
 """The worker's cancel watcher, in-process: a cancel reaches it through Redis at once."""
 
 import subprocess
+import threading
 import time
 from contextlib import contextmanager
 
 import pytest
 
 from ocr import engine, services
-from ocr.pipeline import CancelWatcher
+from ocr.pipeline import CancelWatcher, run_watched
 from tests import factories
 from tests.support import wait_for
 
@@ -87,15 +88,24 @@ def test_a_wake_up_before_the_commit_kills_at_once_and_confirms_on_postgresql(se
 
     task = factories.submit_task(start=True)
     scope, stand_in, watcher = watched_stand_in(task, settings)
+
+    def work():  # what the job does: waits for its tesseract, and stops when it is cancelled
+        stand_in.wait()
+        scope.check()
+
     with scope.track(stand_in):
-        watcher.start()
+        job = threading.Thread(target=run_watched, args=(task, watcher, work, lambda: None))
+        job.start()
         time.sleep(0.3)  # subscribed and waiting
         with in_flight_cancel(task, commit=True):
             stand_in.wait(timeout=3)  # killed while the cancel has not committed yet
+            time.sleep(0.3)  # the job has seen its tesseract die meanwhile
             assert watcher.is_alive()  # waiting for the commit to confirm
-    watcher.join(3)
-    assert watcher.detected_at is not None and not watcher.is_alive()
-    assert OCRTask.objects.get(pk=task.pk).status == TaskStatus.CANCELLED
+        job.join(5)
+    assert watcher.detected_at is not None and not watcher.is_alive() and not job.is_alive()
+    after = OCRTask.objects.get(pk=task.pk)
+    assert after.status == TaskStatus.CANCELLED
+    assert after.work_stopped_at is not None  # written after the confirmation, not before
 
 
 def test_a_cancel_that_rolls_back_after_the_kill_requeues_the_attempt(settings):

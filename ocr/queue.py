@@ -79,7 +79,7 @@ def wake_task_worker(task_id, *, in_flight: bool = False) -> None:
     `in_flight`: sent by a cancel from inside its transaction, once its UPDATE has changed the
     row, before the commit. On PostgreSQL the worker kills at once and then confirms with a
     lock-waiting read, which returns the moment the cancel commits (a cancel rolled back
-    after all re-queues the attempt: pipeline.CancelWatcher.stop_in_flight). Elsewhere
+    after all re-queues the attempt: watcher.CancelWatcher.stop_in_flight). Elsewhere
     (SQLite: readers never wait for writers) the worker ignores it and waits for the wake-up
     sent on commit, which must always follow."""
     import redis

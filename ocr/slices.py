@@ -31,10 +31,11 @@ from django.utils import timezone
 
 from . import engine, queue, services
 from .models import OCRPage, OCRSlice, OCRTask, SliceStatus, TaskStatus
-from .pipeline import CancelWatcher, PagePipeline, run_watched
+from .pipeline import PagePipeline
 from .scheduling import PRIORITY_RANK
 from .services import PageOutcome
 from .upkeep import WORKER_LOST_MESSAGE
+from .watcher import CancelWatcher, run_watched
 
 logger = logging.getLogger(__name__)
 

@@ -1,5 +1,5 @@
 """django-q2 entry points: run one task (`process_task`, queued as queue.PROCESS_TASK_JOB),
-reap lost work, apply retention. The work itself is in ocr/pipeline.py."""
+reap lost work, apply retention. The work itself is in ocr/pipeline.py, watched by ocr/watcher.py."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ from django.db import InterfaceError, OperationalError, close_old_connections, c
 
 from . import engine, scheduling, services, slices, upkeep
 from .models import OCRPage, OCRSlice, OCRTask, TaskStatus
-from .pipeline import CancelWatcher, PagePipeline, pages_dir, run_watched
+from .pipeline import PagePipeline, pages_dir
+from .watcher import CancelWatcher, run_watched
 
 logger = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ from contextlib import contextmanager
 import pytest
 
 from ocr import engine, services
-from ocr.pipeline import CancelWatcher, run_watched
+from ocr.watcher import CancelWatcher, run_watched
 from tests import factories
 from tests.support import wait_for
 
@@ -49,14 +49,11 @@ def test_watcher_without_redis_still_polls(settings, monkeypatch):
 def in_flight_cancel(task, *, commit: bool):
     """What task_cancel does on PostgreSQL up to its commit: the status UPDATE, the in-flight
     wake-up (and no wake-up on commit), then the rest of the transaction, which holds the row
-    until the tesseract stand-in is dead; then commit, or roll back. The time of the commit."""
-    from django.db import connection, transaction
+    until the tesseract stand-in is dead; then commit, or roll back."""
+    from django.db import transaction
 
     from ocr import queue
     from ocr.models import OCRTask, TaskStatus
-
-    if connection.vendor != "postgresql":
-        pytest.skip("readers wait for a writer's lock only on PostgreSQL (SQLite ignores the in-flight wake-up)")
 
     class RolledBack(Exception):
         pass
@@ -74,6 +71,10 @@ def in_flight_cancel(task, *, commit: bool):
 
 def watched_stand_in(task, settings):
     """A watcher (poll 5 s away: only a wake-up makes it act) over a tesseract stand-in."""
+    from django.db import connection
+
+    if connection.vendor != "postgresql":  # before any thread starts
+        pytest.skip("readers wait for a writer's lock only on PostgreSQL (SQLite ignores the in-flight wake-up)")
     settings.OCR_CANCEL_POLL_SECONDS = 5.0
     scope = engine.CancelScope()
     stand_in = subprocess.Popen(["sleep", "30"], start_new_session=True)

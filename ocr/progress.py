@@ -157,19 +157,20 @@ def publish_feed(feed_id: int, task_id: uuid.UUID | str) -> None:
 
 
 def _send(messages: list[tuple[str, dict]], what: str) -> None:
-    """The one sender to the Channels layer; one call, so one connection, for all `messages`."""
+    """The one sender to the Channels layer; one call, so one connection, for all `messages`.
+    In a request it does not wait (layer_sender.post): the response goes out meanwhile."""
     layer = get_channel_layer()
     if layer is None:
         return
 
     async def send_all() -> None:
-        for group, message in messages:
-            await layer.group_send(group, message)
+        for attempt in (1, 2):  # a pooled connection that a Redis restart broke fails once
+            try:
+                for group, message in messages:
+                    await layer.group_send(group, message)
+                return
+            except Exception:
+                if attempt == 2:
+                    raise
 
-    for attempt in (1, 2):  # a pooled connection that a Redis restart broke fails once
-        try:
-            layer_sender.run(send_all)
-            return
-        except Exception:
-            if attempt == 2:
-                logger.warning("%s could not be published", what, exc_info=True)
+    layer_sender.post(send_all, what)

@@ -46,12 +46,15 @@ async def get(app, path: str) -> tuple[int, bytes]:
     return start["status"], body
 
 
-def connections_opened_by(app, path: str, requests: int) -> list[int]:
-    """The threads that opened a database connection while `requests` GETs went through `app`."""
+def connections_opened_by(app, path: str, requests: int, wrappers: list | None = None) -> list[int]:
+    """The threads that opened a database connection while `requests` GETs went through `app`
+    (and their connections' Django wrappers in `wrappers`)."""
     opened: list[int] = []
 
     def count(sender, connection, **kwargs):
         opened.append(threading.get_ident())
+        if wrappers is not None:
+            wrappers.append(connection)
 
     connection_created.connect(count)
     try:
@@ -78,8 +81,12 @@ def test_without_leases_every_request_opens_a_connection():
     """The measurement above can fail: Django alone opens one connection per request."""
     task = factories.submit_task(pages=1)
     path = f"/v1/ocr/tasks/{task.pk}"
-    opened = connections_opened_by(ThreadLeases(application.application_mapping["http"].app, size=0), path, 5)
+    wrappers: list = []
+    opened = connections_opened_by(ThreadLeases(application.application_mapping["http"].app, size=0), path, 5, wrappers)
     assert len(opened) == 5
+    # ... and closes it at the end: left open on a thread that is gone, 50 clients ran
+    # PostgreSQL out of connections (persistent connections, CONN_MAX_AGE).
+    assert [wrapper.connection for wrapper in wrappers] == [None] * 5
 
 
 def test_a_busy_thread_is_not_lent_twice():

@@ -79,3 +79,57 @@ def test_a_forked_process_starts_its_own_loop():
             os._exit(0)
     os.waitpid(pid, 0)
     assert os.read(read, 2) == b"ok"
+
+
+def test_in_a_request_post_returns_at_once_and_the_sends_go_out_in_order():
+    """A cancel's response does not wait for the publish of its event; a slow first send does
+    not let a later one overtake it."""
+    sent: list[int] = []
+    release = threading.Event()
+
+    def sender(number: int, slow: bool = False):
+        async def send() -> None:
+            if slow:
+                await asyncio.get_running_loop().run_in_executor(None, release.wait, 5)
+            sent.append(number)
+
+        return send
+
+    def view() -> list[int]:
+        layer_sender.post(sender(1, slow=True), "send 1")
+        layer_sender.post(sender(2), "send 2")
+        return list(sent)
+
+    async def request() -> list[int]:
+        seen_by_the_view = await sync_to_async(view)()
+        await asyncio.sleep(0.05)  # the loop is free: a send not held by the one before would go now
+        before_release = list(sent)
+        release.set()
+        for _ in range(100):
+            if len(sent) == 2:
+                break
+            await asyncio.sleep(0.01)
+        return seen_by_the_view, before_release
+
+    seen_by_the_view, before_release = asyncio.run(request())
+    assert seen_by_the_view == [] and before_release == []
+    assert sent == [1, 2]
+
+
+def test_post_logs_errors_and_timeouts_instead_of_raising(caplog):
+    async def fails() -> None:
+        raise ConnectionError("redis gone")
+
+    async def hangs() -> None:
+        await asyncio.sleep(30)
+
+    layer_sender.post(fails, "task x: event 3")  # outside a request: waits, logs
+
+    async def request() -> None:
+        await sync_to_async(layer_sender.post)(hangs, "task y: event 4", 0.1)
+        await sync_to_async(layer_sender.post)(fails, "task z: event 5")
+        await asyncio.sleep(0.5)
+
+    asyncio.run(request())
+    messages = [record.getMessage() for record in caplog.records]
+    assert messages == [f"task {n} could not be published" for n in ("x: event 3", "y: event 4", "z: event 5")]

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import logging
+import sys
+
 from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent, TooManyFilesSent
-from django.http import JsonResponse
+from django.db import InterfaceError, OperationalError
+from django.http import HttpResponse, JsonResponse
 from django.views import defaults
 from rest_framework import exceptions as drf_exceptions
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
+
+logger = logging.getLogger(__name__)
+
+DATABASE_RETRY_AFTER = 2  # seconds: a restart, a failover, or connections all taken
 
 
 class DomainError(Exception):
@@ -115,6 +123,28 @@ def bad_request(request, exception):
         return defaults.bad_request(request, exception)
     detail = str(exception) if isinstance(exception, RequestDataTooBig | TooManyFieldsSent | TooManyFilesSent) else ""
     return JsonResponse({"detail": detail or "Bad request"}, status=400)
+
+
+def server_error(request):
+    """Django's own 500s (ocrsite/urls.py handler500), for errors nothing else answered. A
+    database that cannot be reached (restarting, failing over, out of connections: "too many
+    clients already") is not the request's fault nor a bug: 503 with `Retry-After`, and the
+    request can be sent again. JSON on the API; Django's page elsewhere."""
+    exc = sys.exc_info()[1]
+    unavailable = isinstance(exc, OperationalError | InterfaceError)
+    if unavailable:
+        logger.warning("%s %s: database unavailable (503): %s", request.method, request.path, exc)
+    if not request.path.startswith("/v1/"):
+        if unavailable:
+            response = HttpResponse("Service unavailable: the database cannot be reached. Retry shortly.", status=503)
+            response["Retry-After"] = str(DATABASE_RETRY_AFTER)
+            return response
+        return defaults.server_error(request)
+    if unavailable:
+        response = JsonResponse({"detail": "The database cannot be reached; retry shortly"}, status=503)
+        response["Retry-After"] = str(DATABASE_RETRY_AFTER)
+        return response
+    return JsonResponse({"detail": "Internal server error"}, status=500)
 
 
 def error_json(exc: Exception) -> JsonResponse | None:

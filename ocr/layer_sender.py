@@ -16,7 +16,6 @@ daphne's own loop and connections, and it still does.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import threading
@@ -64,8 +63,7 @@ def _start_after_the_last(loop: asyncio.AbstractEventLoop, send, what: str, time
 
     async def in_turn() -> None:
         if previous is not None:
-            with contextlib.suppress(BaseException):
-                await previous
+            await asyncio.wait({previous})  # its end, whatever it was (its error is logged)
         try:
             await asyncio.wait_for(send(), timeout)
         except Exception:

@@ -5,6 +5,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from ocr.api.operations import metrics_prometheus
 
 handler400 = "ocr.exceptions.bad_request"  # JSON on the API
+handler500 = "ocr.exceptions.server_error"  # JSON on the API; 503 when the database is unavailable
 
 urlpatterns = [
     path("admin/", admin.site.urls),

@@ -9,19 +9,27 @@ connecting; PostgreSQL saw one new session per request.
 
 `ThreadLeases` lends each HTTP request one of up to `size` single-thread executors for its whole
 life (asgiref runs the request's thread-sensitive code there), so the thread and its database
-connection (CONN_MAX_AGE, CONN_HEALTH_CHECKS) serve request after request. A lease is exclusive:
-a slow view (a bulk cancel, a large upload) delays no other request. When every thread is lent,
-or for the streams that stay open for minutes while mostly waiting on Redis (they would hold a
-thread doing nothing), a request runs on a thread of its own, whose database connection is
-closed when the request ends. (Django alone would leave it open for CONN_MAX_AGE on a thread
-that is gone, until the garbage collector finds it: 50 clients through two daphne processes
-ran PostgreSQL out of connections, "too many clients already", and a third of the answers were
-500s; benchmarks/api_load.py.)
+connection (CONN_MAX_AGE, CONN_HEALTH_CHECKS) serve request after request. A lease is exclusive.
+When every thread is lent, a request waits for the next one given back, first come first served:
+so a web process never holds more than `size` connections for its requests. (Such requests
+used to run on a thread of their own, each opening a connection: with 50 clients on 2 cores,
+benchmarks/api_load.py, that cost 6.0 ms of service CPU per GET against 3.6 ms now (261 against
+444 GETs/s), and on PostgreSQL it ran the server out of connections, "too many clients already",
+because Django leaves a persistent connection open on a thread that is gone until the garbage
+collector finds it: a third of the answers were 500s.)
+
+The streams, which stay open for minutes while mostly waiting on Redis (they would hold a
+kept thread doing nothing), run on a thread of their own that closes its database connection
+after each piece of sync code (a stream reads the database in short bursts: a replay, a gap):
+so open streams hold no connection (each held one for its whole life: a hundred SSE clients
+would have taken PostgreSQL's hundred). With `size` 0, every request runs on a thread of its
+own, its connection closed when the request ends.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import re
 from concurrent.futures import ThreadPoolExecutor
@@ -41,19 +49,46 @@ class ThreadLeases:
         self.size = size
         self.created = 0
         self.free: list[ThreadPoolExecutor] = []  # touched only on the event loop's thread
+        self.waiting: collections.deque[asyncio.Future] = collections.deque()  # requests, first come first served
 
     async def __call__(self, scope, receive, send) -> None:
-        executor = self._lease() if scope["type"] == "http" and not LONG_LIVED.match(scope["path"]) else None
-        if executor is None:
+        if scope["type"] != "http" or LONG_LIVED.match(scope["path"]) or not self.size:
             return await self._on_a_thread_of_its_own(scope, receive, send)
+        executor = await self._next_free()
         try:
             async with ThreadSensitiveContext(executor=executor):
                 await self.app(scope, receive, send)
         finally:
-            self.free.append(executor)
+            self._give_back(executor)
+
+    async def _next_free(self) -> ThreadPoolExecutor:
+        executor = self._lease()
+        if executor is not None:
+            return executor
+        turn = asyncio.get_running_loop().create_future()
+        self.waiting.append(turn)
+        try:
+            return await turn
+        except asyncio.CancelledError:
+            if turn.done() and not turn.cancelled():
+                self._give_back(turn.result())  # handed over as the request was dropped
+            else:
+                self.waiting.remove(turn)
+            raise
+
+    def _give_back(self, executor: ThreadPoolExecutor) -> None:
+        while self.waiting:
+            turn = self.waiting.popleft()
+            if not turn.done():
+                turn.set_result(executor)
+                return
+        self.free.append(executor)
 
     async def _on_a_thread_of_its_own(self, scope, receive, send) -> None:
-        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="http-once")
+        if scope["type"] == "http" and LONG_LIVED.match(scope["path"]):
+            executor = _ClosingExecutor(max_workers=1, thread_name_prefix="http-stream")
+        else:
+            executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="http-once")
         try:
             async with ThreadSensitiveContext(executor=executor):
                 await self.app(scope, receive, send)
@@ -71,3 +106,17 @@ class ThreadLeases:
         self.created += 1
         logger.debug("http thread %d of %d started", self.created, self.size)
         return ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"http-{self.created}")
+
+
+class _ClosingExecutor(ThreadPoolExecutor):
+    """Closes the thread's database connections after each call it runs."""
+
+    def submit(self, fn, /, *args, **kwargs):
+        return super().submit(_then_close, fn, args, kwargs)
+
+
+def _then_close(fn, args, kwargs):
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        connections.close_all()

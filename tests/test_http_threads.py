@@ -4,13 +4,16 @@ sync in one hop (ocrsite/settings.py, MIDDLEWARE)."""
 
 import asyncio
 import json
+import os
 import threading
+import time
 
 import pytest
 from asgiref.testing import ApplicationCommunicator
 from django.db.backends.signals import connection_created
 from django.urls import reverse
 
+from ocr.models import PageSource
 from ocrsite.asgi import application
 from ocrsite.http_threads import LONG_LIVED, ThreadLeases
 from tests import factories
@@ -89,10 +92,51 @@ def test_without_leases_every_request_opens_a_connection():
     assert [wrapper.connection for wrapper in wrappers] == [None] * 5
 
 
+def test_requests_beyond_the_kept_threads_wait_for_one_in_turn():
+    """No extra thread, no extra connection: with 50 clients, requests that found every thread
+    lent each opened a connection (and a thread) of their own, and cost 60% more CPU."""
+    task = factories.submit_task(pages=1)
+    path = f"/v1/ocr/tasks/{task.pk}"
+    leases = ThreadLeases(application.application_mapping["http"].app, size=1)
+    opened: list[int] = []
+
+    def count(sender, connection, **kwargs):
+        opened.append(threading.get_ident())
+
+    async def run() -> list[int]:
+        answers = await asyncio.gather(*(get(leases, path) for _ in range(6)))
+        return [status for status, _ in answers]
+
+    connection_created.connect(count)
+    try:
+        statuses = asyncio.run(run())
+    finally:
+        connection_created.disconnect(count)
+    assert statuses == [200] * 6
+    assert len(opened) <= 1 and leases.created == 1 and not leases.waiting
+
+
+def test_a_request_dropped_while_waiting_loses_no_thread():
+    async def run() -> None:
+        leases = ThreadLeases(app=None, size=1)
+        held = await leases._next_free()
+        dropped = asyncio.ensure_future(leases._next_free())
+        served = asyncio.ensure_future(leases._next_free())
+        await asyncio.sleep(0)
+        dropped.cancel()  # the client went away while waiting
+        await asyncio.sleep(0)
+        leases._give_back(held)
+        assert await asyncio.wait_for(served, 1) is held  # the next in line gets it
+        leases._give_back(held)
+        assert leases.free == [held] and not leases.waiting
+
+    asyncio.run(run())
+
+
 def test_a_busy_thread_is_not_lent_twice():
     leases = ThreadLeases(app=None, size=2)
     first, second = leases._lease(), leases._lease()
-    assert first is not second and leases._lease() is None  # both lent: a request gets its own thread
+    assert first is not second and leases._lease() is None  # both lent: a request waits for one
     leases.free.append(first)
     assert leases._lease() is first
 
@@ -130,3 +174,56 @@ def test_task_json_unchanged_through_the_asgi_application():
     task = factories.submit_task(pages=1)
     status, body = asyncio.run(get(application, f"/v1/ocr/tasks/{task.pk}"))
     assert status == 200 and json.loads(body)["task_id"] == str(task.pk)
+
+
+def database_connections_of(pid: int) -> int:
+    """Open connections of process `pid` to the test database: its sockets to PostgreSQL's
+    port, or its descriptors of the SQLite file (one per connection)."""
+    from django.db import connection
+
+    targets: set[str] = set()
+    if connection.vendor == "postgresql":
+        port = f"{int(connection.settings_dict['PORT'] or 5432):04X}"
+        for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+            with open(table) as handle:
+                for line in list(handle)[1:]:
+                    fields = line.split()
+                    if fields[2].endswith(f":{port}") and fields[3] == "01":  # remote port, ESTABLISHED
+                        targets.add(f"socket:[{fields[9]}]")
+    else:
+        targets.add(str(connection.settings_dict["NAME"]))
+    count = 0
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}") in targets:
+                count += 1
+        except OSError:
+            pass
+    return count
+
+
+def test_open_streams_hold_no_database_connection(tmp_path):
+    """Each SSE stream held a connection for its whole life (a hundred clients would take
+    PostgreSQL's hundred); now its thread closes it after each burst of database reads."""
+    from tests.conftest import start_daphne
+    from tests.support import SSEClient, stop_process, wait_for
+
+    task = factories.submit_task(streaming=True, pages=2, start=True)
+    proc, url = start_daphne(tmp_path, OCR_HTTP_THREADS="1")
+    streams = []
+    try:
+        for _ in range(6):
+            stream = SSEClient(url, f"/v1/ocr/stream/{task.pk}", timeout=20)
+            events = stream.events()
+            assert next(events)[1]["seq"] == 1  # replayed from the database
+            streams.append(stream)
+        time.sleep(0.3)  # the streams now wait on Redis
+        held = database_connections_of(proc.pid)
+        assert held <= 1, f"{held} database connections held by daphne for 6 open streams"
+        factories.record_page(task_id=task.pk, page_number=1, text="p1", source=PageSource.OCR, processing_time=0.1)
+        for stream in streams:  # a live event still arrives on every stream
+            assert wait_for(lambda s=stream: next(s.events())[1]["type"] == "page_completed", timeout=10)
+    finally:
+        for stream in streams:
+            stream.close()
+        stop_process(proc)

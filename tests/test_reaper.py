@@ -64,6 +64,7 @@ def test_pending_job_lost_by_the_broker_is_queued_again():
     from django_q.brokers import get_broker
 
     task = factories.submit_task()
+    assert task.enqueued_at is not None  # stamped by the INSERT: its job goes on the queue at commit
     get_broker().purge_queue()  # as if a dying worker had taken the job
     OCRTask.objects.filter(pk=task.pk).update(created_at=timezone.now() - timedelta(seconds=120), enqueued_at=None)
     assert upkeep.reap_lost_tasks(lost_after=30, requeue_pending_after=60)["pending_requeued"] == 1

@@ -131,20 +131,15 @@ def server_error(request):
     clients already") is not the request's fault nor a bug: 503 with `Retry-After`, and the
     request can be sent again. JSON on the API; Django's page elsewhere."""
     exc = sys.exc_info()[1]
-    unavailable = isinstance(exc, OperationalError | InterfaceError)
-    if unavailable:
+    if isinstance(exc, OperationalError | InterfaceError):
         logger.warning("%s %s: database unavailable (503): %s", request.method, request.path, exc)
-    if not request.path.startswith("/v1/"):
-        if unavailable:
-            response = HttpResponse("Service unavailable: the database cannot be reached. Retry shortly.", status=503)
-            response["Retry-After"] = str(DATABASE_RETRY_AFTER)
-            return response
-        return defaults.server_error(request)
-    if unavailable:
-        response = JsonResponse({"detail": "The database cannot be reached; retry shortly"}, status=503)
-        response["Retry-After"] = str(DATABASE_RETRY_AFTER)
-        return response
-    return JsonResponse({"detail": "Internal server error"}, status=500)
+        unavailable = ServiceUnavailable("The database cannot be reached; retry shortly", DATABASE_RETRY_AFTER)
+        if request.path.startswith("/v1/"):
+            return error_json(unavailable)
+        return HttpResponse(f"Service unavailable: {unavailable.detail}.", status=503, headers=unavailable.headers)
+    if request.path.startswith("/v1/"):
+        return JsonResponse({"detail": "Internal server error"}, status=500)
+    return defaults.server_error(request)
 
 
 def error_json(exc: Exception) -> JsonResponse | None:

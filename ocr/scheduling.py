@@ -1,5 +1,6 @@
-"""Which pending task starts next: high priority first, then round-robin across clients, then
-oldest first; a task's place in that order (`queue_position`) and a start estimate.
+"""Whether a submit is taken now (`admit`: MAX_CONCURRENT_TASKS, a high priority preempting a
+low one), and which pending task starts next: high priority first, then round-robin across
+clients, then oldest first; a task's place in that order (`queue_position`) and a start estimate.
 
 Jobs on the broker do not choose their task: a job starts the first pending task of this order
 (ocr/tasks.py). Every pending task has a job of its own on the queue, so every one is started.
@@ -14,6 +15,7 @@ behind all of them.
 from __future__ import annotations
 
 import heapq
+import logging
 import math
 import uuid
 from collections import defaultdict
@@ -23,11 +25,42 @@ from django.conf import settings
 from django.db.models import Avg, F
 from django.utils import timezone
 
-from .models import OCRTask, Priority, TaskStatus
+from .exceptions import ServiceUnavailable
+from .kinds import Kind
+from .models import ACTIVE_STATUSES, CancelledBy, OCRTask, Priority, TaskStatus
+
+logger = logging.getLogger(__name__)
 
 PRIORITY_RANK = {Priority.HIGH: 0, Priority.NORMAL: 1, Priority.LOW: 2}
 DEFAULT_TASK_SECONDS = 10.0
 ESTIMATE_WINDOW = timedelta(hours=1)
+LLM_NOT_CONFIGURED = "LLM OCR is not configured: set OCR_LLM_BASE_URL (and OCR_LLM_MODEL, OCR_LLM_API_KEY)"
+BUSY_RETRY_AFTER_SECONDS = 5
+PREEMPTED_REASON = "Preempted by higher-priority work"
+
+
+def admit(*, kind: Kind, priority: str = Priority.NORMAL) -> None:
+    """Refuse a submit the service cannot take now (ServiceUnavailable, 503); when only full, a
+    high-priority submit preempts the newest pending low-priority task instead."""
+    from . import services  # which admits every submit through here
+
+    if kind.uses_llm and not settings.OCR_LLM_BASE_URL:
+        raise ServiceUnavailable(LLM_NOT_CONFIGURED)
+    if settings.MAX_CONCURRENT_TASKS:
+        active = OCRTask.objects.filter(status__in=ACTIVE_STATUSES).count()
+        if active < settings.MAX_CONCURRENT_TASKS:
+            return
+        victim = newest_pending_low() if priority == Priority.HIGH else None
+        cancelled = victim and services.task_cancel_if_active(
+            task_id=victim, reason=PREEMPTED_REASON, cancelled_by=CancelledBy.SYSTEM
+        )
+        if cancelled:
+            logger.info("task %s: preempted by a high-priority submit", victim)
+        else:
+            raise ServiceUnavailable(
+                f"Server busy: {active} tasks queued or running (MAX_CONCURRENT_TASKS); retry later",
+                retry_after=BUSY_RETRY_AFTER_SECONDS,
+            )
 
 
 def client_of(owner_id, session_key: str, task_id) -> str:

@@ -32,7 +32,6 @@ from .models import (
     EventType,
     OCRPage,
     OCRTask,
-    Priority,
     TaskEvent,
     TaskStatus,
     storage_name,
@@ -43,9 +42,6 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_CANCEL_REASON = "User requested cancellation"
 DISCONNECT_REASON = "Client disconnected"
-LLM_NOT_CONFIGURED = "LLM OCR is not configured: set OCR_LLM_BASE_URL (and OCR_LLM_MODEL, OCR_LLM_API_KEY)"
-BUSY_RETRY_AFTER_SECONDS = 5
-PREEMPTED_REASON = "Preempted by higher-priority work"
 
 
 def _advance(task_id: uuid.UUID, from_statuses, *, only_attempt: int | None = None, **fields) -> OCRTask | None:
@@ -82,25 +78,6 @@ def _store_result(task: OCRTask, **also) -> None:
 # --- Submit and start ---------------------------------------------------------------------
 
 
-def task_admit(*, kind: Kind, priority: str = Priority.NORMAL) -> None:
-    """Refuse a submit the service cannot take now (ServiceUnavailable, 503); when only full, a
-    high-priority submit preempts the newest pending low-priority task instead."""
-    if kind.uses_llm and not settings.OCR_LLM_BASE_URL:
-        raise ServiceUnavailable(LLM_NOT_CONFIGURED)
-    if settings.MAX_CONCURRENT_TASKS:
-        active = OCRTask.objects.filter(status__in=ACTIVE_STATUSES).count()
-        if active < settings.MAX_CONCURRENT_TASKS:
-            return
-        victim = scheduling.newest_pending_low() if priority == Priority.HIGH else None
-        if victim and task_cancel_if_active(task_id=victim, reason=PREEMPTED_REASON, cancelled_by=CancelledBy.SYSTEM):
-            logger.info("task %s: preempted by a high-priority submit", victim)
-        else:
-            raise ServiceUnavailable(
-                f"Server busy: {active} tasks queued or running (MAX_CONCURRENT_TASKS); retry later",
-                retry_after=BUSY_RETRY_AFTER_SECONDS,
-            )
-
-
 def task_submit(
     *,
     kind: Kind,
@@ -117,7 +94,7 @@ def task_submit(
     resumed_from: uuid.UUID | None = None,
 ) -> OCRTask:
     """Admit, then create a pending task with its input file and first event; queued on commit."""
-    task_admit(kind=kind, priority=params.priority)
+    scheduling.admit(kind=kind, priority=params.priority)
     task = OCRTask(
         id=task_id or uuid.uuid4(),
         task_type=kind.slug,
@@ -148,7 +125,7 @@ def task_submit(
         with transaction.atomic():
             task.save(force_insert=True)
             _store_event(task, EventType.STATUS)
-            transaction.on_commit(lambda: enqueue_task(task.pk, stamp=False))
+            transaction.on_commit(lambda: enqueue_task(task.pk))
             if task.deadline_at is not None:
                 transaction.on_commit(queue.wake_sweeper)
     except IntegrityError as exc:
@@ -159,17 +136,11 @@ def task_submit(
     return task
 
 
-def enqueue_task(task_id: uuid.UUID, *, stamp: bool = True) -> None:
-    """Put the task's job on the queue. A duplicate job is harmless: only one start wins.
-
-    `stamp`: write `enqueued_at` (the sweeper re-queues a pending task whose job is lost). A new
-    task has it from its INSERT: one write less on the submit's path, before its answer and
-    beside its worker's start (submit -> started_at p50 16.9 -> 16.0 ms over 2 x 100 tasks,
-    benchmarks/api_load.py --dispatch 100, SQLite)."""
+def enqueue_task(task_id: uuid.UUID) -> None:
+    """Put the task's job on the queue. A duplicate job is harmless: only one start wins. The
+    write that made the task pending stamps `enqueued_at` (no write of its own here)."""
     try:
         queue.enqueue(task_id)
-        if stamp:
-            OCRTask.objects.filter(pk=task_id).update(enqueued_at=timezone.now())
     except Exception as exc:  # the broker is down: fail the task rather than leave it pending
         logger.exception("task %s: could not be queued", task_id)
         task_fail(task_id=task_id, error=f"Could not queue the task: {exc}")
@@ -199,7 +170,12 @@ def task_requeue(*, task_id: uuid.UUID, attempt: int) -> bool:
     """processing (in `attempt`, whose worker is thought lost) -> pending, queued again on commit."""
     with transaction.atomic():
         task = _advance(
-            task_id, [TaskStatus.PROCESSING], only_attempt=attempt, status=TaskStatus.PENDING, worker_pid=None
+            task_id,
+            [TaskStatus.PROCESSING],
+            only_attempt=attempt,
+            status=TaskStatus.PENDING,
+            worker_pid=None,
+            enqueued_at=timezone.now(),
         )
         if task is None:
             return False

@@ -92,6 +92,7 @@ def reap_lost_tasks(
     )
     for task_id in queue.missing_from_queue(list(waiting.values_list("pk", flat=True)[:1000])):
         logger.warning("task %s: pending but not on the queue, queued again", task_id)
+        OCRTask.objects.filter(pk=task_id).update(enqueued_at=now)
         services.enqueue_task(task_id)
         report["pending_requeued"] += 1
     return report

@@ -52,8 +52,9 @@ class ThreadLeases:
         self.waiting: collections.deque[asyncio.Future] = collections.deque()  # requests, first come first served
 
     async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http" or LONG_LIVED.match(scope["path"]) or not self.size:
-            return await self._on_a_thread_of_its_own(scope, receive, send)
+        long_lived = scope["type"] == "http" and bool(LONG_LIVED.match(scope["path"]))
+        if scope["type"] != "http" or long_lived or not self.size:
+            return await self._on_a_thread_of_its_own(scope, receive, send, closing_each_call=long_lived)
         executor = await self._next_free()
         try:
             async with ThreadSensitiveContext(executor=executor):
@@ -84,8 +85,8 @@ class ThreadLeases:
                 return
         self.free.append(executor)
 
-    async def _on_a_thread_of_its_own(self, scope, receive, send) -> None:
-        if scope["type"] == "http" and LONG_LIVED.match(scope["path"]):
+    async def _on_a_thread_of_its_own(self, scope, receive, send, *, closing_each_call: bool) -> None:
+        if closing_each_call:
             executor = _ClosingExecutor(max_workers=1, thread_name_prefix="http-stream")
         else:
             executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="http-once")

@@ -61,7 +61,7 @@ def no_worker(monkeypatch) -> list:
     """For tests that play the worker themselves through the services: their jobs are not put
     on the queue (a running test cluster would race them); returns the ids that would be."""
     queued: list = []
-    monkeypatch.setattr("ocr.services.enqueue_task", lambda task_id, **_: queued.append(str(task_id)))
+    monkeypatch.setattr("ocr.services.enqueue_task", lambda task_id: queued.append(str(task_id)))
     return queued
 
 

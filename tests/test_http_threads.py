@@ -49,9 +49,12 @@ async def get(app, path: str) -> tuple[int, bytes]:
     return start["status"], body
 
 
-def connections_opened_by(app, path: str, requests: int, wrappers: list | None = None) -> list[int]:
-    """The threads that opened a database connection while `requests` GETs went through `app`
-    (and their connections' Django wrappers in `wrappers`)."""
+def connections_opened_by(
+    app, path: str, requests: int, wrappers: list | None = None, *, at_once: bool = False
+) -> list[int]:
+    """The threads that opened a database connection while `requests` GETs (one after the
+    other, or `at_once`) went through `app`, each answered 200 (and their connections' Django
+    wrappers in `wrappers`)."""
     opened: list[int] = []
 
     def count(sender, connection, **kwargs):
@@ -63,9 +66,11 @@ def connections_opened_by(app, path: str, requests: int, wrappers: list | None =
     try:
 
         async def run():
-            for _ in range(requests):
-                status, body = await get(app, path)
-                assert status == 200, body
+            if at_once:
+                answers = await asyncio.gather(*(get(app, path) for _ in range(requests)))
+            else:
+                answers = [await get(app, path) for _ in range(requests)]
+            assert [status for status, _ in answers] == [200] * requests, answers
 
         asyncio.run(run())
     finally:
@@ -98,21 +103,7 @@ def test_requests_beyond_the_kept_threads_wait_for_one_in_turn():
     task = factories.submit_task(pages=1)
     path = f"/v1/ocr/tasks/{task.pk}"
     leases = ThreadLeases(application.application_mapping["http"].app, size=1)
-    opened: list[int] = []
-
-    def count(sender, connection, **kwargs):
-        opened.append(threading.get_ident())
-
-    async def run() -> list[int]:
-        answers = await asyncio.gather(*(get(leases, path) for _ in range(6)))
-        return [status for status, _ in answers]
-
-    connection_created.connect(count)
-    try:
-        statuses = asyncio.run(run())
-    finally:
-        connection_created.disconnect(count)
-    assert statuses == [200] * 6
+    opened = connections_opened_by(leases, path, requests=6, at_once=True)
     assert len(opened) <= 1 and leases.created == 1 and not leases.waiting
 
 

@@ -30,11 +30,13 @@ def test_lost_task_is_requeued_once_then_failed(django_capture_on_commit_callbac
         task_id=task.pk, page_number=1, text="one", source=PageSource.OCR, processing_time=0.1, attempt=1
     )
     age_heartbeat(task)
+    first_queued = OCRTask.objects.get(pk=task.pk).enqueued_at
     with django_capture_on_commit_callbacks(execute=True):
         report = upkeep.reap_lost_tasks(lost_after=30)
     assert report["requeued"] == 1
     task.refresh_from_db()
     assert task.status == "pending" and task.attempt == 1 and task.processed_pages == 1
+    assert task.enqueued_at > first_queued  # stamped by the UPDATE that made it pending again
     assert no_worker == [str(task.pk)]  # queued again
     # the lost worker, if it still runs, can no longer write; the next attempt can
     again = services.task_start(task_id=task.pk, total_pages=2)
@@ -69,6 +71,7 @@ def test_pending_job_lost_by_the_broker_is_queued_again():
     OCRTask.objects.filter(pk=task.pk).update(created_at=timezone.now() - timedelta(seconds=120), enqueued_at=None)
     assert upkeep.reap_lost_tasks(lost_after=30, requeue_pending_after=60)["pending_requeued"] == 1
     assert str(task.pk) in queued_task_ids()
+    assert OCRTask.objects.get(pk=task.pk).enqueued_at is not None
     # already on the queue: not queued twice
     OCRTask.objects.filter(pk=task.pk).update(enqueued_at=timezone.now() - timedelta(seconds=120))
     assert upkeep.reap_lost_tasks(lost_after=30, requeue_pending_after=60)["pending_requeued"] == 0

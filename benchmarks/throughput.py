@@ -13,6 +13,12 @@ Service side: the same PDF is POSTed to /v1/ocr/process-pdf through daphne with
 workers. The queue case submits `--tasks` PDFs of `--task-pages` pages at once (concurrent
 POSTs) and runs until the last `completed_at`; its raw side is the same pages.
 
+A third side, for the single task only and reported for information: raw asking tesseract
+for what the service asks of it, the TSV (`tesseract FILE BASE ... tsv`): every OCR'd page
+needs its words' confidences (`mean_confidence`, API.md section 9), and tesseract's word-level
+outputs (TSV, hOCR, ALTO) cost it about 5% more CPU than its text alone. Against that side the
+ratio shows the service's own overhead; against plain text, the price of the confidences too.
+
 Fairness on a noisy 2-core machine: the raw and service runs alternate (raw, service for the
 single task, then raw, service for the queue); with `--rounds N` the order flips every round
 (raw first, service first, ...) so that a drift hits both sides alike, and the figures are the
@@ -67,10 +73,16 @@ def count_pages(data: bytes) -> int:
         return doc.page_count
 
 
-def run_raw(pages: list[tuple[Path, int]], *, dpi: int, lang: str) -> float:
+# what the raw side asks tesseract for: the text on stdout, or the TSV (as the service does,
+# for every page's words and mean confidence; its text is rebuilt from the TSV)
+RAW_OUTPUTS = {"raw": (), "raw_tsv": ("tsv",)}
+
+
+def run_raw(pages: list[tuple[Path, int]], *, dpi: int, lang: str, outputs: tuple[str, ...] = ()) -> float:
     """Seconds for what a user would script instead: each page rendered with pymupdf (greyscale
     at `dpi`, written as PGM, the cheapest format to write and read) and fed to plain tesseract,
-    CORES pages at a time (render and OCR of different pages overlap)."""
+    CORES pages at a time (render and OCR of different pages overlap). The text on stdout, or
+    with `outputs` those of tesseract's outputs, in files."""
     import pymupdf
 
     env = {**os.environ, "OMP_THREAD_LIMIT": "1"}
@@ -80,8 +92,9 @@ def run_raw(pages: list[tuple[Path, int]], *, dpi: int, lang: str) -> float:
         image = path.with_name(f"{path.stem}-page{index + 1}.pgm")
         with pymupdf.open(path) as doc:
             doc[index].get_pixmap(dpi=dpi, colorspace=pymupdf.csGRAY).save(image)
+        target = str(image.with_suffix("")) if outputs else "stdout"
         subprocess.run(
-            ["tesseract", str(image), "stdout", "-l", lang, "--dpi", str(dpi)],
+            ["tesseract", str(image), target, "-l", lang, "--dpi", str(dpi), *outputs],
             env=env,
             check=True,
             stdout=subprocess.DEVNULL,
@@ -162,21 +175,24 @@ def main() -> None:
                     ("queue", queue_paths, queue_pdfs),
                 ):
                     sides = ("raw", "service") if round_index % 2 == 0 else ("service", "raw")
+                    if case == "single":  # the service's own overhead, apart from what it asks of tesseract
+                        sides += ("raw_tsv",)
                     for side in sides:
                         sampler.reset()
                         meter.mark()
-                        if side == "raw":
+                        if side.startswith("raw"):
                             children_before = os.times()
-                            seconds = run_raw(paths, dpi=args.dpi, lang="eng")
+                            seconds = run_raw(paths, dpi=args.dpi, lang="eng", outputs=RAW_OUTPUTS[side])
                             children_after = os.times()
-                            run[f"{case}_raw_seconds"] = round(seconds, 3)
+                            run[f"{case}_{side}_seconds"] = round(seconds, 3)
                             tesseract_cpu = (
                                 children_after.children_user
                                 + children_after.children_system
                                 - children_before.children_user
                                 - children_before.children_system
                             )
-                            run[f"{case}_raw_cpu_ms_per_page"] = {"tesseract": round(tesseract_cpu * 1000 / len(paths))}
+                            tesseract_ms = round(tesseract_cpu * 1000 / len(paths))
+                            run[f"{case}_{side}_cpu_ms_per_page"] = {"tesseract": tesseract_ms}
                         else:
                             cpu_before = service.cpu_seconds()
                             result = run_service(service, pdfs, dpi=args.dpi, timeout=args.timeout)
@@ -195,7 +211,7 @@ def main() -> None:
                         foreign_max = max(foreign_max, sampler.maxima["foreign"])
                         run[f"{case}_{side}_foreign_cpu_cores"] = round(meter.foreign_cores(), 2)
                         # Share of the run during which all `cores` tesseract slots were busy, on average.
-                        run[f"{case}_{side}_tesseract_busy"] = round(sampler.mean(side) / CORES, 3)
+                        run[f"{case}_{side}_tesseract_busy"] = round(sampler.mean(side.split("_")[0]) / CORES, 3)
                         log(
                             "round %d %s %s: %d pages in %.2f s (%.3f pages/s), tesseract at once %s, "
                             "slots busy %.3f, foreign CPU %.2f cores",
@@ -211,6 +227,7 @@ def main() -> None:
                         )
                 run["single_ratio"] = round(run["single_raw_seconds"] / run["single_service_seconds"], 3)
                 run["queue_ratio"] = round(run["queue_raw_seconds"] / run["queue_service_seconds"], 3)
+                run["single_ratio_tsv"] = round(run["single_raw_tsv_seconds"] / run["single_service_seconds"], 3)
                 runs.append(run)
         finally:
             sampler.stop()
@@ -224,6 +241,11 @@ def main() -> None:
     queue_service_pps = queue_total / median("queue_service_seconds")
     single_ratio = median("single_ratio")
     queue_ratio = median("queue_ratio")
+    tsv_ratio = median("single_ratio_tsv")
+    tesseract_ms = {
+        side: statistics.median(run[f"single_{side}_cpu_ms_per_page"]["tesseract"] for run in runs)
+        for side in ("raw", "raw_tsv", "service")
+    }
     workers = int(service.env["OCR_WORKERS"])
     result = {
         "pages": args.pages,
@@ -239,6 +261,10 @@ def main() -> None:
             "service_pages_per_s": round(queue_service_pps, 3),
             "ratio": queue_ratio,
         },
+        # raw asked for what the service asks tesseract for (the TSV: words, confidences)
+        "raw_tsv_pages_per_s": round(args.pages / median("single_raw_tsv_seconds"), 3),
+        "ratio_to_raw_tsv": tsv_ratio,
+        "tesseract_cpu_ms_per_page": tesseract_ms,
         "max_concurrent_tesseract": max_service_tesseract,
         # Mean share of the tesseract slots in use during each run (medians over rounds): unlike
         # the ratios, hardly moved by other programs' load; the gap is the service's own overhead.
@@ -281,6 +307,18 @@ def main() -> None:
                 f"{queue_service_pps:.3f} / {queue_raw_pps:.3f} = {queue_ratio:.3f}x",
                 ">= 0.95x",
                 verdict(queue_ratio >= 0.95),
+            ),
+            Row(
+                "one PDF: service / raw asking tesseract for the TSV as the service does, pages per s",
+                f"{service_pps:.3f} / {args.pages / median('single_raw_tsv_seconds'):.3f} = {tsv_ratio:.3f}x",
+                "-",
+                verdict(None),
+            ),
+            Row(
+                "tesseract CPU per page (one PDF): raw text / raw TSV / service",
+                " / ".join(f"{tesseract_ms[side]:.0f} ms" for side in ("raw", "raw_tsv", "service")),
+                "-",
+                verdict(None),
             ),
             Row(
                 "tesseract processes at once (service)",

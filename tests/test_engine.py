@@ -30,6 +30,62 @@ def test_image_only_pdf_is_read_with_low_character_error_rate():
         assert support.cer(expected, ocr_pdf_page(data, index)) < 0.02
 
 
+def varied_layouts_pdf() -> bytes:
+    """Two columns under a heading, a table, short lines of mixed sizes: pages whose blocks,
+    paragraphs and lines tesseract groups in different ways."""
+    import pymupdf
+
+    words = "invoice total amount due 2026 Street Paris 42.50 e-mail: a@b.com (note) 3.14% x/y the fox".split()
+
+    def text(count: int, seed: int) -> str:
+        return " ".join(words[(seed * 7 + i * 5) % len(words)] for i in range(count))
+
+    doc = pymupdf.open()
+    page = doc.new_page()
+    page.insert_textbox(pymupdf.Rect(50, 50, 290, 800), "\n\n".join(text(40, n) for n in range(4)), fontsize=9)
+    page.insert_textbox(pymupdf.Rect(310, 50, 560, 800), "HEADING\n" + "\n\n".join(text(25, n) for n in range(5)))
+    page = doc.new_page()
+    for row in range(25):
+        for column in range(5):
+            page.insert_text((50 + column * 105, 60 + row * 22), text(1 + (row + column) % 2, row + column), fontsize=9)
+    page = doc.new_page()
+    y = 60
+    for line in range(20):
+        size = (7, 9, 12, 16, 22)[line % 5]
+        page.insert_text((50 + line * 7 % 100, y), text(1 + line % 8, line), fontsize=size)
+        y += size * 1.8
+    return doc.tobytes()
+
+
+def test_text_rebuilt_from_the_tsv_is_tesseract_s_own_text(tmp_path):
+    """With the TSV (every page asks for it) tesseract is not asked for its text output too:
+    the text is rebuilt from the TSV, and must be exactly what tesseract's text output says."""
+    doc = engine.open_pdf(varied_layouts_pdf())
+    for index in range(doc.page_count):
+        image = engine.render_page(doc, index, 150)
+        own = engine.run_tesseract(image, lang="eng", dpi=150, tmpdir=str(tmp_path))
+        rebuilt = engine.run_tesseract(image, lang="eng", dpi=150, tmpdir=str(tmp_path), formats=("tsv",))
+        assert "tsv" in rebuilt.files and "text" not in rebuilt.files
+        assert own.text.count("\n\n") >= 2 and len(own.text.split()) > 50  # several paragraphs and lines
+        assert rebuilt.text == own.text
+
+
+@pytest.mark.parametrize(
+    ("lang", "from_tsv"),
+    [
+        ("eng", True),
+        ("eng+deu", True),
+        ("script/Latin", True),
+        ("ara", False),
+        ("eng+heb", False),
+        ("script/Arabic", False),
+    ],
+)
+def test_right_to_left_text_is_never_rebuilt_from_the_tsv(lang, from_tsv):
+    """tesseract marks direction changes in the text of right-to-left languages, not in the TSV."""
+    assert engine._left_to_right(lang) is from_tsv
+
+
 def test_text_layer_is_read_without_ocr():
     doc = engine.open_pdf(factories.text_pdf(1))
     text = engine.page_text_layer(doc, 0)

@@ -125,6 +125,8 @@ def task_submit(
         with transaction.atomic():
             task.save(force_insert=True)
             _store_event(task, EventType.STATUS)
+            # the row as submitted: once committed, a free worker may start it before the answer is built
+            task.refresh_from_db()
             transaction.on_commit(lambda: enqueue_task(task.pk))
             if task.deadline_at is not None:
                 transaction.on_commit(queue.wake_sweeper)
@@ -132,7 +134,6 @@ def task_submit(
         task.input_file.delete(save=False)
         raise TaskConflict(f"Task {task.pk} already exists") from exc
     logger.info("task %s: %s task submitted (%s, %d bytes)", task.pk, kind.slug, task.input_name, len(data))
-    task.refresh_from_db()
     return task
 
 

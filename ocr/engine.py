@@ -201,7 +201,7 @@ def text_from_tsv(tsv: bytes) -> str:
         fields = row.split("\t")
         if len(fields) < 12 or fields[0] != "5":
             continue
-        if (fields[:5]) != line:  # level, page, block, paragraph, line
+        if fields[:5] != line:  # level, page, block, paragraph, line
             if words:
                 lines.append(" ".join(words))
                 words = []

@@ -196,11 +196,12 @@ class CancelWatcher(threading.Thread):
 def run_watched(task: OCRTask, watcher: CancelWatcher, work, finish) -> None:
     """Run `work()` under `watcher`, then `finish()` unless a cancel stopped the work first;
     no tesseract outlives this call, whatever ended it."""
+    finished = False
     watcher.start()
     try:
         work()
         watcher.stop()
-        finish()  # guarded: a no-op when a cancel won
+        finished = finish()  # guarded: a no-op when a cancel won (False, or None for a slice)
     except engine.Cancelled:
         pass
     finally:
@@ -213,3 +214,7 @@ def run_watched(task: OCRTask, watcher: CancelWatcher, work, finish) -> None:
         watcher.join(LOCK_WAIT_MS / 1000 + 5)
         services.task_work_stopped(task_id=task.pk)
         logger.info("task %s: work stopped %.0f ms after the cancel was detected", task.pk, stopped_ms)
+    elif not finished:
+        # A cancel that landed as the work ended, unseen by the stopped watcher: the work is over
+        # all the same (a no-op unless the task is cancelled).
+        services.task_work_stopped(task_id=task.pk)

@@ -45,6 +45,25 @@ def test_watcher_without_redis_still_polls(settings, monkeypatch):
     watcher.join(3)
 
 
+def test_a_cancel_landing_as_the_work_ends_still_records_when_the_work_stopped():
+    """The pages are done and the watcher stopped; the cancel commits before the task's finish:
+    the finish is refused (the cancel won) and the task still says when its work stopped."""
+    from ocr.models import OCRTask
+
+    task = factories.submit_task(start=True)
+    watcher = CancelWatcher(task, engine.CancelScope())
+
+    def finish() -> bool:
+        services.task_cancel(task=task, reason="just too late")
+        return services.task_finish(task_id=task.pk, attempt=task.attempt)
+
+    run_watched(task, watcher, lambda: None, finish)
+    task = OCRTask.objects.get(pk=task.pk)
+    assert watcher.detected_at is None  # the watcher never saw it
+    assert task.status == "cancelled" and task.work_stopped_at is not None
+    assert task.work_stopped_at >= task.cancelled_at
+
+
 @contextmanager
 def in_flight_cancel(task, *, commit: bool):
     """What task_cancel does on PostgreSQL up to its commit: the status UPDATE, the in-flight

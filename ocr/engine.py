@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 
@@ -185,6 +186,15 @@ SAUVOLA = "thresholding_method=2"  # tesseract 5's adaptive binarisation (thresh
 RIGHT_TO_LEFT = frozenset("ara ckb div fas heb kur nqo ota pus snd syr uig urd yid Arabic Hebrew Syriac Thaana".split())
 
 
+def tsv_words(tsv: bytes) -> Iterator[list[str]]:
+    """The word rows (level 5) of tesseract's TSV, each its 12 fields: level, page_num,
+    block_num, par_num, line_num, word_num, left, top, width, height, conf, text."""
+    for row in tsv.decode(errors="replace").split("\n")[1:]:
+        fields = row.split("\t")
+        if len(fields) >= 12 and fields[0] == "5":
+            yield fields
+
+
 def text_from_tsv(tsv: bytes) -> str:
     """tesseract's text output rebuilt from its TSV, as its text renderer joins a left-to-right
     page: a line's words joined by one space, a newline after each line and after each paragraph.
@@ -197,10 +207,7 @@ def text_from_tsv(tsv: bytes) -> str:
     lines: list[str] = []
     words: list[str] = []
     line = paragraph = None
-    for row in tsv.decode(errors="replace").split("\n")[1:]:
-        fields = row.split("\t")
-        if len(fields) < 12 or fields[0] != "5":
-            continue
+    for fields in tsv_words(tsv):
         if fields[:5] != line:  # level, page, block, paragraph, line
             if words:
                 lines.append(" ".join(words))

@@ -7,8 +7,6 @@ by `ocr.engine` and tracked by the task's CancelScope, so a cancel kills OSD as 
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 from dataclasses import dataclass, field
 
@@ -76,15 +74,14 @@ class PageRead:
 def parse_tsv(tsv: bytes) -> list[dict]:
     """Word rows (level 5) of tesseract's TSV: text, confidence, bbox [x0, y0, x1, y1]."""
     words = []
-    reader = csv.DictReader(io.StringIO(tsv.decode(errors="replace")), delimiter="\t", quoting=csv.QUOTE_NONE)
-    for row in reader:
-        text = (row.get("text") or "").strip()
-        if row.get("level") != "5" or not text:
+    for fields in engine.tsv_words(tsv):
+        text = fields[11].strip()
+        if not text:
             continue
         try:
-            left, top, width, height = (int(row[key]) for key in ("left", "top", "width", "height"))
-            confidence = float(row["conf"])
-        except (KeyError, TypeError, ValueError):
+            left, top, width, height = (int(value) for value in fields[6:10])
+            confidence = float(fields[10])
+        except ValueError:
             continue
         if confidence < 0:
             continue

@@ -196,12 +196,11 @@ class CancelWatcher(threading.Thread):
 def run_watched(task: OCRTask, watcher: CancelWatcher, work, finish) -> None:
     """Run `work()` under `watcher`, then `finish()` unless a cancel stopped the work first;
     no tesseract outlives this call, whatever ended it."""
-    finished = False
     watcher.start()
     try:
         work()
         watcher.stop()
-        finished = finish()  # guarded: a no-op when a cancel won (False, or None for a slice)
+        finish()  # guarded: a no-op when a cancel won
     except engine.Cancelled:
         pass
     finally:
@@ -212,9 +211,7 @@ def run_watched(task: OCRTask, watcher: CancelWatcher, work, finish) -> None:
         # A stop seen in flight is confirmed by the watcher once the cancel commits; before
         # that, the conditional UPDATE below would see the row still `processing`.
         watcher.join(LOCK_WAIT_MS / 1000 + 5)
-        services.task_work_stopped(task_id=task.pk)
         logger.info("task %s: work stopped %.0f ms after the cancel was detected", task.pk, stopped_ms)
-    elif not finished:
-        # A cancel that landed as the work ended, unseen by the stopped watcher: the work is over
-        # all the same (a no-op unless the task is cancelled).
-        services.task_work_stopped(task_id=task.pk)
+    # The work is over: a cancelled task records when (a no-op for any other), also after a
+    # cancel that landed as the work ended, unseen by the stopped watcher (its finish refused).
+    services.task_work_stopped(task_id=task.pk)

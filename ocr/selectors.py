@@ -41,10 +41,10 @@ def task_get_for(*, user, task_id: uuid.UUID, task_type: str | None = None, stre
         tasks = tasks.filter(task_type=task_type)
     if streaming_only:
         tasks = tasks.filter(streaming=True)
-    task = tasks.first()
-    if task is None:
-        raise TaskNotFound(pk)
-    return task
+    try:
+        return tasks.get()  # not .first(): its ORDER BY (the model's ordering) cost a fifth of the lookup
+    except OCRTask.DoesNotExist:
+        raise TaskNotFound(pk) from None
 
 
 def task_list_for(

@@ -13,12 +13,12 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
 from ocr.routing import websocket_urlpatterns  # noqa: E402
 from ocr.websocket_auth import OriginCheck, TokenAuthMiddleware  # noqa: E402
-from ocrsite.http_threads import ThreadLeases  # noqa: E402
+from ocrsite.http_threads import SyncViewsHandler, ThreadLeases  # noqa: E402
 
 # Session, then token authentication; then the Origin check (it needs to know which was used).
 application = ProtocolTypeRouter(
     {
-        "http": ThreadLeases(django_asgi_app, size=settings.OCR_HTTP_THREADS),
+        "http": ThreadLeases(SyncViewsHandler(), size=settings.OCR_HTTP_THREADS, long_lived_app=django_asgi_app),
         "websocket": AuthMiddlewareStack(TokenAuthMiddleware(OriginCheck(URLRouter(websocket_urlpatterns)))),
     }
 )

@@ -10,13 +10,18 @@ connecting; PostgreSQL saw one new session per request.
 `ThreadLeases` lends each HTTP request one of up to `size` single-thread executors for its whole
 life (asgiref runs the request's thread-sensitive code there), so the thread and its database
 connection (CONN_MAX_AGE, CONN_HEALTH_CHECKS) serve request after request. A lease is exclusive.
-When every thread is lent, a request waits for the next one given back, first come first served:
-so a web process never holds more than `size` connections for its requests. (Such requests
-used to run on a thread of their own, each opening a connection: with 50 clients on 2 cores,
-benchmarks/api_load.py, that cost 6.0 ms of service CPU per GET against 3.6 ms now (261 against
-444 GETs/s), and on PostgreSQL it ran the server out of connections, "too many clients already",
-because Django leaves a persistent connection open on a thread that is gone until the garbage
-collector finds it: a third of the answers were 500s.)
+When every thread is lent, a request waits for the next one given back: so a web process never
+holds more than `size` connections for its requests. Two lanes: the QUICK requests (a task's
+GET, a cancel, the health probe) are served first, and the others (submits, downloads, bulk
+cancels) hold at most `others_limit` threads, the rest being kept for the quick ones; an other
+request that has waited OTHERS_WAIT_MAX goes first, so that neither lane starves. (With one
+lane, ten PDF downloads at once made a task's GET wait 0.5-1.2 s, and under 50 clients a cancel
+waited for the submits queued before it.) (Requests beyond the threads used to run on a thread
+of their own, each opening a connection: with 50 clients on 2 cores, api_load.py, that cost 6.0
+ms of service CPU per GET against 3.6 ms now (261 against 444 GETs/s), and on PostgreSQL it ran
+the server out of connections, "too many clients already", because Django leaves a persistent
+connection open on a thread that is gone until the garbage collector finds it: a third of the
+answers were 500s.)
 
 The streams, which stay open for minutes while mostly waiting on Redis (they would hold a
 kept thread doing nothing), run on a thread of their own that closes its database connection
@@ -32,6 +37,7 @@ import asyncio
 import collections
 import logging
 import re
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 from asgiref.sync import ThreadSensitiveContext, sync_to_async
@@ -44,6 +50,18 @@ logger = logging.getLogger(__name__)
 LONG_LIVED = re.compile(r"^/v1/ocr/(stream/[^/]+|events|[a-z-]+-sync)/?$")
 
 
+# Requests that never wait behind slower ones for a thread: a task's GET, a cancel (REST, stream,
+# admin), the health probe.
+_ID = r"[0-9a-fA-F-]{32,36}"
+QUICK = re.compile(
+    rf"^/(v1/ocr/([a-z-]*tasks/{_ID}(/cancel)?|stream/{_ID}/cancel|health)|admin/ocr/ocrtask/[^/]+/cancel)/?$"
+)
+
+
+# A request of the other lane waiting this long goes before the QUICK ones.
+OTHERS_WAIT_MAX = 1.0
+
+
 class ThreadLeases:
     def __init__(self, app, size: int, long_lived_app=None) -> None:
         self.app = app
@@ -51,41 +69,66 @@ class ThreadLeases:
         self.size = size
         self.created = 0
         self.free: list[ThreadPoolExecutor] = []  # touched only on the event loop's thread
-        self.waiting: collections.deque[asyncio.Future] = collections.deque()  # requests, first come first served
+        # Other requests (submits, downloads, bulk cancels, pages) hold at most this many leases:
+        # the rest are kept for the QUICK ones, which are also served first.
+        self.others_limit = size - max(1, size // 4) if size > 1 else size
+        self.others_held = 0
+        self.waiting: collections.deque[asyncio.Future] = collections.deque()  # QUICK requests, in turn
+        self.waiting_others: collections.deque[tuple[asyncio.Future, float]] = collections.deque()  # since
 
     async def __call__(self, scope, receive, send) -> None:
         long_lived = scope["type"] == "http" and bool(LONG_LIVED.match(scope["path"]))
         if scope["type"] != "http" or long_lived or not self.size:
             return await self._on_a_thread_of_its_own(scope, receive, send, closing_each_call=long_lived)
-        executor = await self._next_free()
+        quick = bool(QUICK.match(scope["path"]))
+        executor = await self._next_free(quick)
         try:
             async with ThreadSensitiveContext(executor=executor):
                 await self.app(scope, receive, send)
         finally:
-            self._give_back(executor)
+            self._give_back(executor, quick)
 
-    async def _next_free(self) -> ThreadPoolExecutor:
-        executor = self._lease()
+    async def _next_free(self, quick: bool = True) -> ThreadPoolExecutor:
+        executor = self._lease(quick)
         if executor is not None:
             return executor
         turn = asyncio.get_running_loop().create_future()
-        self.waiting.append(turn)
+        entry = turn if quick else (turn, time.monotonic())
+        queue = self.waiting if quick else self.waiting_others
+        queue.append(entry)
         try:
             return await turn
         except asyncio.CancelledError:
             if turn.done() and not turn.cancelled():
-                self._give_back(turn.result())  # handed over as the request was dropped
+                self._give_back(turn.result(), quick)  # handed over as the request was dropped
             else:
-                self.waiting.remove(turn)
+                queue.remove(entry)
             raise
 
-    def _give_back(self, executor: ThreadPoolExecutor) -> None:
-        while self.waiting:
-            turn = self.waiting.popleft()
+    def _give_back(self, executor: ThreadPoolExecutor, quick: bool = True) -> None:
+        """To a waiting QUICK request first, unless another has waited OTHERS_WAIT_MAX seconds:
+        quick requests come first, and the others cannot starve."""
+        if not quick:
+            self.others_held -= 1
+        if self._others_overdue() and self._to_other(executor):
+            return
+        if _hand_over(self.waiting, executor) or self._to_other(executor):
+            return
+        self.free.append(executor)
+
+    def _others_overdue(self) -> bool:
+        return bool(self.waiting_others) and time.monotonic() - self.waiting_others[0][1] > OTHERS_WAIT_MAX
+
+    def _to_other(self, executor: ThreadPoolExecutor) -> bool:
+        if self.others_held >= self.others_limit:
+            return False
+        while self.waiting_others:
+            turn, _ = self.waiting_others.popleft()
             if not turn.done():
                 turn.set_result(executor)
-                return
-        self.free.append(executor)
+                self.others_held += 1
+                return True
+        return False
 
     async def _on_a_thread_of_its_own(self, scope, receive, send, *, closing_each_call: bool) -> None:
         if closing_each_call:
@@ -101,14 +144,30 @@ class ThreadLeases:
             finally:
                 executor.shutdown(wait=False)
 
-    def _lease(self) -> ThreadPoolExecutor | None:
-        if self.free:
-            return self.free.pop()
-        if self.created >= self.size:
+    def _lease(self, quick: bool = True) -> ThreadPoolExecutor | None:
+        if not quick and self.others_held >= self.others_limit:
             return None
-        self.created += 1
-        logger.debug("http thread %d of %d started", self.created, self.size)
-        return ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"http-{self.created}")
+        if self.free:
+            executor = self.free.pop()
+        elif self.created < self.size:
+            self.created += 1
+            logger.debug("http thread %d of %d started", self.created, self.size)
+            executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"http-{self.created}")
+        else:
+            return None
+        if not quick:
+            self.others_held += 1
+        return executor
+
+
+def _hand_over(waiting: collections.deque[asyncio.Future], executor: ThreadPoolExecutor) -> bool:
+    """Give `executor` to the first request still waiting in `waiting`; False if none is."""
+    while waiting:
+        turn = waiting.popleft()
+        if not turn.done():
+            turn.set_result(executor)
+            return True
+    return False
 
 
 class SyncViewsHandler(ASGIHandler):

@@ -97,7 +97,9 @@ INSTALLED_APPS = [
 # sync middleware makes every middleware outside it run sync too, so the chain runs on one thread
 # in one hop. In the second place it left the others async, and each Django middleware run async
 # hops to a thread and back for its process_request and again for process_response: about ten
-# hops per request, the larger part of daphne's CPU for a task GET (py-spy --gil).
+# hops per request, the larger part of daphne's CPU for a task GET (py-spy --gil). Most requests
+# go through ocrsite.http_threads.SyncViewsHandler, sync whatever the order; the order still
+# counts for the streams and the `-sync` submits (Django's own handler).
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",

@@ -15,8 +15,9 @@ from django.db.backends.signals import connection_created
 from django.urls import reverse
 
 from ocr.models import PageSource
+from ocrsite import http_threads
 from ocrsite.asgi import application
-from ocrsite.http_threads import LONG_LIVED, ThreadLeases
+from ocrsite.http_threads import LONG_LIVED, QUICK, ThreadLeases
 from tests import factories
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("no_worker")]
@@ -123,6 +124,74 @@ def test_a_request_dropped_while_waiting_loses_no_thread():
         assert leases.free == [held] and not leases.waiting
 
     asyncio.run(run())
+
+
+def test_quick_requests_pass_the_others_and_keep_threads_of_their_own():
+    """Ten PDF downloads at once took every thread of a process: a task's GET waited 0.5-1.2 s
+    behind them (150 ms with the quick lane; /tmp scratch run, see the #11 note)."""
+
+    async def run() -> None:
+        leases = ThreadLeases(app=None, size=2)  # one thread for the others, one kept for quick ones
+        download = await leases._next_free(quick=False)
+        upload = asyncio.ensure_future(leases._next_free(quick=False))
+        get = await asyncio.wait_for(leases._next_free(quick=True), 1)  # the kept thread, at once
+        cancel = asyncio.ensure_future(leases._next_free(quick=True))
+        await asyncio.sleep(0)
+        assert not upload.done() and not cancel.done()
+        leases._give_back(download, quick=False)  # the cancel goes first, though it came later
+        assert await asyncio.wait_for(cancel, 1) is download and not upload.done()
+        leases._give_back(get, quick=True)  # no quick request waits: the upload's turn
+        assert await asyncio.wait_for(upload, 1) is get
+        second_upload = asyncio.ensure_future(leases._next_free(quick=False))
+        poll = asyncio.ensure_future(leases._next_free(quick=True))
+        await asyncio.sleep(0)
+        leases._give_back(download, quick=True)
+        assert await asyncio.wait_for(poll, 1) is download
+        leases._give_back(download, quick=True)
+        await asyncio.sleep(0)
+        assert not second_upload.done(), "the thread kept for quick requests was lent to another"
+        assert leases.others_held == 1 and leases.free == [download]
+        second_upload.cancel()
+
+    asyncio.run(run())
+
+
+def test_the_others_cannot_starve(monkeypatch):
+    monkeypatch.setattr(http_threads, "OTHERS_WAIT_MAX", 0.0)
+
+    async def run() -> None:
+        leases = ThreadLeases(app=None, size=2)
+        held = await leases._next_free(quick=True), await leases._next_free(quick=True)
+        upload = asyncio.ensure_future(leases._next_free(quick=False))
+        get = asyncio.ensure_future(leases._next_free(quick=True))
+        await asyncio.sleep(0.01)
+        leases._give_back(held[0], quick=True)  # the upload waited too long: it goes first
+        assert await asyncio.wait_for(upload, 1) is held[0] and not get.done()
+        leases._give_back(held[1], quick=True)
+        assert await asyncio.wait_for(get, 1) is held[1]
+
+    asyncio.run(run())
+
+
+@pytest.mark.parametrize(
+    ("path", "quick"),
+    [
+        ("/v1/ocr/tasks/0b7c1a52-6a8e-4bf3-9a1e-6d0f1c3b2a10", True),
+        ("/v1/ocr/pdf-llm-tasks/0b7c1a52-6a8e-4bf3-9a1e-6d0f1c3b2a10", True),
+        ("/v1/ocr/tasks/0b7c1a526a8e4bf39a1e6d0f1c3b2a10/cancel", True),
+        ("/v1/ocr/stream/0b7c1a52-6a8e-4bf3-9a1e-6d0f1c3b2a10/cancel", True),
+        ("/v1/ocr/health", True),
+        ("/admin/ocr/ocrtask/0b7c1a52-6a8e-4bf3-9a1e-6d0f1c3b2a10/cancel/", True),
+        ("/v1/ocr/tasks/cancel", False),  # bulk cancel: up to hundreds of tasks
+        ("/v1/ocr/tasks/cleanup", False),
+        ("/v1/ocr/tasks", False),
+        ("/v1/ocr/tasks/0b7c1a52-6a8e-4bf3-9a1e-6d0f1c3b2a10/download", False),
+        ("/v1/ocr/process-pdf", False),
+        ("/v1/ocr/batches/0b7c1a52-6a8e-4bf3-9a1e-6d0f1c3b2a10/cancel", False),
+    ],
+)
+def test_which_requests_take_the_quick_lane(path, quick):
+    assert bool(QUICK.match(path)) is quick
 
 
 def test_a_busy_thread_is_not_lent_twice():

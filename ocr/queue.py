@@ -13,11 +13,22 @@ logger = logging.getLogger(__name__)
 PROCESS_TASK_JOB = "ocr.tasks.process_task"
 
 
+@functools.cache
+def broker():
+    """The django-q2 broker of this process, with its pool of Redis connections. django-q2 builds
+    a new broker, and so opens a new Redis connection, for each job queued or question asked
+    without one: a connect and a handshake per submit, the socket left to the garbage collector.
+    (redis-py's pool reconnects after a Redis restart, and starts afresh in a forked child.)"""
+    from django_q.brokers import get_broker
+
+    return get_broker()
+
+
 def enqueue(task_id) -> None:
     """Put the task's job on the broker (raises when the broker does not answer)."""
     from django_q.tasks import async_task
 
-    async_task(PROCESS_TASK_JOB, str(task_id), task_name=f"ocr-{task_id}")
+    async_task(PROCESS_TASK_JOB, str(task_id), task_name=f"ocr-{task_id}", broker=broker())
 
 
 def missing_from_queue(task_ids) -> list:
@@ -29,23 +40,20 @@ def missing_from_queue(task_ids) -> list:
 
 
 def queue_depth() -> int | None:
-    from django_q.brokers import get_broker
-
     try:
-        return get_broker().queue_size()
+        return broker().queue_size()
     except Exception:
         logger.warning("queue depth unavailable", exc_info=True)
         return None
 
 
-def queued_task_ids(limit: int = 10000, broker=None) -> set[str]:
+def queued_task_ids(limit: int = 10000) -> set[str]:
     """Task ids of the jobs still on the broker's list (not yet taken by a cluster)."""
-    from django_q.brokers import get_broker
     from django_q.signing import BadSignature, SignedPackage
 
-    broker = broker or get_broker()
+    queue = broker()
     ids: set[str] = set()
-    for raw in broker.connection.lrange(broker.list_key, 0, limit - 1):
+    for raw in queue.connection.lrange(queue.list_key, 0, limit - 1):
         try:
             job = SignedPackage.loads(raw)
         except (BadSignature, Exception):

@@ -2,6 +2,7 @@
 
 Redis keeps nothing on disk here, so a restart forgets every group: a stream that only waited
 for pushes would go quiet for ever. `ocr.streams.follow` re-joins and reads the stored events.
+The broker kept by ocr.queue reconnects too.
 """
 
 import json
@@ -153,3 +154,35 @@ def collect_until_closed(stream, into: list) -> None:
             into.append(item)
     except (OSError, AttributeError, ValueError):
         pass  # closed by the test
+
+
+def test_jobs_go_through_one_kept_redis_connection_that_survives_a_restart(private_redis, monkeypatch):
+    """django-q2 opened a new Redis connection for each job queued (a connect and a handshake per
+    submit); ocr.queue keeps one broker per process, whose pool reconnects after a restart."""
+    import uuid
+
+    import redis
+    from django_q.conf import Conf
+
+    from ocr import queue
+
+    monkeypatch.setattr(Conf, "REDIS", private_redis.url)
+    queue.broker.cache_clear()
+    try:
+
+        def connections_received() -> int:
+            with redis.Redis.from_url(private_redis.url) as client:
+                return client.info("stats")["total_connections_received"]
+
+        before = connections_received()
+        for _ in range(5):
+            queue.enqueue(uuid.uuid4())
+        assert queue.queue_depth() == 5
+        assert connections_received() == before + 2  # the broker's one, and the count's own
+
+        private_redis.stop()  # every pooled connection is gone with it
+        private_redis.start()
+        queue.enqueue(uuid.uuid4())
+        assert queue.queue_depth() == 1
+    finally:
+        queue.broker.cache_clear()

@@ -37,11 +37,10 @@ def _check_redis() -> tuple[bool, str]:
 
 
 def _queue_info() -> dict:
-    from django_q.brokers import get_broker
     from django_q.status import Stat
 
     try:
-        broker = get_broker()
+        broker = queue.broker()
         return {"queue_depth": broker.queue_size(), "workers": sum(len(s.workers) for s in Stat.get_all(broker))}
     except Exception as exc:
         return {"queue_depth": None, "workers": 0, "error": str(exc)}

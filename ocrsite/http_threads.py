@@ -73,8 +73,9 @@ class ThreadLeases:
         # the rest are kept for the QUICK ones, which are also served first.
         self.others_limit = size - max(1, size // 4) if size > 1 else size
         self.others_held = 0
-        self.waiting: collections.deque[asyncio.Future] = collections.deque()  # QUICK requests, in turn
-        self.waiting_others: collections.deque[tuple[asyncio.Future, float]] = collections.deque()  # since
+        # (turn, since) of the requests waiting, in turn: QUICK ones, others
+        self.waiting: collections.deque[tuple[asyncio.Future, float]] = collections.deque()
+        self.waiting_others: collections.deque[tuple[asyncio.Future, float]] = collections.deque()
 
     async def __call__(self, scope, receive, send) -> None:
         long_lived = scope["type"] == "http" and bool(LONG_LIVED.match(scope["path"]))
@@ -93,7 +94,7 @@ class ThreadLeases:
         if executor is not None:
             return executor
         turn = asyncio.get_running_loop().create_future()
-        entry = turn if quick else (turn, time.monotonic())
+        entry = (turn, time.monotonic())
         queue = self.waiting if quick else self.waiting_others
         queue.append(entry)
         try:
@@ -120,15 +121,10 @@ class ThreadLeases:
         return bool(self.waiting_others) and time.monotonic() - self.waiting_others[0][1] > OTHERS_WAIT_MAX
 
     def _to_other(self, executor: ThreadPoolExecutor) -> bool:
-        if self.others_held >= self.others_limit:
+        if self.others_held >= self.others_limit or not _hand_over(self.waiting_others, executor):
             return False
-        while self.waiting_others:
-            turn, _ = self.waiting_others.popleft()
-            if not turn.done():
-                turn.set_result(executor)
-                self.others_held += 1
-                return True
-        return False
+        self.others_held += 1
+        return True
 
     async def _on_a_thread_of_its_own(self, scope, receive, send, *, closing_each_call: bool) -> None:
         if closing_each_call:
@@ -160,10 +156,10 @@ class ThreadLeases:
         return executor
 
 
-def _hand_over(waiting: collections.deque[asyncio.Future], executor: ThreadPoolExecutor) -> bool:
+def _hand_over(waiting: collections.deque[tuple[asyncio.Future, float]], executor: ThreadPoolExecutor) -> bool:
     """Give `executor` to the first request still waiting in `waiting`; False if none is."""
     while waiting:
-        turn = waiting.popleft()
+        turn, _ = waiting.popleft()
         if not turn.done():
             turn.set_result(executor)
             return True

@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from ocr.processes import ocr_input  # noqa: E402
 from tests.support import (  # noqa: E402  (shared with the tests; re-exported for the scripts)
     SSEClient,
     WebSocketClient,
@@ -214,12 +215,13 @@ class TesseractSampler(threading.Thread):
         return self.sums[name] / self.samples if self.samples else 0.0
 
     def _classify(self, argv: list[bytes]) -> str:
-        if argv[0] != b"tesseract":
+        page = ocr_input(argv)
+        if page is None:
             return ""
         for name, prefix in self.prefixes.items():
-            if len(argv) > 1 and argv[1].startswith(prefix):
+            if page.encode().startswith(prefix):
                 return name
-        if len(argv) > 1 and argv[1].startswith(b"-"):
+        if page.startswith("-"):
             return "meta"  # tesseract --version / --list-langs: no page, no CPU to speak of
         return "foreign"
 

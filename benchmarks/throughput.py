@@ -13,11 +13,10 @@ Service side: the same PDF is POSTed to /v1/ocr/process-pdf through daphne with
 workers. The queue case submits `--tasks` PDFs of `--task-pages` pages at once (concurrent
 POSTs) and runs until the last `completed_at`; its raw side is the same pages.
 
-A third side, for the single task only and reported for information: raw asking tesseract
-for what the service asks of it, the TSV (`tesseract FILE BASE ... tsv`): every OCR'd page
-needs its words' confidences (`mean_confidence`, API.md section 9), and tesseract's word-level
-outputs (TSV, hOCR, ALTO) cost it about 5% more CPU than its text alone. Against that side the
-ratio shows the service's own overhead; against plain text, the price of the confidences too.
+The raw side asks tesseract for its text alone, the cheapest thing a user can script; the
+service also gets every word's box and confidence (`mean_confidence`, API.md section 9), read
+through libtesseract (ocr/libtesseract.py) rather than as the `tesseract` command's TSV, which
+would cost it about 5% more CPU than its text alone.
 
 Fairness on a noisy 2-core machine: the raw and service runs alternate (raw, service for the
 single task, then raw, service for the queue); with `--rounds N` the order flips every round
@@ -73,16 +72,10 @@ def count_pages(data: bytes) -> int:
         return doc.page_count
 
 
-# what the raw side asks tesseract for: the text on stdout, or the TSV (as the service does,
-# for every page's words and mean confidence; its text is rebuilt from the TSV)
-RAW_OUTPUTS = {"raw": (), "raw_tsv": ("tsv",)}
-
-
-def run_raw(pages: list[tuple[Path, int]], *, dpi: int, lang: str, outputs: tuple[str, ...] = ()) -> float:
+def run_raw(pages: list[tuple[Path, int]], *, dpi: int, lang: str) -> float:
     """Seconds for what a user would script instead: each page rendered with pymupdf (greyscale
     at `dpi`, written as PGM, the cheapest format to write and read) and fed to plain tesseract,
-    CORES pages at a time (render and OCR of different pages overlap). The text on stdout, or
-    with `outputs` those of tesseract's outputs, in files."""
+    CORES pages at a time (render and OCR of different pages overlap), the text on stdout."""
     import pymupdf
 
     env = {**os.environ, "OMP_THREAD_LIMIT": "1"}
@@ -92,9 +85,8 @@ def run_raw(pages: list[tuple[Path, int]], *, dpi: int, lang: str, outputs: tupl
         image = path.with_name(f"{path.stem}-page{index + 1}.pgm")
         with pymupdf.open(path) as doc:
             doc[index].get_pixmap(dpi=dpi, colorspace=pymupdf.csGRAY).save(image)
-        target = str(image.with_suffix("")) if outputs else "stdout"
         subprocess.run(
-            ["tesseract", str(image), target, "-l", lang, "--dpi", str(dpi), *outputs],
+            ["tesseract", str(image), "stdout", "-l", lang, "--dpi", str(dpi)],
             env=env,
             check=True,
             stdout=subprocess.DEVNULL,
@@ -175,14 +167,12 @@ def main() -> None:
                     ("queue", queue_paths, queue_pdfs),
                 ):
                     sides = ("raw", "service") if round_index % 2 == 0 else ("service", "raw")
-                    if case == "single":  # the service's own overhead, apart from what it asks of tesseract
-                        sides += ("raw_tsv",)
                     for side in sides:
                         sampler.reset()
                         meter.mark()
-                        if side.startswith("raw"):
+                        if side == "raw":
                             children_before = os.times()
-                            seconds = run_raw(paths, dpi=args.dpi, lang="eng", outputs=RAW_OUTPUTS[side])
+                            seconds = run_raw(paths, dpi=args.dpi, lang="eng")
                             children_after = os.times()
                             run[f"{case}_{side}_seconds"] = round(seconds, 3)
                             tesseract_cpu = (
@@ -227,7 +217,6 @@ def main() -> None:
                         )
                 run["single_ratio"] = round(run["single_raw_seconds"] / run["single_service_seconds"], 3)
                 run["queue_ratio"] = round(run["queue_raw_seconds"] / run["queue_service_seconds"], 3)
-                run["single_ratio_tsv"] = round(run["single_raw_tsv_seconds"] / run["single_service_seconds"], 3)
                 runs.append(run)
         finally:
             sampler.stop()
@@ -241,11 +230,9 @@ def main() -> None:
     queue_service_pps = queue_total / median("queue_service_seconds")
     single_ratio = median("single_ratio")
     queue_ratio = median("queue_ratio")
-    raw_tsv_pps = args.pages / median("single_raw_tsv_seconds")
-    tsv_ratio = median("single_ratio_tsv")
     tesseract_ms = {
         side: statistics.median(run[f"single_{side}_cpu_ms_per_page"]["tesseract"] for run in runs)
-        for side in ("raw", "raw_tsv", "service")
+        for side in ("raw", "service")
     }
     workers = int(service.env["OCR_WORKERS"])
     result = {
@@ -262,9 +249,6 @@ def main() -> None:
             "service_pages_per_s": round(queue_service_pps, 3),
             "ratio": queue_ratio,
         },
-        # raw asked for what the service asks tesseract for (the TSV: words, confidences)
-        "raw_tsv_pages_per_s": round(raw_tsv_pps, 3),
-        "ratio_to_raw_tsv": tsv_ratio,
         "tesseract_cpu_ms_per_page": tesseract_ms,
         "max_concurrent_tesseract": max_service_tesseract,
         # Mean share of the tesseract slots in use during each run (medians over rounds): unlike
@@ -310,14 +294,8 @@ def main() -> None:
                 verdict(queue_ratio >= 0.95),
             ),
             Row(
-                "one PDF: service / raw asking tesseract for the TSV as the service does, pages per s",
-                f"{service_pps:.3f} / {raw_tsv_pps:.3f} = {tsv_ratio:.3f}x",
-                "-",
-                verdict(None),
-            ),
-            Row(
-                "tesseract CPU per page (one PDF): raw text / raw TSV / service",
-                " / ".join(f"{tesseract_ms[side]:.0f} ms" for side in ("raw", "raw_tsv", "service")),
+                "tesseract CPU per page (one PDF): raw text / service text, words and confidences",
+                " / ".join(f"{tesseract_ms[side]:.0f} ms" for side in ("raw", "service")),
                 "-",
                 verdict(None),
             ),

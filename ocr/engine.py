@@ -1,8 +1,9 @@
 """Pure OCR: sniff the input kind, render PDF pages (pymupdf), preprocess, run tesseract.
 
-No Django here: bytes or images in, text out. Tesseract runs as our own subprocess in its own
-process group with OMP_THREAD_LIMIT=1, registered with a `CancelScope` so that a cancel kills
-it mid-page (pytesseract hides its Popen, so it is only used for version and languages).
+No Django here: bytes or images in, text out. Each page is read by a process of our own (the
+`tesseract` command, or libtesseract through `ocr/libtesseract.py`: see run_tesseract) in its
+own process group with OMP_THREAD_LIMIT=1, registered with a `CancelScope` so that a cancel
+kills it mid-page (pytesseract hides its Popen, so it is only used for version and languages).
 """
 
 from __future__ import annotations
@@ -13,9 +14,9 @@ import logging
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 
@@ -23,10 +24,11 @@ import pymupdf
 import pytesseract
 from PIL import Image
 
-from . import imaging
+from . import imaging, tesseract_text
 from .imaging import page_text_layer, preprocess  # noqa: F401  (the engine's page steps)
 from .processes import (  # noqa: F401  (re-exported: the engine's public names)
     PAGE_FILE_PREFIX,
+    PAGE_PROGRAM,
     Cancelled,
     CancelScope,
     TesseractSlots,
@@ -180,49 +182,6 @@ TESSERACT_FORMATS = {
     "pdf": ("pdf", "pdf"),
 }
 SAUVOLA = "thresholding_method=2"  # tesseract 5's adaptive binarisation (threshold "auto")
-# Languages (and script models) written right to left. tesseract's text output marks the
-# direction changes in their lines (U+200E/U+200F) and its TSV does not, so their text cannot
-# be rebuilt from the TSV (see text_from_tsv).
-RIGHT_TO_LEFT = frozenset("ara ckb div fas heb kur nqo ota pus snd syr uig urd yid Arabic Hebrew Syriac Thaana".split())
-
-
-def tsv_words(tsv: bytes) -> Iterator[list[str]]:
-    """The word rows (level 5) of tesseract's TSV, each its 12 fields: level, page_num,
-    block_num, par_num, line_num, word_num, left, top, width, height, conf, text."""
-    for row in tsv.decode(errors="replace").split("\n")[1:]:
-        fields = row.split("\t")
-        if len(fields) >= 12 and fields[0] == "5":
-            yield fields
-
-
-def text_from_tsv(tsv: bytes) -> str:
-    """tesseract's text output rebuilt from its TSV, as its text renderer joins a left-to-right
-    page: a line's words joined by one space, a newline after each line and after each paragraph.
-
-    Asking tesseract for the TSV alone instead of the text and the TSV (whose words and
-    confidences every page needs) saves 2% of its time per page: txt 2316, tsv 2439, txt+tsv
-    2487 ms of CPU for a dense 300 dpi page (benchmarks/throughput.py's pages, medians of 8).
-    Identical text on 16 pages of varied layouts (columns, tables, sizes, indents) at 150 and
-    300 dpi; not for right-to-left languages (RIGHT_TO_LEFT)."""
-    lines: list[str] = []
-    words: list[str] = []
-    line = paragraph = None
-    for fields in tsv_words(tsv):
-        if fields[:5] != line:  # level, page, block, paragraph, line
-            if words:
-                lines.append(" ".join(words))
-                words = []
-            if paragraph is not None and fields[1:4] != paragraph:
-                lines.append("")
-            line, paragraph = fields[:5], fields[1:4]
-        words.append(fields[11])
-    if words:
-        lines.append(" ".join(words))
-    return "\n".join(lines)
-
-
-def _left_to_right(lang: str) -> bool:
-    return not any(name.removeprefix("script/") in RIGHT_TO_LEFT for name in lang.split("+"))
 
 
 @dataclass
@@ -230,12 +189,13 @@ class OCRText:
     text: str
     seconds: float
     files: dict[str, bytes] = field(default_factory=dict)  # format -> what tesseract wrote
+    words: list[dict] = field(default_factory=list)  # text, confidence, bbox (tesseract_text.word)
 
 
 def _run(
     argv: list[str], *, scope: CancelScope, slots: TesseractSlots | None, memory_limit_mb: int = 0
 ) -> tuple[int, bytes, bytes]:
-    """Run one tesseract in its own process group, tracked by `scope` (killed on cancel); with
+    """Run one OCR process in its own process group, tracked by `scope` (killed on cancel); with
     `memory_limit_mb`, its address space is capped (it fails instead of taking the host down)."""
     with slots.acquire(scope) if slots is not None else nullcontext():
         proc = subprocess.Popen(
@@ -260,6 +220,11 @@ def _failure(returncode: int, stderr: bytes) -> OCRFailed:
     return OCRFailed(f"tesseract exited with {returncode}: {message[-1] if message else ''}")
 
 
+# Formats written by tesseract's own document renderers: a page that asks for one is read by the
+# `tesseract` command; any other by PAGE_PROGRAM (the same text and words for less CPU).
+RENDERED_FORMATS = ("hocr", "alto", "pdf")
+
+
 def run_tesseract(
     image: Image.Image,
     *,
@@ -272,20 +237,19 @@ def run_tesseract(
     adaptive: bool = False,
     memory_limit_mb: int = 0,
 ) -> OCRText:
-    """OCR one preprocessed image with a tesseract subprocess that `scope.cancel()` can kill.
+    """OCR one preprocessed image in a process of its own that `scope.cancel()` can kill.
 
-    The text always, and each of `formats` (tsv, hocr, alto, pdf: a text-only PDF page) from the
-    same run, read back from files in a temporary folder under `tmpdir` that is then deleted
-    (with the TSV, the text is rebuilt from it: see text_from_tsv).
+    The text and the words always, and each of `formats` (tsv, hocr, alto, pdf: a text-only PDF
+    page) from the same run, read back from files in a temporary folder under `tmpdir` that is
+    then deleted. Read by libtesseract (PAGE_PROGRAM) unless a format needs the `tesseract`
+    command (RENDERED_FORMATS) or the language is written right to left (its words are only
+    known as the TSV has them).
     `adaptive` lets tesseract binarise with Sauvola's local thresholds.
     With `slots`, a slot is held only while tesseract runs (not while its input is written)."""
     started = time.perf_counter()
     scope = scope or CancelScope()
     scope.check()
-    text_from_words = "tsv" in formats and _left_to_right(lang)
-    wanted = [name for name in TESSERACT_FORMATS if name in formats and name != "text"]
-    if not text_from_words:
-        wanted.insert(0, "text")
+    by_command = any(name in formats for name in RENDERED_FORMATS) or not tesseract_text.left_to_right(lang)
     # named after this process, so that the pages of a killed worker can be told apart and removed
     workdir = tempfile.mkdtemp(prefix=f"{PAGE_FILE_PREFIX}{os.getpid()}-", dir=tmpdir)
     try:
@@ -293,23 +257,61 @@ def run_tesseract(
         path = os.path.join(workdir, "page.pgm")
         image.save(path, format="PPM")
         outbase = os.path.join(workdir, "out")
-        argv = ["tesseract", path, outbase, "-l", lang, "--dpi", str(dpi)]
-        if adaptive:
-            argv += ["-c", SAUVOLA]
-        if "pdf" in wanted:
-            argv += ["-c", "textonly_pdf=1"]
-        argv += [TESSERACT_FORMATS[name][0] for name in wanted]
-        returncode, _, stderr = _run(argv, scope=scope, slots=slots, memory_limit_mb=memory_limit_mb)
-        if returncode != 0:
-            raise _failure(returncode, stderr)
-        files = {}
-        for name in wanted:
-            with open(f"{outbase}.{TESSERACT_FORMATS[name][1]}", "rb") as handle:
-                files[name] = handle.read()
+        execute = functools.partial(_run, scope=scope, slots=slots, memory_limit_mb=memory_limit_mb)
+        read = _by_command if by_command else _by_library
+        text, words, files = read(
+            execute,
+            path,
+            outbase,
+            lang=lang,
+            dpi=dpi,
+            formats=formats,
+            adaptive=adaptive,
+            memory_limit_mb=memory_limit_mb,
+        )
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    text = text_from_tsv(files["tsv"]) if text_from_words else files.pop("text").decode(errors="replace")
-    return OCRText(text=text.strip(), seconds=time.perf_counter() - started, files=files)
+    return OCRText(text=text.strip(), seconds=time.perf_counter() - started, files=files, words=words)
+
+
+def _read(outbase: str, suffix: str) -> bytes:
+    with open(f"{outbase}.{suffix}", "rb") as handle:
+        return handle.read()
+
+
+def _by_library(execute, path: str, outbase: str, *, lang, dpi, formats, adaptive, memory_limit_mb):
+    flags = ["adaptive"] * adaptive + ["tsv"] * ("tsv" in formats)
+    returncode, _, stderr = execute(
+        [sys.executable, "-I", "-S", PAGE_PROGRAM, path, outbase, lang, str(dpi), str(memory_limit_mb), *flags]
+    )
+    if returncode != 0:
+        raise _failure(returncode, stderr)
+    files = {"tsv": _read(outbase, "tsv")} if "tsv" in formats else {}
+    words = tesseract_text.words_from_rows(_read(outbase, "words"))
+    return _read(outbase, "txt").decode(errors="replace"), words, files
+
+
+def _by_command(execute, path: str, outbase: str, *, lang, dpi, formats, adaptive, memory_limit_mb):
+    """tesseract's TSV always (the words), its text only where it cannot be rebuilt from the TSV."""
+    wanted = ["tsv", *(name for name in RENDERED_FORMATS if name in formats)]
+    text_from_words = tesseract_text.left_to_right(lang)
+    if not text_from_words:
+        wanted.insert(0, "text")
+    argv = ["tesseract", path, outbase, "-l", lang, "--dpi", str(dpi)]
+    if adaptive:
+        argv += ["-c", SAUVOLA]
+    if "pdf" in wanted:
+        argv += ["-c", "textonly_pdf=1"]
+    returncode, _, stderr = execute(argv + [TESSERACT_FORMATS[name][0] for name in wanted])
+    if returncode != 0:
+        raise _failure(returncode, stderr)
+    files = {name: _read(outbase, TESSERACT_FORMATS[name][1]) for name in wanted}
+    if text_from_words:
+        text = tesseract_text.text_from_tsv(files["tsv"])
+    else:
+        text = files.pop("text").decode(errors="replace")
+    words = tesseract_text.words_from_tsv(files["tsv"] if "tsv" in formats else files.pop("tsv"))
+    return text, words, files
 
 
 @dataclass

@@ -197,6 +197,19 @@ def limit_memory(pid: int, megabytes: int) -> None:
 
 
 PAGE_FILE_PREFIX = "page-"
+# The program that reads most pages through libtesseract (see ocr/libtesseract.py).
+PAGE_PROGRAM = os.path.join(os.path.dirname(os.path.abspath(__file__)), "libtesseract.py")
+
+
+def ocr_input(argv: list[bytes]) -> str | None:
+    """The page image an OCR process reads, from its command line (`tesseract IMAGE ...` or
+    `python ... PAGE_PROGRAM IMAGE ...`); None for any other process."""
+    if len(argv) > 1 and os.path.basename(argv[0]) == b"tesseract":
+        return argv[1].decode(errors="replace")
+    program = os.fsencode(PAGE_PROGRAM)
+    if program in argv[:-1]:
+        return argv[argv.index(program) + 1].decode(errors="replace")
+    return None
 
 
 def remove_orphan_pages(pages_dir: str) -> int:
@@ -227,7 +240,7 @@ def remove_orphan_pages(pages_dir: str) -> int:
 
 
 def kill_orphans(pages_dir: str) -> int:
-    """Kill tesseract processes reading a page from `pages_dir` whose worker is gone.
+    """Kill OCR processes (`ocr_input`) reading a page from `pages_dir` whose worker is gone.
 
     A worker killed with SIGKILL leaves its tesseract running (it has its own session): its
     parent becomes init or a subreaper, no longer a Python process."""
@@ -237,10 +250,8 @@ def kill_orphans(pages_dir: str) -> int:
             continue
         try:
             with open(f"/proc/{entry}/cmdline", "rb") as handle:
-                argv = handle.read().split(b"\0")
-            if len(argv) < 2 or os.path.basename(argv[0]) != b"tesseract":
-                continue
-            if not argv[1].decode(errors="replace").startswith(pages_dir):
+                page = ocr_input(handle.read().split(b"\0"))
+            if page is None or not page.startswith(pages_dir):
                 continue
             with open(f"/proc/{entry}/stat") as handle:
                 parent = int(handle.read().rsplit(")", 1)[1].split()[1])
@@ -252,11 +263,11 @@ def kill_orphans(pages_dir: str) -> int:
             try:
                 os.killpg(int(entry), signal.SIGKILL)
                 killed += 1
-                logger.warning("killed orphan tesseract %s (%s)", entry, argv[1].decode(errors="replace"))
+                logger.warning("killed orphan tesseract %s (%s)", entry, page)
             except (ProcessLookupError, PermissionError):
                 pass
             # its page folder (input and output files) had no one left to delete it
-            folder = os.path.dirname(argv[1].decode(errors="replace"))
+            folder = os.path.dirname(page)
             if os.path.dirname(folder) == pages_dir.rstrip("/"):
                 shutil.rmtree(folder, ignore_errors=True)
     return killed

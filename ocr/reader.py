@@ -71,26 +71,6 @@ class PageRead:
         return found
 
 
-def parse_tsv(tsv: bytes) -> list[dict]:
-    """Word rows (level 5) of tesseract's TSV: text, confidence, bbox [x0, y0, x1, y1]."""
-    words = []
-    for fields in engine.tsv_words(tsv):
-        text = fields[11].strip()
-        if not text:
-            continue
-        try:
-            left, top, width, height = (int(value) for value in fields[6:10])
-            confidence = float(fields[10])
-        except ValueError:
-            continue
-        if confidence < 0:
-            continue
-        words.append(
-            {"text": text, "confidence": round(confidence, 2), "bbox": [left, top, left + width, top + height]}
-        )
-    return words
-
-
 def mean_confidence(words: list[dict]) -> float | None:
     """Mean word confidence weighted by word length, 0..100 (None without words)."""
     weight = sum(len(word["text"]) for word in words)
@@ -126,8 +106,7 @@ def read_page(
     binarisation = None
     if params.adaptive_threshold:
         binarisation = "global" if imaging.even_paper(prepared) else "adaptive"
-    formats = ["tsv"]  # always: words and the mean confidence come from it
-    formats += [name for name in ("hocr", "alto", "pdf") if params.wants(name)]
+    formats = [name for name in ("tsv", "hocr", "alto", "pdf") if params.wants(name)]
     result = engine.run_tesseract(
         prepared,
         lang=lang,
@@ -139,13 +118,11 @@ def read_page(
         adaptive=binarisation == "adaptive",
         memory_limit_mb=memory_limit_mb,
     )
-    words = parse_tsv(result.files["tsv"])
+    words = result.words
     confidence = mean_confidence(words)
     if rotation:
         for word in words:
             word["bbox"] = imaging.unrotate_box(word["bbox"], rotation, prepared.size)
-    if not params.wants("tsv"):
-        result.files.pop("tsv")
     return PageRead(
         text=result.text,
         seconds=result.seconds,

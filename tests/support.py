@@ -15,6 +15,8 @@ import time
 import uuid
 from urllib.parse import urlsplit
 
+from ocr.processes import ocr_input
+
 # --- Processes -------------------------------------------------------------------------------
 
 
@@ -42,7 +44,8 @@ def proc_ppid(pid: int) -> int | None:
 
 
 def tesseract_pids(path_prefix: str | None = None) -> list[int]:
-    """Live tesseract processes whose input file is under `path_prefix` (default: this Django
+    """Live OCR processes (tesseract, or the engine's libtesseract program: see
+    ocr.processes.ocr_input) whose input file is under `path_prefix` (default: this Django
     process's OCR_SLOT_DIR, where its workers write pages; "" for every one). Reads /proc
     directly: one pgrep costs ~8 ms of CPU here."""
     if path_prefix is None:
@@ -54,12 +57,8 @@ def tesseract_pids(path_prefix: str | None = None) -> list[int]:
         if not pid.isdigit():
             continue
         argv = proc_cmdline(pid)
-        if (
-            argv
-            and argv[0] == b"tesseract"
-            and len(argv) > 1
-            and argv[1].decode(errors="replace").startswith(path_prefix)
-        ):
+        page = ocr_input(argv) if argv else None
+        if page is not None and page.startswith(path_prefix):
             found.append(int(pid))
     return found
 

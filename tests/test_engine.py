@@ -1,5 +1,6 @@
 """The engine with real tesseract and pymupdf: accuracy, text layer, sniffing, killing."""
 
+import io
 import os
 import subprocess
 import threading
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from ocr import engine
+from ocr import engine, tesseract_text
 from tests import factories, support
 from tests.support import tesseract_pids, wait_for
 
@@ -57,17 +58,43 @@ def varied_layouts_pdf() -> bytes:
     return doc.tobytes()
 
 
-def test_text_rebuilt_from_the_tsv_is_tesseract_s_own_text(tmp_path):
-    """With the TSV (every page asks for it) tesseract is not asked for its text output too:
-    the text is rebuilt from the TSV, and must be exactly what tesseract's text output says."""
+@pytest.mark.parametrize("adaptive", [False, True])
+def test_the_library_reads_a_page_as_the_tesseract_command_does(tmp_path, adaptive):
+    """A page that asks for no hOCR, ALTO or PDF is read through libtesseract (PAGE_PROGRAM),
+    the others by the `tesseract` command, whose text is rebuilt from its TSV: both give
+    tesseract's own text, the same words and confidences, the same TSV."""
     doc = engine.open_pdf(varied_layouts_pdf())
     for index in range(doc.page_count):
         image = engine.render_page(doc, index, 150)
-        own = engine.run_tesseract(image, lang="eng", dpi=150, tmpdir=str(tmp_path))
-        rebuilt = engine.run_tesseract(image, lang="eng", dpi=150, tmpdir=str(tmp_path), formats=("tsv",))
-        assert "tsv" in rebuilt.files and "text" not in rebuilt.files
-        assert own.text.count("\n\n") >= 2 and len(own.text.split()) > 50  # several paragraphs and lines
-        assert rebuilt.text == own.text
+        library = engine.run_tesseract(
+            image, lang="eng", dpi=150, tmpdir=str(tmp_path), formats=("tsv",), adaptive=adaptive
+        )
+        command = engine.run_tesseract(
+            image, lang="eng", dpi=150, tmpdir=str(tmp_path), formats=("tsv", "hocr"), adaptive=adaptive
+        )
+        image.save(tmp_path / "page.pgm", format="PPM")
+        argv = ["tesseract", str(tmp_path / "page.pgm"), "stdout", "-l", "eng", "--dpi", "150"]
+        argv += ["-c", engine.SAUVOLA] if adaptive else []
+        own = subprocess.run(argv, capture_output=True, check=True, env=engine.TESSERACT_ENV).stdout.decode().strip()
+        assert library.text.count("\n\n") >= 2 and len(library.text.split()) > 50  # several paragraphs and lines
+        assert library.text == command.text == own
+        assert len(library.words) > 50 and library.words == command.words
+        assert set(library.files) == {"tsv"} and library.files["tsv"] == command.files["tsv"]
+        assert "hocr" in command.files
+
+
+def test_which_pages_the_library_reads(tmp_path, monkeypatch):
+    """By the library unless a format needs tesseract's renderers or the script runs right to left."""
+    seen = []
+    real = engine._run
+    monkeypatch.setattr(engine, "_run", lambda argv, **kw: seen.append(argv) or real(argv, **kw))
+    image = Image.open(io.BytesIO(factories.text_image("Which reader")))
+    for formats, lang in [((), "eng"), (("tsv",), "eng+deu"), (("alto",), "eng"), (("pdf",), "eng")]:
+        assert "Which" in engine.run_tesseract(image, lang=lang, dpi=144, tmpdir=str(tmp_path), formats=formats).text
+    with pytest.raises(engine.OCRFailed):  # no Arabic installed here: which program ran is what counts
+        engine.run_tesseract(image, lang="ara", dpi=144, tmpdir=str(tmp_path))
+    assert [engine.PAGE_PROGRAM in argv for argv in seen] == [True, True, False, False, False]
+    assert [argv[0] for argv in seen[2:]] == ["tesseract"] * 3
 
 
 @pytest.mark.parametrize(
@@ -83,7 +110,7 @@ def test_text_rebuilt_from_the_tsv_is_tesseract_s_own_text(tmp_path):
 )
 def test_right_to_left_text_is_never_rebuilt_from_the_tsv(lang, from_tsv):
     """tesseract marks direction changes in the text of right-to-left languages, not in the TSV."""
-    assert engine._left_to_right(lang) is from_tsv
+    assert tesseract_text.left_to_right(lang) is from_tsv
 
 
 def test_text_layer_is_read_without_ocr():
@@ -130,7 +157,8 @@ def test_broken_inputs_raise_engine_errors():
         engine.load_image(factories.text_image()[:200])
 
 
-def test_cancel_scope_kills_tesseract_mid_page(tmp_path):
+@pytest.mark.parametrize("formats", [(), ("hocr",)], ids=["libtesseract", "tesseract-command"])
+def test_cancel_scope_kills_tesseract_mid_page(tmp_path, formats):
     data = factories.slow_pdf(1)
     doc = engine.open_pdf(data)
     image = engine.preprocess(engine.render_page(doc, 0, 600), contrast_level=1.3, threshold=500)
@@ -139,7 +167,7 @@ def test_cancel_scope_kills_tesseract_mid_page(tmp_path):
 
     def run():
         try:
-            engine.run_tesseract(image, lang="eng", dpi=600, scope=scope, tmpdir=str(tmp_path))
+            engine.run_tesseract(image, lang="eng", dpi=600, scope=scope, tmpdir=str(tmp_path), formats=formats)
             outcome["result"] = "finished"
         except engine.Cancelled:
             outcome["result"] = "cancelled"
@@ -148,6 +176,8 @@ def test_cancel_scope_kills_tesseract_mid_page(tmp_path):
     thread.start()
     wait_for(lambda: scope.running() == 1, timeout=10)
     time.sleep(0.3)
+    (pid,) = tesseract_pids(str(tmp_path))  # the page's OCR process, known by its command line
+    assert (engine.PAGE_PROGRAM.encode() in support.proc_cmdline(str(pid))) is (formats == ())
     assert scope.cancel() == 1
     thread.join(5)
     assert not thread.is_alive()

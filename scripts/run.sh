@@ -20,13 +20,16 @@ child() {  # child COMMAND...: own session; SIGTERM when this script dies, howev
   setsid setpriv --pdeathsig TERM -- "$@" &
   pids+=($!)
 }
-# This instance's tesseracts read their pages from its own slot folder (never pkill -f by pattern).
+# This instance's OCR processes read their pages from its own slot folder (never pkill -f by
+# pattern): `tesseract PAGE ...` or `python -I -S .../ocr/libtesseract.py PAGE ...`.
 slot_dir=$($PY manage.py ocr_sweeper --print-slot-dir) || exit 1
 kill_own_tesseracts() {
   local proc argv
   for proc in /proc/[0-9]*; do
-    argv=$(tr '\0' '\n' < "$proc/cmdline" 2>/dev/null | head -2 | tr '\n' ' ') || continue
-    case "$argv" in "tesseract $slot_dir/"*) kill -KILL "${proc#/proc/}" 2>/dev/null ;; esac
+    argv=$(tr '\0' '\n' < "$proc/cmdline" 2>/dev/null | head -5 | tr '\n' ' ') || continue
+    case "$argv" in
+      "tesseract $slot_dir/"* | *" -I -S "*"/ocr/libtesseract.py $slot_dir/"*) kill -KILL "${proc#/proc/}" 2>/dev/null ;;
+    esac
   done
 }
 stop() {

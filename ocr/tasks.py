@@ -19,7 +19,8 @@ from .watcher import CancelWatcher, run_watched
 
 logger = logging.getLogger(__name__)
 
-PICK_CANDIDATES = 20  # pending tasks a job tries, in start order, before it gives up
+PICK_CANDIDATES = 20  # pending tasks a job tries per reading of the start order
+PICK_ROUNDS = 50  # readings of the start order a job makes before it gives up
 
 
 def process_task(task_id: str) -> None:
@@ -38,14 +39,23 @@ def process_task(task_id: str) -> None:
         logger.warning("task %s: not found, its job starts the next pending task", task_id)
     elif task.status != TaskStatus.PENDING:
         logger.info("task %s: %s before start, skipped (its job takes the next)", task.pk, task.status)
-    for candidate_id in scheduling.start_order(limit=PICK_CANDIDATES):
-        candidate = OCRTask.objects.filter(pk=candidate_id, status=TaskStatus.PENDING).first()
-        if candidate is None or upkeep.task_cancel_if_expired(task=candidate):
-            continue
-        if candidate.pk != uuid.UUID(task_id):
-            logger.info("task %s: started by the job of task %s (start order)", candidate.pk, task_id)
-        if _run_guarded(candidate.pk, lambda candidate=candidate: _run(candidate)):
+    # Every job starts a task while one is pending: jobs starting each other's tasks (the start
+    # order) must not leave one pending task without a job. So a job whose candidates were all
+    # taken meanwhile reads the order again (tasks submitted since are in it) until none is
+    # pending; each candidate lost is one another job started.
+    for _ in range(PICK_ROUNDS):
+        order = scheduling.start_order(limit=PICK_CANDIDATES)
+        if not order:
             return
+        for candidate_id in order:
+            candidate = OCRTask.objects.filter(pk=candidate_id, status=TaskStatus.PENDING).first()
+            if candidate is None or upkeep.task_cancel_if_expired(task=candidate):
+                continue
+            if candidate.pk != uuid.UUID(task_id):
+                logger.info("task %s: started by the job of task %s (start order)", candidate.pk, task_id)
+            if _run_guarded(candidate.pk, lambda candidate=candidate: _run(candidate)):
+                return
+    logger.warning("task %s: its job found no pending task it could start in %d rounds", task_id, PICK_ROUNDS)
 
 
 def _run_guarded(task_id: uuid.UUID, work: Callable[[], bool]) -> bool:
@@ -105,7 +115,7 @@ def _run(task: OCRTask) -> bool:
 
     started = services.task_start(task_id=task.pk, total_pages=len(all_pages))
     if started is None:
-        logger.info("task %s: cancelled before start, skipped without work", task.pk)
+        logger.info("task %s: no longer pending (started by another job, or cancelled), skipped", task.pk)
         return False
     try:
         if doc is not None and slices.is_sliced(all_pages):

@@ -8,7 +8,7 @@ from django.contrib.auth.models import User
 from django.core.files.uploadedfile import SimpleUploadedFile
 from rest_framework.test import APIClient
 
-from ocr import scheduling, services
+from ocr import scheduling, services, tasks
 from ocr.models import OCRTask
 from tests import factories
 from tests.support import wait_for
@@ -39,6 +39,27 @@ def test_one_clients_many_tasks_do_not_hold_back_another_client(no_worker):
     # one of alice's tasks is running: bob's comes first
     services.task_start(task_id=alices[0].pk, total_pages=1)
     assert scheduling.start_order()[0] == bobs.pk
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_job_whose_candidates_were_all_taken_reads_the_order_again(no_worker, monkeypatch):
+    """Two jobs picking at once: the other job started this job's task (the first of the start
+    order), and this one read the order before a later submit committed. It must start that
+    later task, not end idle: that left the task without a job until the sweeper re-queued it a
+    minute later (seen in benchmarks/throughput.py's queue case: 6 tasks submitted at once)."""
+    taken = submit()
+    services.task_start(task_id=taken.pk, total_pages=1)  # by the other job, meanwhile
+    late = submit()  # committed after this job read the order
+    real, reads = scheduling.start_order, []
+
+    def stale_then_real(limit=None):
+        reads.append(limit)
+        return [taken.pk] if len(reads) == 1 else real(limit=limit)
+
+    monkeypatch.setattr(scheduling, "start_order", stale_then_real)
+    tasks.process_task(str(taken.pk))
+    late.refresh_from_db()
+    assert late.status == "completed" and len(reads) >= 2
 
 
 @pytest.mark.django_db

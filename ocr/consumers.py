@@ -21,6 +21,11 @@ from .permissions import is_operator
 
 logger = logging.getLogger(__name__)
 
+# Close code when a stream fails on the server (the database lost, say): the client reconnects
+# with ?after=<last seq>. Not 1011: daphne's WebSocket library (autobahn) only sends 1000 or
+# 3000-4999 from the server, and raised on 1011, so the socket stayed open and went silent.
+STREAM_FAILED = 4500
+
 
 def _cancel(task_id, user, content: dict, client: str) -> dict:
     reason = cancel_reason({"reason": content.get("reason")})
@@ -85,7 +90,7 @@ class TaskEventsConsumer(_FollowingConsumer):
             raise
         except Exception:
             logger.exception("task %s: WebSocket stream failed", self.task_id)
-            await self.close(code=1011)
+            await self.close(code=STREAM_FAILED)
 
     async def receive(self, text_data=None, bytes_data=None, **kwargs) -> None:
         try:
@@ -131,7 +136,7 @@ class OperatorFeedConsumer(_FollowingConsumer):
             raise
         except Exception:
             logger.exception("operator feed: WebSocket stream failed")
-            await self.close(code=1011)
+            await self.close(code=STREAM_FAILED)
 
     async def receive(self, text_data=None, bytes_data=None, **kwargs) -> None:
         await self.send_json({"type": "error", "detail": "The operator feed takes no messages"})

@@ -203,3 +203,31 @@ async def test_asking_for_events_after_the_terminal_one_closes_at_once():
     communicator = connect_to(task.pk, after=2)
     assert (await communicator.connect())[0]
     assert (await communicator.receive_output(timeout=5))["code"] == 1000
+
+
+async def test_a_stream_that_fails_on_the_server_is_closed_with_a_code_daphne_can_send(monkeypatch):
+    """A follower that fails (the database lost, say) closes the socket so that the client
+    reconnects with ?after=; with 1011, daphne's autobahn refused to send the close frame and the
+    socket stayed open and silent (seen in `make chaos`, PostgreSQL restarted)."""
+    from autobahn.websocket.protocol import WebSocketServerProtocol
+
+    from ocr import consumers, streams
+
+    async def failing_follow(task_id, after=0, **kwargs):
+        raise RuntimeError("the database is gone")
+        yield  # an async generator, as streams.follow
+
+    task = await sync_to_async(make_task)()
+    monkeypatch.setattr(streams, "follow", failing_follow)
+    communicator = connect_to(task.pk)
+    connected, _ = await communicator.connect()
+    assert connected
+    code = (await communicator.receive_output(timeout=5))["code"]
+    assert code == consumers.STREAM_FAILED
+    # what daphne does with it: autobahn's sendClose, which validates the code before sending
+    sent = {}
+    protocol = WebSocketServerProtocol()
+    protocol.state = protocol.STATE_OPEN
+    protocol.sendCloseFrame = lambda **frame: sent.update(frame)
+    protocol.sendClose(code=code)
+    assert sent["code"] == code

@@ -258,17 +258,21 @@ def run_tesseract(
         image.save(path, format="PPM")
         outbase = os.path.join(workdir, "out")
         execute = functools.partial(_run, scope=scope, slots=slots, memory_limit_mb=memory_limit_mb)
-        read = _by_command if by_command else _by_library
-        text, words, files = read(
-            execute,
-            path,
-            outbase,
-            lang=lang,
-            dpi=dpi,
-            formats=formats,
-            adaptive=adaptive,
-            memory_limit_mb=memory_limit_mb,
-        )
+        if by_command:
+            text, words, files = _by_command(
+                execute, path, outbase, lang=lang, dpi=dpi, formats=formats, adaptive=adaptive
+            )
+        else:
+            text, words, files = _by_library(
+                execute,
+                path,
+                outbase,
+                lang=lang,
+                dpi=dpi,
+                formats=formats,
+                adaptive=adaptive,
+                memory_mb=memory_limit_mb,
+            )
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     return OCRText(text=text.strip(), seconds=time.perf_counter() - started, files=files, words=words)
@@ -279,10 +283,12 @@ def _read(outbase: str, suffix: str) -> bytes:
         return handle.read()
 
 
-def _by_library(execute, path: str, outbase: str, *, lang, dpi, formats, adaptive, memory_limit_mb):
+def _by_library(execute, path: str, outbase: str, *, lang, dpi, formats, adaptive, memory_mb):
+    """PAGE_PROGRAM: the text and the words always, the TSV when asked for; it caps its own
+    memory before libtesseract loads."""
     flags = ["adaptive"] * adaptive + ["tsv"] * ("tsv" in formats)
     returncode, _, stderr = execute(
-        [sys.executable, "-I", "-S", PAGE_PROGRAM, path, outbase, lang, str(dpi), str(memory_limit_mb), *flags]
+        [sys.executable, "-I", "-S", PAGE_PROGRAM, path, outbase, lang, str(dpi), str(memory_mb), *flags]
     )
     if returncode != 0:
         raise _failure(returncode, stderr)
@@ -291,7 +297,7 @@ def _by_library(execute, path: str, outbase: str, *, lang, dpi, formats, adaptiv
     return _read(outbase, "txt").decode(errors="replace"), words, files
 
 
-def _by_command(execute, path: str, outbase: str, *, lang, dpi, formats, adaptive, memory_limit_mb):
+def _by_command(execute, path: str, outbase: str, *, lang, dpi, formats, adaptive):
     """tesseract's TSV always (the words), its text only where it cannot be rebuilt from the TSV."""
     wanted = ["tsv", *(name for name in RENDERED_FORMATS if name in formats)]
     text_from_words = tesseract_text.left_to_right(lang)

@@ -4,6 +4,8 @@ Ctrl-C/SIGTERM, a closed terminal (SIGHUP to its process group), or its own deat
 import os
 import signal
 import subprocess
+import time
+import uuid
 
 import pytest
 
@@ -32,12 +34,38 @@ def alive(pid: int) -> bool:
         return False
 
 
+def marked(mark: str) -> set[int]:
+    """Every live process whose environment holds `mark`: all that a run started, however deep
+    and whenever started (qcluster forks its workers after start-up), even once reparented."""
+    needle = f"OCR_TEST_RUN={mark}".encode()
+    found = set()
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as handle:
+                if needle in handle.read().split(b"\0") and alive(int(entry)):
+                    found.add(int(entry))
+        except (OSError, ValueError):
+            continue
+    return found
+
+
+def cmdlines(pids: set[int]) -> dict[int, str]:
+    lines = {}
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as handle:
+                lines[pid] = handle.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            pass
+    return lines
+
+
 def start_run_script(web_processes: int = 1):
-    port = free_port()
+    port, mark = free_port(), uuid.uuid4().hex
     proc = subprocess.Popen(
         ["bash", "scripts/run.sh"],
         cwd=ROOT,
-        env={**service_env(), "PORT": str(port), "OCR_WEB_PROCESSES": str(web_processes)},
+        env={**service_env(), "PORT": str(port), "OCR_WEB_PROCESSES": str(web_processes), "OCR_TEST_RUN": mark},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,  # its own process group, as in a terminal
@@ -45,7 +73,7 @@ def start_run_script(web_processes: int = 1):
     wait_for(lambda: port_open(port), timeout=60)
     wait_for(lambda: len(daphnes(proc.pid)) == web_processes, timeout=30)
     wait_for(lambda: len(descendants(proc.pid)) >= 4, timeout=30)  # daphne, sweeper, qcluster and its workers
-    return proc, descendants(proc.pid)
+    return proc, mark
 
 
 def daphnes(root: int) -> set[int]:
@@ -69,15 +97,17 @@ def daphnes(root: int) -> set[int]:
 )
 @pytest.mark.parametrize("web_processes", [1, 2])
 def test_every_way_of_stopping_leaves_nothing_running(how, web_processes):
-    proc, started = start_run_script(web_processes)
+    proc, mark = start_run_script(web_processes)
     how(proc)
-    try:
-        wait_for(lambda: not any(alive(pid) for pid in started) and proc.poll() is not None, timeout=10, interval=0.1)
-    finally:
-        for pid in started:
-            if alive(pid):
-                os.kill(pid, signal.SIGKILL)
-        proc.wait(10)
+    deadline = time.monotonic() + 10
+    while (marked(mark) or proc.poll() is None) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    left = marked(mark)
+    described = cmdlines(left)
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    proc.wait(10)
+    assert not left, f"still running 10 s after the stop: {described}"
 
 
 def test_several_web_processes_share_the_port():

@@ -253,9 +253,7 @@ def run_tesseract(
     # named after this process, so that the pages of a killed worker can be told apart and removed
     workdir = tempfile.mkdtemp(prefix=f"{PAGE_FILE_PREFIX}{os.getpid()}-", dir=tmpdir)
     try:
-        # A PGM file is read 15-40% faster by tesseract than the same image on stdin.
-        path = os.path.join(workdir, "page.pgm")
-        image.save(path, format="PPM")
+        path = write_page(image, workdir)
         outbase = os.path.join(workdir, "out")
         execute = functools.partial(_run, scope=scope, slots=slots, memory_limit_mb=memory_limit_mb)
         if by_command:
@@ -276,6 +274,16 @@ def run_tesseract(
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     return OCRText(text=text.strip(), seconds=time.perf_counter() - started, files=files, words=words)
+
+
+def write_page(image: Image.Image, workdir: str) -> str:
+    """The page as the file tesseract reads: a BMP, the format leptonica reads fastest. For a
+    300 dpi page (8.4 Mpx, greyscale) here: BMP written in 4 ms and read in 10-13 ms, PGM in
+    14 and 130 ms (leptonica reads PNM pixel by pixel), PNG in 52 and 25-31 ms; stdin is slower
+    still. Same text, words and TSV from each."""
+    path = os.path.join(workdir, "page.bmp")
+    image.save(path, format="BMP")
+    return path
 
 
 def _read(outbase: str, suffix: str) -> bytes:
@@ -346,8 +354,7 @@ def detect_orientation(
     small = image.resize((round(image.width / factor), round(image.height / factor))) if factor > 1 else image
     workdir = tempfile.mkdtemp(prefix=f"{PAGE_FILE_PREFIX}{os.getpid()}-osd-", dir=tmpdir)
     try:
-        path = os.path.join(workdir, "page.pgm")
-        small.save(path, format="PPM")
+        path = write_page(small, workdir)
         argv = ["tesseract", path, "stdout", "--psm", "0", "--dpi", str(max(70, round(dpi / factor)))]
         returncode, stdout, stderr = _run(argv, scope=scope, slots=slots)
     finally:

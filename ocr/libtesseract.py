@@ -10,9 +10,10 @@ right, bottom, confidence and text, tab-separated, as tesseract's TSV has them) 
 Why: the `tesseract` command reads the page as this program does (leptonica, page segmentation
 "auto", `user_defined_dpi`) and gives the same text, but a page's words and confidences only
 come out of it as a TSV, which it builds symbol by symbol. Here they are read word by word from
-the result iterator: 7% less CPU per page than `tesseract ... tsv` (2025 against 2183 ms for a
-dense 300 dpi page, benchmarks/throughput.py's pages, 6 pages twice), 4% less than even its
-text alone. Like tesseract, it runs as a process of its own that a cancel kills mid-page.
+the result iterator: 4-7% less CPU per page than `tesseract ... tsv` (dense 300 dpi pages,
+benchmarks/throughput.py's, 6 pages twice: 2118 against 2210 ms on one machine, 2025 against
+2183 on another), and from as much as its text alone to 4% less. Like tesseract, it runs as a
+process of its own that a cancel kills mid-page.
 
 Standard library only, nothing of Django or of the `ocr` package (run with -I -S: no site
 packages to import, ~15 ms to start).

@@ -62,7 +62,8 @@ def varied_layouts_pdf() -> bytes:
 def test_the_library_reads_a_page_as_the_tesseract_command_does(tmp_path, adaptive):
     """A page that asks for no hOCR, ALTO or PDF is read through libtesseract (PAGE_PROGRAM),
     the others by the `tesseract` command, whose text is rebuilt from its TSV: both give
-    tesseract's own text, the same words and confidences, the same TSV."""
+    tesseract's own text, the same words and confidences, the same TSV. The engine hands
+    tesseract a BMP (engine.write_page); the command here reads a PGM: the format changes nothing."""
     doc = engine.open_pdf(varied_layouts_pdf())
     for index in range(doc.page_count):
         image = engine.render_page(doc, index, 150)

@@ -302,7 +302,7 @@ def main() -> None:
         )
 
     results.write_section(
-        "Live events while large uploads arrive",
+        f"Live events while large uploads arrive ({'PostgreSQL' if database == 'postgresql' else 'SQLite'})",
         [
             row("WebSocket", websocket, "p95 < 25 ms", 25),
             row("SSE", sse, "p95 < 25 ms", 25),

@@ -255,10 +255,17 @@ def run_tesseract(
     try:
         path = write_page(image, workdir)
         outbase = os.path.join(workdir, "out")
-        execute = functools.partial(_run, scope=scope, slots=slots, memory_limit_mb=memory_limit_mb)
+        execute = functools.partial(_run, scope=scope, slots=slots)
         if by_command:
             text, words, files = _by_command(
-                execute, path, outbase, lang=lang, dpi=dpi, formats=formats, adaptive=adaptive
+                execute,
+                path,
+                outbase,
+                lang=lang,
+                dpi=dpi,
+                formats=formats,
+                adaptive=adaptive,
+                memory_mb=memory_limit_mb,
             )
         else:
             text, words, files = _by_library(
@@ -293,7 +300,7 @@ def _read(outbase: str, suffix: str) -> bytes:
 
 def _by_library(execute, path: str, outbase: str, *, lang, dpi, formats, adaptive, memory_mb):
     """PAGE_PROGRAM: the text and the words always, the TSV when asked for; it caps its own
-    memory before libtesseract loads."""
+    memory before libtesseract loads (so no cap from outside)."""
     flags = ["adaptive"] * adaptive + ["tsv"] * ("tsv" in formats)
     returncode, _, stderr = execute(
         [sys.executable, "-I", "-S", PAGE_PROGRAM, path, outbase, lang, str(dpi), str(memory_mb), *flags]
@@ -305,8 +312,9 @@ def _by_library(execute, path: str, outbase: str, *, lang, dpi, formats, adaptiv
     return _read(outbase, "txt").decode(errors="replace"), words, files
 
 
-def _by_command(execute, path: str, outbase: str, *, lang, dpi, formats, adaptive):
-    """tesseract's TSV always (the words), its text only where it cannot be rebuilt from the TSV."""
+def _by_command(execute, path: str, outbase: str, *, lang, dpi, formats, adaptive, memory_mb):
+    """tesseract's TSV always (the words), its text only where it cannot be rebuilt from the TSV;
+    its memory is capped from outside as it starts."""
     wanted = ["tsv", *(name for name in RENDERED_FORMATS if name in formats)]
     text_from_words = tesseract_text.left_to_right(lang)
     if not text_from_words:
@@ -316,7 +324,7 @@ def _by_command(execute, path: str, outbase: str, *, lang, dpi, formats, adaptiv
         argv += ["-c", SAUVOLA]
     if "pdf" in wanted:
         argv += ["-c", "textonly_pdf=1"]
-    returncode, _, stderr = execute(argv + [TESSERACT_FORMATS[name][0] for name in wanted])
+    returncode, _, stderr = execute(argv + [TESSERACT_FORMATS[name][0] for name in wanted], memory_limit_mb=memory_mb)
     if returncode != 0:
         raise _failure(returncode, stderr)
     files = {name: _read(outbase, TESSERACT_FORMATS[name][1]) for name in wanted}

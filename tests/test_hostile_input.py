@@ -55,11 +55,13 @@ def test_the_cap_also_holds_where_pages_are_rendered():
         engine.render_page(doc, 0, 150, max_pixels=50_000_000)
 
 
-def test_tesseract_memory_is_capped():
+@pytest.mark.parametrize("formats", [(), ("hocr",)], ids=["libtesseract", "tesseract-command"])
+def test_tesseract_memory_is_capped(formats):
     image = Image.open(io.BytesIO(factories.text_image("Memory cap")))
-    assert "Memory" in engine.run_tesseract(image, lang="eng", dpi=144, memory_limit_mb=2048).text
+    read = engine.run_tesseract(image, lang="eng", dpi=144, memory_limit_mb=2048, formats=formats)
+    assert "Memory" in read.text
     with pytest.raises(engine.OCRFailed):
-        engine.run_tesseract(image, lang="eng", dpi=144, memory_limit_mb=20)
+        engine.run_tesseract(image, lang="eng", dpi=144, memory_limit_mb=20, formats=formats)
 
 
 @pytest.mark.django_db

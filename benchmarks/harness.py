@@ -443,19 +443,25 @@ class Service:
         return proc
 
     def add_worker_node(self, name: str, timeout: float = 60) -> subprocess.Popen:
-        """Another worker node (a qcluster of `self.workers` workers) on the same database and
-        queue, with its own node name and slot folder (under TMPDIR: stop() kills its leftovers)."""
+        """Another worker node (a qcluster of `self.workers` workers and its sweeper, as
+        `OCR_ROLE=worker make run` starts) on the same database and queue, with its own node name
+        and slot folder (under TMPDIR: stop() kills its leftovers). Returns its qcluster."""
         slot_dir = self.tesseract_tmp / f"{name}-slots"
-        proc = self._spawn(
-            name, [PYTHON, "manage.py", "qcluster"], {"OCR_NODE_NAME": name, "OCR_SLOT_DIR": str(slot_dir)}
-        )
+        env = {"OCR_NODE_NAME": name, "OCR_SLOT_DIR": str(slot_dir)}
+        proc = self._spawn(name, [PYTHON, "manage.py", "qcluster"], env)
+        self._spawn(f"{name}-sweeper", [PYTHON, "manage.py", "ocr_sweeper"], env)
         self._wait_ready(timeout, workers=self.workers * 2)
         return proc
 
     def remove_worker_node(self, proc: subprocess.Popen) -> None:
-        stop_groups([proc])
-        index = self.procs.index(proc)
-        del self.procs[index], self.names[index]
+        """Stop a node: its qcluster `proc` (and the sweeper of a node added by add_worker_node)."""
+        name = self.names[self.procs.index(proc)]
+        sweeper = f"{name}-sweeper" if name != "qcluster" else None
+        procs = [proc] + ([self.procs[self.names.index(sweeper)]] if sweeper in self.names else [])
+        stop_groups(procs)
+        for stopped in procs:
+            index = self.procs.index(stopped)
+            del self.procs[index], self.names[index]
 
     def log_text(self, name: str) -> str:
         try:

@@ -13,6 +13,7 @@ import io
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -35,6 +36,7 @@ from .processes import (  # noqa: F401  (re-exported: the engine's public names)
     kill_orphans,
     limit_memory,
     lower_priority,
+    page_folder_prefix,
     remove_orphan_pages,
 )
 
@@ -211,6 +213,8 @@ def _run(
             lower_priority(proc.pid, TESSERACT_NICE)
         with scope.track(proc):
             stdout, stderr = proc.communicate()
+    if proc.returncode == -signal.SIGKILL:
+        scope.await_verdict()  # killed from outside: by this node's killer on a cancel?
     scope.check()
     return proc.returncode, stdout, stderr
 
@@ -250,8 +254,8 @@ def run_tesseract(
     scope = scope or CancelScope()
     scope.check()
     by_command = any(name in formats for name in RENDERED_FORMATS) or not tesseract_text.left_to_right(lang)
-    # named after this process, so that the pages of a killed worker can be told apart and removed
-    workdir = tempfile.mkdtemp(prefix=f"{PAGE_FILE_PREFIX}{os.getpid()}-", dir=tmpdir)
+    # named after this process and the task (page_folder_prefix)
+    workdir = tempfile.mkdtemp(prefix=page_folder_prefix(scope.label), dir=tmpdir)
     try:
         path = write_page(image, workdir)
         outbase = os.path.join(workdir, "out")
@@ -360,7 +364,7 @@ def detect_orientation(
     scope.check()
     factor = max(1.0, max(image.size) / OSD_MAX_SIDE)
     small = image.resize((round(image.width / factor), round(image.height / factor))) if factor > 1 else image
-    workdir = tempfile.mkdtemp(prefix=f"{PAGE_FILE_PREFIX}{os.getpid()}-osd-", dir=tmpdir)
+    workdir = tempfile.mkdtemp(prefix=page_folder_prefix(scope.label, "osd"), dir=tmpdir)
     try:
         path = write_page(small, workdir)
         argv = ["tesseract", path, "stdout", "--psm", "0", "--dpi", str(max(70, round(dpi / factor)))]

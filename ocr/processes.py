@@ -26,11 +26,20 @@ class Cancelled(Exception):
     """The work was cancelled while it ran."""
 
 
+# How long a page whose OCR process was killed from outside waits for the task's watcher to
+# cancel the scope before it counts as a failed page: the watcher's lock-waiting read lasts up to
+# watcher.LOCK_WAIT_MS, its polls come every OCR_CANCEL_POLL_SECONDS.
+KILLED_OUTSIDE_WAIT_SECONDS = 5.0
+
+
 class CancelScope:
     """Tracks the tesseract processes (and other closable work, such as an LLM's HTTP stream)
     of one task so that a cancel can stop them at once."""
 
-    def __init__(self) -> None:
+    def __init__(self, label: str = "") -> None:
+        # Names the page folders of this scope's processes (engine.page_folder), so that this
+        # node's killer (ocr/killer.py) can find them by task without this process's help.
+        self.label = label
         self._lock = threading.Lock()
         self._procs: set[subprocess.Popen] = set()
         self._closers: set[Callable[[], None]] = set()
@@ -58,6 +67,15 @@ class CancelScope:
 
     def check(self) -> None:
         if self.cancelled.is_set():
+            raise Cancelled()
+
+    def await_verdict(self) -> None:
+        """One of our processes was killed from outside (SIGKILL not sent by `cancel`): by this
+        node's killer on a cancel, which this task's watcher confirms in a moment by cancelling
+        the scope (or, if the cancel rolled back, by re-queuing the attempt and cancelling the
+        scope as well), or by the kernel (out of memory). Wait for the watcher's word, so that a
+        killed page is not taken for a failed one; raises Cancelled once it comes."""
+        if self.cancelled.wait(KILLED_OUTSIDE_WAIT_SECONDS):
             raise Cancelled()
 
     def running(self) -> int:
@@ -116,14 +134,20 @@ def _run_closer(closer: Callable[[], None]) -> None:
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
+    kill_group(proc.pid)
+
+
+def kill_group(pid: int) -> bool:
+    """SIGKILL the process group led by `pid` (an OCR process: it leads its own session)."""
     try:
-        os.killpg(proc.pid, signal.SIGKILL)
+        os.killpg(pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
-        return
+        return False
     # A killed process still frees its memory before it is gone (2-5 ms of CPU for a page at
     # 600 dpi). At the lowered weight of `lower_priority` that took 10-15 ms on a busy machine;
     # its session's group gets the normal weight back (allowed without privilege: nice >= 0).
-    _set_autogroup_nice(proc.pid, 0)
+    _set_autogroup_nice(pid, 0)
+    return True
 
 
 class TesseractSlots:
@@ -197,6 +221,15 @@ def limit_memory(pid: int, megabytes: int) -> None:
 
 
 PAGE_FILE_PREFIX = "page-"
+
+
+def page_folder_prefix(label: str = "", kind: str = "") -> str:
+    """The name a page folder starts with: `page-<worker pid>-[<scope label>-][<kind>-]`. The pid
+    tells apart the pages of workers that are gone (remove_orphan_pages); the label (the task's
+    id) lets this node's killer find a task's OCR processes (ocr/killer.py)."""
+    return PAGE_FILE_PREFIX + "".join(f"{part}-" for part in (str(os.getpid()), label, kind) if part)
+
+
 # The program that reads most pages through libtesseract (see ocr/libtesseract.py).
 PAGE_PROGRAM = os.path.join(os.path.dirname(os.path.abspath(__file__)), "libtesseract.py")
 

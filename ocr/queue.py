@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 import time
 
 logger = logging.getLogger(__name__)
@@ -78,11 +79,14 @@ def redis_client(url: str):
 
 
 WAKE_COMMITTED = b"1"
+WAKE_CANCELLED = b"cancelled"  # WAKE_COMMITTED, by a cancel
 WAKE_IN_FLIGHT = b"in-flight"
 
 
-def wake_task_worker(task_id, *, in_flight: bool = False) -> None:
-    """Tell the task's worker to look at its row now (a hint: the row is the truth).
+def wake_task_worker(task_id, *, in_flight: bool = False, cancelled: bool = False) -> None:
+    """Tell the task's worker to look at its row now (a hint: the row is the truth), and the
+    killer of each worker node (ocr/killer.py) to kill the task's OCR processes when a cancel
+    sends it (`in_flight`, or `cancelled` once it has committed).
 
     `in_flight`: sent by a cancel from inside its transaction, once its UPDATE has changed the
     row, before the commit. On PostgreSQL the worker kills at once and then confirms with a
@@ -98,7 +102,8 @@ def wake_task_worker(task_id, *, in_flight: bool = False) -> None:
         return
     try:
         redis_client(settings.REDIS_URL).publish(
-            _wakeup_channel(task_id), WAKE_IN_FLIGHT if in_flight else WAKE_COMMITTED
+            _wakeup_channel(task_id),
+            WAKE_IN_FLIGHT if in_flight else WAKE_CANCELLED if cancelled else WAKE_COMMITTED,
         )
     except redis.RedisError:
         logger.warning("task %s: worker wake-up not sent (its poll will see the change)", task_id)
@@ -146,6 +151,26 @@ def subscribe_task_wakeups(task_id):
     except redis.RedisError:
         logger.warning("task %s: no wake-up channel, polling only", task_id)
         return None
+
+
+def subscribe_all_task_wakeups():
+    """A subscription to every task's wake-up channel (for ocr/killer.py), or None when Redis
+    does not answer; `task_of_wakeup` tells which task a message is for."""
+    import redis
+    from django.conf import settings
+
+    pattern = re.sub(r"([*?\[\]\\])", r"\\\1", _wakeup_channel("")) + "*"
+    try:
+        pubsub = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=5).pubsub(ignore_subscribe_messages=True)
+        pubsub.psubscribe(pattern)
+        return pubsub
+    except redis.RedisError:
+        logger.warning("no wake-up channels: the node's killer waits for Redis")
+        return None
+
+
+def task_of_wakeup(channel: bytes) -> str:
+    return channel.decode(errors="replace").rsplit(":", 1)[-1]
 
 
 def wait_for_wakeup(pubsub, timeout: float) -> bytes | None:

@@ -329,7 +329,7 @@ def task_cancel(
             # queue.wake_task_worker), and on commit, first (its tesseract dies sooner), then
             # events go out.
             queue.wake_task_worker(task.pk, in_flight=True)
-            transaction.on_commit(lambda: queue.wake_task_worker(task.pk))
+            transaction.on_commit(lambda: queue.wake_task_worker(task.pk, cancelled=True))
             cancelled.cancelled_at = now
             _store_result(cancelled, cancelled_at=now)
             _store_event(cancelled, EventType.CANCELLED)

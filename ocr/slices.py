@@ -211,7 +211,7 @@ def _run_one(task: OCRTask, doc, slice_: OCRSlice) -> None:
         slice_.attempt,
         len(pages),
     )
-    scope = engine.CancelScope()
+    scope = engine.CancelScope(label=str(task.pk))
     mine = OCRSlice.objects.filter(pk=slice_.pk, status=SliceStatus.PROCESSING, attempt=slice_.attempt)
 
     def finish() -> None:

@@ -124,7 +124,7 @@ def _run(task: OCRTask) -> bool:
         done = set(OCRPage.objects.filter(task_id=task.pk).values_list("page_number", flat=True))
         page_numbers = [number for number in all_pages if number not in done]  # kept from a lost attempt
         logger.info("task %s: started (attempt %d), %d pages to do", task.pk, started.attempt, len(page_numbers))
-        scope = engine.CancelScope()
+        scope = engine.CancelScope(label=str(task.pk))
         pipeline = PagePipeline(started, scope)
 
         def work() -> None:

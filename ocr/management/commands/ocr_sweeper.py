@@ -1,6 +1,7 @@
 """Enforce deadlines of queued tasks (running ones are watched by their worker), reap lost
 work (tasks whose worker died, jobs lost by the broker, orphan tesseracts on this host), queue
-due webhook retries and run webhook deliveries (a thread pool of their own, off the OCR workers).
+due webhook retries and run webhook deliveries (a thread pool of their own, off the OCR workers);
+and be this node's killer of cancelled tasks' OCR processes (ocr/killer.py, a thread).
 Safe to run on several hosts: every change is a conditional UPDATE."""
 
 import logging
@@ -12,7 +13,7 @@ from django.core.management.base import BaseCommand
 from django.db import close_old_connections
 from django.utils import timezone
 
-from ocr import engine, pipeline, queue, tasks, upkeep, webhooks
+from ocr import engine, killer, pipeline, queue, tasks, upkeep, webhooks
 
 logger = logging.getLogger(__name__)
 
@@ -49,8 +50,10 @@ class Command(BaseCommand):
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, leave)
         wakeups = queue.subscribe_sweeper_wakeups()
-        deliverer = None
+        deliverer = node_killer = None
         if not once:
+            node_killer = killer.NodeKiller(pipeline.pages_dir())
+            node_killer.start()
             deliverer = webhooks.Deliverer(settings.OCR_WEBHOOK_CONCURRENCY)
             deliverer.start()
         try:
@@ -58,6 +61,8 @@ class Command(BaseCommand):
         finally:
             if deliverer is not None:
                 deliverer.stop()
+            if node_killer is not None:
+                node_killer.stop()
 
     def loop(self, wakeups, *, interval: float, reap_interval: float, once: bool) -> None:
         next_reap = 0.0

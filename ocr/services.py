@@ -37,6 +37,7 @@ from .models import (
     storage_name,
 )
 from .params import TaskParams
+from .returning import update_returning
 
 logger = logging.getLogger(__name__)
 
@@ -51,10 +52,7 @@ def _advance(task_id: uuid.UUID, from_statuses, *, only_attempt: int | None = No
     rows = OCRTask.objects.filter(pk=task_id, status__in=from_statuses)
     if only_attempt is not None:
         rows = rows.filter(attempt=only_attempt)
-    changed = rows.update(event_seq=F("event_seq") + 1, **fields)
-    if not changed:
-        return None
-    return OCRTask.objects.get(pk=task_id)
+    return update_returning(rows, event_seq=F("event_seq") + 1, **fields)
 
 
 def _store_event(task: OCRTask, type: str, **details) -> progress.TaskEventPayload:

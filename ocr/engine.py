@@ -198,23 +198,32 @@ def _run(
     argv: list[str], *, scope: CancelScope, slots: TesseractSlots | None, memory_limit_mb: int = 0
 ) -> tuple[int, bytes, bytes]:
     """Run one OCR process in its own process group, tracked by `scope` (killed on cancel); with
-    `memory_limit_mb`, its address space is capped (it fails instead of taking the host down)."""
-    with slots.acquire(scope) if slots is not None else nullcontext():
-        proc = subprocess.Popen(
-            argv,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=TESSERACT_ENV,
-            start_new_session=True,
-        )
-        if memory_limit_mb:
-            limit_memory(proc.pid, memory_limit_mb)
-        if TESSERACT_NICE:
-            lower_priority(proc.pid, TESSERACT_NICE)
-        with scope.track(proc):
-            stdout, stderr = proc.communicate()
-    if proc.returncode == -signal.SIGKILL:
-        scope.await_verdict()  # killed from outside: by this node's killer on a cancel?
+    `memory_limit_mb`, its address space is capped (it fails instead of taking the host down).
+
+    A process killed from outside (a SIGKILL the scope did not send: this node's killer on a
+    cancel, ocr/killer.py, or the kernel) waits for the watcher's word (await_verdict): a cancel
+    stops the page. Without one (a cancel rolled back after its in-flight wake-up, whose attempt
+    is re-queued), the page is read once more; killed again, it fails."""
+    for again in (True, False):
+        with slots.acquire(scope) if slots is not None else nullcontext():
+            proc = subprocess.Popen(
+                argv,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env=TESSERACT_ENV,
+                start_new_session=True,
+            )
+            if memory_limit_mb:
+                limit_memory(proc.pid, memory_limit_mb)
+            if TESSERACT_NICE:
+                lower_priority(proc.pid, TESSERACT_NICE)
+            with scope.track(proc):
+                stdout, stderr = proc.communicate()
+        if proc.returncode != -signal.SIGKILL:
+            break
+        scope.await_verdict()
+        if again:
+            logger.warning("OCR process %d killed from outside, no cancel: page read again", proc.pid)
     scope.check()
     return proc.returncode, stdout, stderr
 

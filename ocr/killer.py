@@ -19,8 +19,8 @@ The watcher stays the authority: it confirms the cancel (or, should the cancel r
 the in-flight wake-up, re-queues the attempt, pages done kept), and the worker waits for its
 word when a process of its own dies of a SIGKILL it did not send (CancelScope.await_verdict), so
 a killed page is never recorded as failed; with no word (the attempt re-queued by a roll-back
-and started again meanwhile), the page is read again (engine._run). Without Redis the killer does nothing and the
-watchers' polls still stop every task.
+and started again meanwhile), the page is read again (engine._run). Without Redis the killer
+does nothing, and the watchers' polls still stop every task.
 """
 
 from __future__ import annotations

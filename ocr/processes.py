@@ -27,8 +27,9 @@ class Cancelled(Exception):
 
 
 # How long a page whose OCR process was killed from outside waits for the task's watcher to
-# cancel the scope before it counts as a failed page: the watcher's lock-waiting read lasts up to
-# watcher.LOCK_WAIT_MS, its polls come every OCR_CANCEL_POLL_SECONDS.
+# cancel the scope before it is read again (engine._run): the watcher's lock-waiting read lasts
+# up to watcher.LOCK_WAIT_MS, its polls come every OCR_CANCEL_POLL_SECONDS; and a node's killer
+# holds a cancelled task no longer (killer.HOLD_BUSY_SECONDS).
 KILLED_OUTSIDE_WAIT_SECONDS = 5.0
 
 
@@ -37,7 +38,7 @@ class CancelScope:
     of one task so that a cancel can stop them at once."""
 
     def __init__(self, label: str = "") -> None:
-        # Names the page folders of this scope's processes (engine.page_folder), so that this
+        # Names the page folders of this scope's processes (page_folder_prefix), so that this
         # node's killer (ocr/killer.py) can find them by task without this process's help.
         self.label = label
         self._lock = threading.Lock()
@@ -74,7 +75,8 @@ class CancelScope:
         node's killer on a cancel, which this task's watcher confirms in a moment by cancelling
         the scope (or, if the cancel rolled back, by re-queuing the attempt and cancelling the
         scope as well), or by the kernel (out of memory). Wait for the watcher's word, so that a
-        killed page is not taken for a failed one; raises Cancelled once it comes."""
+        killed page is not taken for a failed one; raises Cancelled once it comes, returns after
+        KILLED_OUTSIDE_WAIT_SECONDS without one."""
         if self.cancelled.wait(KILLED_OUTSIDE_WAIT_SECONDS):
             raise Cancelled()
 

@@ -269,28 +269,17 @@ def run_tesseract(
         path = write_page(image, workdir)
         outbase = os.path.join(workdir, "out")
         execute = functools.partial(_run, scope=scope, slots=slots)
-        if by_command:
-            text, words, files = _by_command(
-                execute,
-                path,
-                outbase,
-                lang=lang,
-                dpi=dpi,
-                formats=formats,
-                adaptive=adaptive,
-                memory_mb=memory_limit_mb,
-            )
-        else:
-            text, words, files = _by_library(
-                execute,
-                path,
-                outbase,
-                lang=lang,
-                dpi=dpi,
-                formats=formats,
-                adaptive=adaptive,
-                memory_mb=memory_limit_mb,
-            )
+        read = _by_command if by_command else _by_library
+        text, words, files = read(
+            execute,
+            path,
+            outbase,
+            lang=lang,
+            dpi=dpi,
+            formats=formats,
+            adaptive=adaptive,
+            memory_mb=memory_limit_mb,
+        )
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     return OCRText(text=text.strip(), seconds=time.perf_counter() - started, files=files, words=words)

@@ -63,7 +63,7 @@ class CancelScope:
         for closer in closers:
             _run_closer(closer)
         for proc in procs:
-            _kill_group(proc)
+            kill_group(proc.pid)
         return len(procs)
 
     def check(self) -> None:
@@ -90,7 +90,7 @@ class CancelScope:
             self._procs.add(proc)
             cancelled = self.cancelled.is_set()
         if cancelled:  # cancelled between our check and the process start
-            _kill_group(proc)
+            kill_group(proc.pid)
         try:
             yield
         finally:
@@ -133,10 +133,6 @@ def _run_closer(closer: Callable[[], None]) -> None:
         closer()
     except Exception:  # a closer must never stop the others or the process kills
         logger.warning("cancel closer %r failed", closer, exc_info=True)
-
-
-def _kill_group(proc: subprocess.Popen) -> None:
-    kill_group(proc.pid)
 
 
 def kill_group(pid: int) -> bool:

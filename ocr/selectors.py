@@ -33,18 +33,24 @@ def parse_task_id(raw: object) -> uuid.UUID:
         raise TaskNotFound(raw) from None
 
 
-def task_get_for(*, user, task_id: uuid.UUID, task_type: str | None = None, streaming_only: bool = False) -> OCRTask:
-    """The task if `user` may see it on this path (kind, streaming); TaskNotFound otherwise."""
-    pk = parse_task_id(task_id)
-    tasks = tasks_visible_to(user).filter(pk=pk)
+def visible_rows(*, user, task_id, task_type: str | None = None, streaming_only: bool = False) -> QuerySet[OCRTask]:
+    """The task as a query, if `user` may see it on this path (kind, streaming); else empty.
+    TaskNotFound when `task_id` is not a UUID."""
+    tasks = tasks_visible_to(user).filter(pk=parse_task_id(task_id))
     if task_type:
         tasks = tasks.filter(task_type=task_type)
     if streaming_only:
         tasks = tasks.filter(streaming=True)
+    return tasks
+
+
+def task_get_for(*, user, task_id: uuid.UUID, task_type: str | None = None, streaming_only: bool = False) -> OCRTask:
+    """The task if `user` may see it on this path (kind, streaming); TaskNotFound otherwise."""
+    tasks = visible_rows(user=user, task_id=task_id, task_type=task_type, streaming_only=streaming_only)
     try:
         return tasks.get()  # not .first(): its ORDER BY (the model's ordering) cost a fifth of the lookup
     except OCRTask.DoesNotExist:
-        raise TaskNotFound(pk) from None
+        raise TaskNotFound(parse_task_id(task_id)) from None
 
 
 def task_list_for(

@@ -17,7 +17,7 @@ from datetime import timedelta
 from django.conf import settings
 from django.core.files.base import ContentFile
 from django.db import IntegrityError, transaction
-from django.db.models import Case, F, Value, When
+from django.db.models import Case, F, QuerySet, Value, When
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
@@ -309,32 +309,52 @@ def task_cancel(
     Idempotent for a cancelled task (original time and reason); raises TaskNotCancellable for
     a completed or failed one. Every call is audited, accepted or refused.
     """
+    outcome = _cancel(OCRTask.objects.filter(pk=task.pk), reason, cancelled_by, user, client, refused=True)
+    assert outcome is not None  # a refused cancel is answered too
+    return outcome
+
+
+def task_cancel_visible(
+    *, rows: QuerySet[OCRTask], reason: str | None, cancelled_by: str, user, client: str
+) -> CancelResult | None:
+    """task_cancel of the one task in `rows` (the caller's view of it: selectors.visible_rows)
+    with no read before its UPDATE: the cancel's first statement is the one that stops the task.
+    None when `rows` holds no active task (unknown, out of sight, or ended): nothing is written,
+    and the caller looks the task up (404), then task_cancel answers for it (audited)."""
+    return _cancel(rows, reason, cancelled_by, user, client, refused=False)
+
+
+def _cancel(rows, reason: str | None, cancelled_by: str, user, client: str, *, refused: bool) -> CancelResult | None:
+    """The cancel of task_cancel; with `refused` False, a cancel that changes nothing is None."""
     reason = (reason or "").strip() or DEFAULT_CANCEL_REASON
     user = user if getattr(user, "is_authenticated", False) else None
     with transaction.atomic():
-        cancelled = _advance(
-            task.pk,
-            ACTIVE_STATUSES,
+        cancelled = update_returning(
+            rows.filter(status__in=ACTIVE_STATUSES),
+            event_seq=F("event_seq") + 1,
             status=TaskStatus.CANCELLED,
             cancellation_reason=reason,
             cancelled_by=cancelled_by,
             cancelled_by_user=user,
         )
+        if cancelled is None and not refused:
+            return None
         # Stamped once the UPDATE holds the row: every page committed before it is older.
         now = timezone.now()
         if cancelled is not None:
+            task_id = cancelled.pk
             # The worker is woken twice: now, to kill at once and confirm on this commit (see
             # queue.wake_task_worker), and on commit, first (its tesseract dies sooner), then
             # events go out.
-            queue.wake_task_worker(task.pk, in_flight=True)
-            transaction.on_commit(lambda: queue.wake_task_worker(task.pk, cancelled=True))
+            queue.wake_task_worker(task_id, in_flight=True)
+            transaction.on_commit(lambda: queue.wake_task_worker(task_id, cancelled=True))
             cancelled.cancelled_at = now
             _store_result(cancelled, cancelled_at=now)
             _store_event(cancelled, EventType.CANCELLED)
             current, outcome = cancelled, "cancelled"
             status_before = TaskStatus.PROCESSING if cancelled.started_at else TaskStatus.PENDING
         else:
-            current = OCRTask.objects.get(pk=task.pk)
+            current = rows.get()
             outcome = "already_cancelled" if current.status == TaskStatus.CANCELLED else f"already_{current.status}"
             status_before = current.status
             feed.record_refused_cancel(current, reason=reason, cancelled_by=cancelled_by, user=user, outcome=outcome)
@@ -352,9 +372,9 @@ def task_cancel(
             ran_seconds=ran_seconds if cancelled is not None else None,
         )
     if cancelled is not None:
-        logger.info("task %s: cancelled by %s (%s): %s", task.pk, cancelled_by, status_before, reason)
+        logger.info("task %s: cancelled by %s (%s): %s", current.pk, cancelled_by, status_before, reason)
     else:
-        logger.info("task %s: cancel by %s refused: %s", task.pk, cancelled_by, outcome)
+        logger.info("task %s: cancel by %s refused: %s", current.pk, cancelled_by, outcome)
     if current.status in (TaskStatus.COMPLETED, TaskStatus.FAILED):
         raise TaskNotCancellable(current.pk, current.status)
     return CancelResult(task=current, newly_cancelled=cancelled is not None)

@@ -205,6 +205,9 @@ def test_ownership(client):
         if user:
             other.force_authenticate(user)
         assert cancel(other, f"/v1/ocr/tasks/{task.pk}/cancel").status_code == 404
+        assert cancel(other, f"/v1/ocr/tasks/{task.pk}/cancel", "{not json").status_code == 404  # not 400
+    assert OCRTask.objects.get(pk=task.pk).status == "pending"  # the cancel's UPDATE sees what they see
+    assert not CancelAudit.objects.filter(task_id=task.pk).exists()
     admin_client = APIClient()
     admin_client.force_authenticate(staff)
     assert admin_client.get(f"/v1/ocr/tasks/{task.pk}").status_code == 200

@@ -9,7 +9,8 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from .. import metrics, services
+from .. import metrics, selectors, services
+from ..exceptions import InvalidInput
 from ..kinds import Kind
 from ..models import CancelledBy
 from . import schema, throttles
@@ -33,12 +34,30 @@ class CancelView(APIView):
         "(mid-page), pages finished before are kept. Missing or blank reason: `User requested cancellation`.",
     )
     def post(self, request: Request, task_id: str) -> Response:
-        task = visible_task(request, task_id, kind=self.kind, streaming_only=self.streaming_only)
-        reason = cancel_reason(parse_json_body(request._request.body))  # JSON whatever its Content-Type
-        logger.info("task %s: cancel requested from %s", task.pk, client_ip(request))
-        outcome = services.task_cancel(
-            task=task, reason=reason, cancelled_by=CancelledBy.USER, user=request.user, client=client_ip(request)
-        )
+        """An active task the caller may see is cancelled by the first statement, with no read
+        before it (the client waits for it, and it wakes the worker). Anything else is looked up
+        as before: 404, then 400 for a bad body, then task_cancel's idempotent or refused answer."""
+        pk, client = selectors.parse_task_id(task_id), client_ip(request)
+        logger.info("task %s: cancel requested from %s", pk, client)
+        try:
+            reason, bad_body = cancel_reason(parse_json_body(request._request.body)), None  # JSON, any Content-Type
+        except InvalidInput as exc:
+            reason, bad_body = None, exc
+        cancel = {"reason": reason, "cancelled_by": CancelledBy.USER, "user": request.user, "client": client}
+        outcome = None
+        if bad_body is None:
+            rows = selectors.visible_rows(
+                user=request.user,
+                task_id=pk,
+                task_type=self.kind and self.kind.slug,
+                streaming_only=self.streaming_only,
+            )
+            outcome = services.task_cancel_visible(rows=rows, **cancel)
+        if outcome is None:
+            task = visible_task(request, pk, kind=self.kind, streaming_only=self.streaming_only)
+            if bad_body is not None:
+                raise bad_body
+            outcome = services.task_cancel(task=task, **cancel)
         body = cancel_body(outcome.task, newly_cancelled=outcome.newly_cancelled, via_stream=self.streaming_only)
         return Response(body, status=200)
 

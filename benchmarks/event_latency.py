@@ -90,7 +90,10 @@ class LayerClient:
 
     def close(self) -> None:
         self.loop.run_until_complete(self.layer.group_discard(self.group, self.channel))
-        self.loop.run_until_complete(self.layer.close_pools())
+        # The pub/sub layer's flush only closes this process's connections; the core layer's
+        # would empty the service's keys: that one is closed with close_pools.
+        close = self.layer.close_pools if hasattr(type(self.layer), "close_pools") else self.layer.flush
+        self.loop.run_until_complete(close())
         self.loop.close()
 
 

@@ -42,6 +42,9 @@ class Membership:
         self.group = group
         self.channel: str | None = None
         self.joined = False
+        # The layer's read of the next message, kept across `receive` timeouts: the pub/sub
+        # layer drops a channel whose read is cancelled (and what arrives for it meanwhile).
+        self.reading: asyncio.Future | None = None
 
     async def join(self) -> bool:
         if self.layer is None:
@@ -64,10 +67,14 @@ class Membership:
         if not self.joined:
             await asyncio.sleep(timeout)
             return None
-        try:
-            return await asyncio.wait_for(self.layer.receive(self.channel), timeout=timeout)
-        except TimeoutError:
+        if self.reading is None:
+            self.reading = asyncio.ensure_future(self.layer.receive(self.channel))
+        done, _ = await asyncio.wait({self.reading}, timeout=timeout)
+        if not done:
             return None
+        reading, self.reading = self.reading, None
+        try:
+            return reading.result()
         except Exception as exc:  # Redis went away under a blocking read
             logger.warning("%s: channel layer read failed (%s); following from the database", self.label, exc)
             self.joined = False
@@ -80,6 +87,10 @@ class Membership:
             await self.layer.group_discard(self.group, self.channel)
         except Exception:
             logger.debug("%s: group_discard failed", self.label, exc_info=True)
+        if self.reading is not None:
+            self.reading.cancel()  # the pub/sub layer then unsubscribes the channel
+            await asyncio.gather(self.reading, return_exceptions=True)
+            self.reading = None
 
 
 @database_sync_to_async

@@ -159,17 +159,19 @@ CACHES = {
     }
 }
 
+# Redis pub/sub: a group send is one PUBLISH, and each web process gets it pushed on one
+# subscribed connection. channels-redis's core layer took four round trips per group send and
+# three per message received (a sorted set per channel, polled by each reader): in
+# benchmarks/event_latency.py, page event -> WebSocket p95 31-41 ms with it, 24-27 ms with this.
+# Pub/sub keeps nothing for a listener that is not subscribed: events are stored, and
+# ocr/streams.py reads what a push did not bring (gaps, and every OCR_STREAM_RESYNC_SECONDS).
 CHANNEL_LAYERS = {
     "default": {
-        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
         "CONFIG": {
-            # redis-py 8 defaults to a 5 s socket timeout, which breaks channels-redis's 5 s
-            # blocking reads: every quiet WebSocket or SSE stream would die after 5 s.
+            # redis-py 8 defaults to a 5 s socket timeout: no limit for the subscribed connection.
             "hosts": [{"address": REDIS_URL, "socket_timeout": None}],
             "prefix": f"{OCR_QUEUE_NAME}:asgi",
-            # Events are stored; the layer only wakes listeners, so a roomy buffer is enough.
-            "capacity": 1000,
-            "expiry": 60,
         },
     }
 }

@@ -67,13 +67,10 @@ def daphne_on(private_redis, tmp_path):
 
 @pytest.fixture
 def layer_on(private_redis, settings):
-    """This process publishes its events through the private Redis too."""
-    settings.CHANNEL_LAYERS = {
-        "default": {
-            "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {"hosts": [{"address": private_redis.url, "socket_timeout": None}], "prefix": "restart"},
-        }
-    }
+    """This process publishes its events through the private Redis too (the service's layer)."""
+    layer = settings.CHANNEL_LAYERS["default"]
+    hosts = [{"address": private_redis.url, "socket_timeout": None}]
+    settings.CHANNEL_LAYERS = {"default": {**layer, "CONFIG": {**layer["CONFIG"], "hosts": hosts}}}
     channel_layers.backends.clear()
     yield
     channel_layers.backends.clear()

@@ -309,23 +309,22 @@ def task_cancel(
     Idempotent for a cancelled task (original time and reason); raises TaskNotCancellable for
     a completed or failed one. Every call is audited, accepted or refused.
     """
-    outcome = _cancel(OCRTask.objects.filter(pk=task.pk), reason, cancelled_by, user, client, refused=True)
-    assert outcome is not None  # a refused cancel is answered too
-    return outcome
+    return task_cancel_visible(
+        rows=OCRTask.objects.filter(pk=task.pk), reason=reason, cancelled_by=cancelled_by, user=user, client=client
+    )
 
 
 def task_cancel_visible(
-    *, rows: QuerySet[OCRTask], reason: str | None, cancelled_by: str, user, client: str
-) -> CancelResult | None:
-    """task_cancel of the one task in `rows` (the caller's view of it: selectors.visible_rows)
-    with no read before its UPDATE: the cancel's first statement is the one that stops the task.
-    None when `rows` holds no active task (unknown, out of sight, or ended): nothing is written,
-    and the caller looks the task up (404), then task_cancel answers for it (audited)."""
-    return _cancel(rows, reason, cancelled_by, user, client, refused=False)
-
-
-def _cancel(rows, reason: str | None, cancelled_by: str, user, client: str, *, refused: bool) -> CancelResult | None:
-    """The cancel of task_cancel; with `refused` False, a cancel that changes nothing is None."""
+    *,
+    rows: QuerySet[OCRTask],
+    reason: str | None = None,
+    cancelled_by: str = CancelledBy.USER,
+    user=None,
+    client: str = "",
+) -> CancelResult:
+    """task_cancel of the one task in `rows` (the caller's view of it: selectors.visible_rows),
+    whose conditional UPDATE is the first statement: nothing is read before the cancel that
+    stops the task. OCRTask.DoesNotExist when `rows` holds no task (nothing is written)."""
     reason = (reason or "").strip() or DEFAULT_CANCEL_REASON
     user = user if getattr(user, "is_authenticated", False) else None
     with transaction.atomic():
@@ -337,8 +336,6 @@ def _cancel(rows, reason: str | None, cancelled_by: str, user, client: str, *, r
             cancelled_by=cancelled_by,
             cancelled_by_user=user,
         )
-        if cancelled is None and not refused:
-            return None
         # Stamped once the UPDATE holds the row: every page committed before it is older.
         now = timezone.now()
         if cancelled is not None:

@@ -10,9 +10,9 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from .. import metrics, selectors, services
-from ..exceptions import InvalidInput
+from ..exceptions import InvalidInput, TaskNotFound
 from ..kinds import Kind
-from ..models import CancelledBy
+from ..models import CancelledBy, OCRTask
 from . import schema, throttles
 from .common import client_ip, visible_task
 from .serializers import cancel_body, cancel_reason, parse_json_body
@@ -34,30 +34,24 @@ class CancelView(APIView):
         "(mid-page), pages finished before are kept. Missing or blank reason: `User requested cancellation`.",
     )
     def post(self, request: Request, task_id: str) -> Response:
-        """An active task the caller may see is cancelled by the first statement, with no read
-        before it (the client waits for it, and it wakes the worker). Anything else is looked up
-        as before: 404, then 400 for a bad body, then task_cancel's idempotent or refused answer."""
+        """The cancel's first statement is the UPDATE that stops the task (the client waits for
+        it, and it wakes the worker): no read before it. 404 before 400 for a bad body."""
         pk, client = selectors.parse_task_id(task_id), client_ip(request)
         logger.info("task %s: cancel requested from %s", pk, client)
         try:
-            reason, bad_body = cancel_reason(parse_json_body(request._request.body)), None  # JSON, any Content-Type
-        except InvalidInput as exc:
-            reason, bad_body = None, exc
-        cancel = {"reason": reason, "cancelled_by": CancelledBy.USER, "user": request.user, "client": client}
-        outcome = None
-        if bad_body is None:
-            rows = selectors.visible_rows(
-                user=request.user,
-                task_id=pk,
-                task_type=self.kind and self.kind.slug,
-                streaming_only=self.streaming_only,
+            reason = cancel_reason(parse_json_body(request._request.body))  # JSON whatever its Content-Type
+        except InvalidInput:
+            visible_task(request, pk, kind=self.kind, streaming_only=self.streaming_only)  # 404 goes first
+            raise
+        rows = selectors.visible_rows(
+            user=request.user, task_id=pk, task_type=self.kind and self.kind.slug, streaming_only=self.streaming_only
+        )
+        try:
+            outcome = services.task_cancel_visible(
+                rows=rows, reason=reason, cancelled_by=CancelledBy.USER, user=request.user, client=client
             )
-            outcome = services.task_cancel_visible(rows=rows, **cancel)
-        if outcome is None:
-            task = visible_task(request, pk, kind=self.kind, streaming_only=self.streaming_only)
-            if bad_body is not None:
-                raise bad_body
-            outcome = services.task_cancel(task=task, **cancel)
+        except OCRTask.DoesNotExist:
+            raise TaskNotFound(pk) from None
         body = cancel_body(outcome.task, newly_cancelled=outcome.newly_cancelled, via_stream=self.streaming_only)
         return Response(body, status=200)
 

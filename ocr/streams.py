@@ -81,16 +81,27 @@ class Membership:
             return None
 
     async def leave(self) -> None:
+        """Out of the group, and the channel forgotten (ocr.channel_layer); shielded, so that a
+        stream cancelled meanwhile (its client gone) cannot cut the cleanup short."""
         if self.layer is None or self.channel is None:
             return
+        await asyncio.shield(self._leave())
+
+    async def _leave(self) -> None:
         try:
             await self.layer.group_discard(self.group, self.channel)
         except Exception:
             logger.debug("%s: group_discard failed", self.label, exc_info=True)
         if self.reading is not None:
-            self.reading.cancel()  # the pub/sub layer then unsubscribes the channel
+            self.reading.cancel()
             await asyncio.gather(self.reading, return_exceptions=True)
             self.reading = None
+        delete_channel = getattr(self.layer, "delete_channel", None)  # ocr.channel_layer
+        if delete_channel is not None:
+            try:
+                await delete_channel(self.channel)
+            except Exception:
+                logger.debug("%s: delete_channel failed", self.label, exc_info=True)
 
 
 @database_sync_to_async

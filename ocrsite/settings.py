@@ -165,9 +165,10 @@ CACHES = {
 # benchmarks/event_latency.py, page event -> WebSocket p95 31-41 ms with it, 24-27 ms with this.
 # Pub/sub keeps nothing for a listener that is not subscribed: events are stored, and
 # ocr/streams.py reads what a push did not bring (gaps, and every OCR_STREAM_RESYNC_SECONDS).
+# ocr.channel_layer: that layer, without its leak while Redis is down.
 CHANNEL_LAYERS = {
     "default": {
-        "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+        "BACKEND": "ocr.channel_layer.PubSubChannelLayer",
         "CONFIG": {
             # redis-py 8 defaults to a 5 s socket timeout: no limit for the subscribed connection.
             "hosts": [{"address": REDIS_URL, "socket_timeout": None}],
@@ -331,6 +332,12 @@ LOGGING = {
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "filters": {"quiet_repeats": {"()": "ocr.channel_layer.QuietRepeats"}},
     "root": {"handlers": ["console"], "level": env("LOG_LEVEL", default="INFO")},
-    "loggers": {"django_q": {"level": "WARNING"}, "httpx": {"level": "WARNING"}},
+    "loggers": {
+        "django_q": {"level": "WARNING"},
+        "httpx": {"level": "WARNING"},
+        # a traceback a second while Redis is down: one a minute, with the count of the others
+        "channels_redis.pubsub": {"filters": ["quiet_repeats"]},
+    },
 }

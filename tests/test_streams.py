@@ -1,10 +1,13 @@
 """ocr.streams.Membership on the service's channel layer (Redis pub/sub): a push still arrives
-after reads that timed out, as a stream waits between events (keep-alives, resyncs)."""
+after reads that timed out, as a stream waits between events (keep-alives, resyncs), and a
+stream that ends leaves nothing behind in the web process or in Redis."""
 
 import asyncio
 import uuid
 
+import redis
 from channels.layers import get_channel_layer
+from django.conf import settings
 
 from ocr.progress import group_name
 from ocr.streams import Membership
@@ -37,3 +40,20 @@ async def test_leave_ends_the_read_and_the_subscription():
     await membership.leave()
     assert reading.cancelled() and membership.reading is None
     await asyncio.sleep(0)  # nothing left pending on the loop for this stream
+
+
+async def test_a_stream_that_ends_on_a_message_it_read_leaves_nothing_behind():
+    """The pub/sub layer forgets a channel only when a read of it is cancelled: a stream that
+    ended on its terminal event, read and returned, kept its queue in the web process and its
+    subscription in Redis for the life of the process (one per stream ever served)."""
+    layer = get_channel_layer()
+    group = group_name(uuid.uuid4())
+    membership = Membership(group, "test stream")
+    assert await membership.join()
+    await layer.group_send(group, {"type": "task.event", "event": {"seq": 1, "type": "completed"}})
+    assert (await membership.receive(5))["event"]["seq"] == 1
+    assert membership.reading is None  # nothing left to cancel
+    await membership.leave()
+    assert membership.channel not in layer.channels and not layer.groups
+    subscribed = redis.Redis.from_url(settings.REDIS_URL).pubsub_channels(f"{membership.channel}*")
+    assert subscribed == []

@@ -5,15 +5,20 @@ for pushes would go quiet for ever. `ocr.streams.follow` re-joins and reads the 
 The broker kept by ocr.queue reconnects too.
 """
 
+import asyncio
 import json
+import logging
 import subprocess
 import sys
 import threading
 import time
+import uuid
 
 import pytest
-from channels.layers import channel_layers
+from channels.layers import channel_layers, get_channel_layer
 
+from ocr.progress import group_name
+from ocr.streams import Membership
 from tests import factories
 from tests.conftest import ROOT, service_env
 from tests.support import SSEClient, WebSocketClient, free_port, port_open, stop_process, wait_for
@@ -156,7 +161,6 @@ def collect_until_closed(stream, into: list) -> None:
 def test_jobs_go_through_one_kept_redis_connection_that_survives_a_restart(private_redis, monkeypatch):
     """django-q2 opened a new Redis connection for each job queued (a connect and a handshake per
     submit); ocr.queue keeps one broker per process, whose pool reconnects after a restart."""
-    import uuid
 
     import redis
     from django_q.conf import Conf
@@ -183,3 +187,39 @@ def test_jobs_go_through_one_kept_redis_connection_that_survives_a_restart(priva
         assert queue.queue_depth() == 1
     finally:
         queue.broker.cache_clear()
+
+
+async def test_a_stream_opened_while_redis_is_down_leaks_nothing_and_joins_once_it_is_back(private_redis, layer_on):
+    """channels-redis's pub/sub layer records a new channel before it subscribes it, and kept the
+    record when the subscribe failed: one more per re-join attempt of each stream opened while
+    Redis was down (every OCR_STREAM_RESYNC_SECONDS), for the life of the web process."""
+    layer = get_channel_layer()
+    membership = Membership(group_name(uuid.uuid4()), "test stream")
+    private_redis.stop()
+    for _ in range(3):
+        assert not await membership.join()
+    assert layer.channels == {} and layer.groups == {}
+
+    private_redis.start()
+    assert await membership.join()
+    try:
+        await layer.group_send(membership.group, {"type": "task.event", "event": {"seq": 1}})
+        message = await membership.receive(5)
+        assert message is not None and message["event"] == {"seq": 1}
+    finally:
+        await membership.leave()
+    assert layer.channels == {} and layer.groups == {}
+
+
+async def test_the_layer_logs_a_lost_redis_once_a_minute_not_every_second(private_redis, layer_on, caplog):
+    """channels-redis's receiving task logs a traceback every second while Redis is down (an hour's
+    outage: 3600 per web process); ocr.channel_layer.QuietRepeats lets one through a minute."""
+    membership = Membership(group_name(uuid.uuid4()), "test stream")
+    assert await membership.join()
+    private_redis.stop()
+    with caplog.at_level(logging.ERROR, logger="channels_redis.pubsub"):
+        await asyncio.sleep(3.5)
+    private_redis.start()
+    await membership.leave()
+    lost = [record for record in caplog.records if record.name == "channels_redis.pubsub"]
+    assert len(lost) <= 1, [record.getMessage() for record in lost]  # none: one went out < 60 s ago

@@ -57,3 +57,20 @@ async def test_a_stream_that_ends_on_a_message_it_read_leaves_nothing_behind():
     assert membership.channel not in layer.channels and not layer.groups
     subscribed = redis.Redis.from_url(settings.REDIS_URL).pubsub_channels(f"{membership.channel}*")
     assert subscribed == []
+
+
+def test_quiet_repeats_lets_one_record_through_per_period_with_the_count_of_the_others():
+    import logging
+    import time
+
+    from ocr.channel_layer import QuietRepeats
+
+    quiet = QuietRepeats(seconds=0.2)
+
+    def record() -> logging.LogRecord:
+        return logging.LogRecord("channels_redis.pubsub", logging.ERROR, __file__, 1, "lost %s", ("redis",), None)
+
+    assert [quiet.filter(record()) for _ in range(4)] == [True, False, False, False]
+    time.sleep(0.25)
+    after = record()
+    assert quiet.filter(after) and after.getMessage().startswith("lost redis (3 more in the last")

@@ -165,7 +165,7 @@ CACHES = {
 # benchmarks/event_latency.py, page event -> WebSocket p95 31-41 ms with it, 24-27 ms with this.
 # Pub/sub keeps nothing for a listener that is not subscribed: events are stored, and
 # ocr/streams.py reads what a push did not bring (gaps, and every OCR_STREAM_RESYNC_SECONDS).
-# ocr.channel_layer: that layer, without its leak while Redis is down.
+# ocr.channel_layer: that layer, forgetting the channels of ended streams and of failed joins.
 CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "ocr.channel_layer.PubSubChannelLayer",

@@ -12,8 +12,10 @@ from urllib.parse import parse_qs
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
+from rest_framework.exceptions import Throttled
 
 from . import feed, selectors, services, streams
+from .api import throttles
 from .api.serializers import cancel_body, cancel_reason
 from .exceptions import DomainError
 from .models import CancelledBy
@@ -27,7 +29,10 @@ logger = logging.getLogger(__name__)
 STREAM_FAILED = 4500
 
 
-def _cancel(task_id, user, content: dict, client: str) -> dict:
+def _cancel(task_id, user, content: dict, client: str, caller) -> dict:
+    """The REST cancel's answer, its rate limit (OCR_CANCEL_RATE, shared with the cancel
+    endpoints) included; `caller`: throttles.websocket_caller."""
+    throttles.enforce(caller, throttles.CANCEL_SCOPE)
     reason = cancel_reason({"reason": content.get("reason")})
     task = selectors.task_get_for(user=user, task_id=task_id)
     outcome = services.task_cancel(
@@ -106,9 +111,21 @@ class TaskEventsConsumer(_FollowingConsumer):
         client = f"websocket:{(self.scope.get('client') or ['?'])[0]}"
         async with self.send_lock:
             try:
-                body = await database_sync_to_async(_cancel)(self.task_id, self.scope.get("user"), content, client)
+                caller = throttles.websocket_caller(self.scope)
+                body = await database_sync_to_async(_cancel)(
+                    self.task_id, self.scope.get("user"), content, client, caller
+                )
             except DomainError as exc:
                 await self.send_json({"type": "cancel_result", "status_code": exc.status_code, **exc.body()})
+                return
+            except Throttled as exc:
+                answer = {
+                    "type": "cancel_result",
+                    "status_code": 429,
+                    "detail": str(exc.detail),
+                    "retry_after": exc.wait,
+                }
+                await self.send_json(answer)
                 return
             await self.send_json({"type": "cancel_result", "status_code": 200, **body})
 

@@ -7,7 +7,7 @@ from channels.testing import WebsocketCommunicator
 from django.contrib.auth.models import AnonymousUser, User
 
 from ocr import services
-from ocr.models import PageSource
+from ocr.models import OCRTask, PageSource
 from ocr.routing import websocket_urlpatterns
 from tests import factories
 
@@ -231,3 +231,34 @@ async def test_a_stream_that_fails_on_the_server_is_closed_with_a_code_daphne_ca
     protocol.sendCloseFrame = lambda **frame: sent.update(frame)
     protocol.sendClose(code=code)
     assert sent["code"] == code
+
+
+async def test_the_cancel_action_shares_the_cancel_rate_limit_with_the_endpoints(settings):
+    """API.md section 4: OCR_CANCEL_RATE per client, all cancels together; the socket's answer is
+    the REST one (429). Before, the socket's cancels were not counted at all."""
+    from rest_framework.test import APIClient
+
+    settings.OCR_CANCEL_RATE = "2/m"
+    tasks = [await sync_to_async(make_task)() for _ in range(3)]
+    rest = APIClient(REMOTE_ADDR="198.51.100.9")
+    for task in tasks[:2]:
+        response = await sync_to_async(rest.post)(f"/v1/ocr/tasks/{task.pk}/cancel", {}, format="json")
+        assert response.status_code == 200
+    communicator = connect_to(tasks[2].pk)
+    communicator.scope["client"] = ["198.51.100.9", 40000]  # the same caller
+    assert (await communicator.connect())[0]
+    assert (await communicator.receive_json_from(timeout=5))["type"] == "status"
+    await communicator.send_json_to({"action": "cancel", "reason": "third"})
+    answer = await communicator.receive_json_from(timeout=5)
+    assert answer["type"] == "cancel_result" and answer["status_code"] == 429
+    assert answer["retry_after"] >= 1 and "throttled" in answer["detail"]
+    assert (await sync_to_async(lambda: OCRTask.objects.get(pk=tasks[2].pk).status)()) == "pending"
+    # another address has its own budget
+    other = connect_to(tasks[2].pk)
+    other.scope["client"] = ["198.51.100.10", 40000]
+    assert (await other.connect())[0]
+    await other.receive_json_from(timeout=5)
+    await other.send_json_to({"action": "cancel"})
+    assert (await other.receive_json_from(timeout=5))["status_code"] == 200
+    await communicator.disconnect()
+    await other.disconnect()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
+from types import SimpleNamespace
 
 import redis
 from django.conf import settings
@@ -71,8 +72,18 @@ class OCRRateThrottle(ScopedRateThrottle):
         return max(0.001, self.reset_at - time.time())
 
 
+def websocket_caller(scope: dict) -> SimpleNamespace:
+    """A WebSocket connection's caller as the throttle reads a request: its user, its address
+    and its X-Forwarded-For (believed as for HTTP: OCR_TRUSTED_PROXIES)."""
+    headers = {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in scope.get("headers", [])}
+    return SimpleNamespace(
+        user=scope.get("user"), headers=headers, META={"REMOTE_ADDR": (scope.get("client") or [""])[0]}
+    )
+
+
 def enforce(request, scope: str) -> None:
-    """Apply a scope's limit outside an APIView (the async views); raises Throttled (429)."""
+    """Apply a scope's limit outside an APIView (the async views, the WebSocket cancel action:
+    `websocket_caller`); raises Throttled (429)."""
 
     class _View:
         throttle_scope = scope

@@ -54,7 +54,8 @@ def install() -> None:
         self._ocrsite_refused = False
 
     def gotLength(self, length):
-        if length is not None and length > max_request_body():
+        self._ocrsite_limit = max_request_body()  # once per request, not per chunk
+        if length is not None and length > self._ocrsite_limit:
             original_got_length(self, 0)
             _refuse(self, f"{length} bytes")
         else:
@@ -64,8 +65,8 @@ def install() -> None:
         if self._ocrsite_refused:
             return
         self._ocrsite_received += len(data)
-        if self._ocrsite_received > max_request_body():  # a chunked body: no length given
-            _refuse(self, f"more than {max_request_body()} bytes")
+        if self._ocrsite_received > self._ocrsite_limit:  # a chunked body: no length given
+            _refuse(self, f"more than {self._ocrsite_limit} bytes")
             return
         original_content_chunk(self, data)
 
@@ -87,7 +88,7 @@ def _refuse(request, size: str) -> None:
 
     request._ocrsite_refused = True
     request.requestHeaders.removeHeader(b"Expect")  # no "100 Continue" for a body refused already
-    limit = max_request_body()
+    limit = request._ocrsite_limit
     detail = (
         f"Request body of {size} exceeds the limit of {limit} bytes "
         f"(OCR_MAX_PDF_BYTES={settings.OCR_MAX_PDF_BYTES}, OCR_MAX_IMAGE_BYTES={settings.OCR_MAX_IMAGE_BYTES})"

@@ -3,6 +3,7 @@ submits with the same key against a real daphne creating one task."""
 
 import json
 import threading
+import time
 from datetime import timedelta
 
 import pytest
@@ -11,6 +12,14 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.utils import timezone
 from rest_framework.test import APIClient
 
+from ocr.exceptions import TaskConflict
+from ocr.idempotency import (
+    CLAIM_STALE_SECONDS,
+    WAIT_FOR_FIRST_SECONDS,
+    idempotency_claim,
+    idempotency_release,
+    idempotency_store,
+)
 from ocr.models import Batch, IdempotencyRecord, OCRTask
 from tests import factories
 from tests.support import connection, multipart, wait_for
@@ -72,6 +81,37 @@ def test_keys_are_per_caller_and_expire_after_24_hours(client):
 def test_a_refused_submit_does_not_hold_its_key(client):
     assert submit(client, data=b"not a pdf").status_code == 415
     assert submit(client).status_code == 202  # the corrected retry is a first submit
+
+
+@pytest.mark.django_db
+def test_a_claim_whose_call_died_is_taken_over(client):
+    """A web process killed between claiming the key and storing its answer leaves a claim
+    with no answer: the client's retry gets a task (not 30 s of waiting, then 409 for 24 h)."""
+    submit(client)
+    IdempotencyRecord.objects.update(
+        status_code=None, body=None, created_at=timezone.now() - timedelta(seconds=CLAIM_STALE_SECONDS + 1)
+    )
+    started = time.monotonic()
+    retry = submit(client)
+    assert retry.status_code == 202 and not retry.has_header("Idempotent-Replayed")
+    assert time.monotonic() - started < WAIT_FOR_FIRST_SECONDS / 2
+    again = submit(client)
+    assert again["Idempotent-Replayed"] == "true" and again.json()["task_id"] == retry.json()["task_id"]
+
+
+@pytest.mark.django_db
+def test_a_live_claim_is_waited_for_and_keeps_its_answer():
+    claim = idempotency_claim(caller="ip:1", key="k", fingerprint="f")
+    with pytest.raises(TaskConflict, match="still being handled"):
+        idempotency_claim(caller="ip:1", key="k", fingerprint="f", wait_seconds=0.2)
+    # Taken over once stale: the late first call's answer no longer lands on the new claim.
+    IdempotencyRecord.objects.update(created_at=timezone.now() - timedelta(seconds=CLAIM_STALE_SECONDS + 1))
+    second = idempotency_claim(caller="ip:1", key="k", fingerprint="f", wait_seconds=0.2)
+    assert second.pk != claim.pk and second.status_code is None
+    idempotency_store(second, status_code=202, body={"task_id": "second"})
+    idempotency_store(claim, status_code=202, body={"task_id": "first"})
+    idempotency_release(claim)
+    assert idempotency_claim(caller="ip:1", key="k", fingerprint="f").body == {"task_id": "second"}
 
 
 @pytest.mark.django_db

@@ -69,13 +69,13 @@ def idempotent(request: Request, respond: Callable[[], tuple[int, dict]]) -> Res
         return Response(body, status=status)
     caller = caller_of(request)
     record = idempotency.idempotency_claim(caller=caller, key=key, fingerprint=fingerprint(request))
-    if record is not None:
+    if record.status_code is not None:
         return replay(record)
     try:
         status, body = respond()
     except BaseException:
-        idempotency.idempotency_release(caller=caller, key=key)
+        idempotency.idempotency_release(record)
         raise
     body = json.loads(json.dumps(body, cls=DjangoJSONEncoder))
-    idempotency.idempotency_store(caller=caller, key=key, status_code=status, body=body)
+    idempotency.idempotency_store(record, status_code=status, body=body)
     return Response(body, status=status)

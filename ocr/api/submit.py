@@ -83,14 +83,14 @@ def _accept_sync(request: HttpRequest, kind: Kind) -> tuple[uuid.UUID, Request, 
             return accept_submission(wrapped, kind=kind).pk, wrapped, False
         caller = caller_of(wrapped)
         record = idempotency.idempotency_claim(caller=caller, key=key, fingerprint=fingerprint(wrapped))
-        if record is not None:
+        if record.status_code is not None:
             return uuid.UUID(record.body["task_id"]), wrapped, True
         try:
             task = accept_submission(wrapped, kind=kind)
         except BaseException:
-            idempotency.idempotency_release(caller=caller, key=key)
+            idempotency.idempotency_release(record)
             raise
-        idempotency.idempotency_store(caller=caller, key=key, status_code=200, body={"task_id": str(task.pk)})
+        idempotency.idempotency_store(record, status_code=200, body={"task_id": str(task.pk)})
         return task.pk, wrapped, False
     finally:
         connection.close_if_unusable_or_obsolete()

@@ -188,6 +188,8 @@ def code_version() -> str | None:
 class TesseractSampler(threading.Thread):
     """Counts running tesseract processes every `interval` s, by the directory of their input
     file (`prefixes`: name -> directory); any other tesseract on the host counts as "foreign".
+    Running: able to run at a sample and using the CPU until the next (see `sample`), so that
+    a page reader sleeping between pages does not count.
 
     Equivalent to `pgrep -f '^tesseract '` but cheap enough to run at 50 Hz on 2 cores: a PID's
     command line is read once, when it first appears (pgrep itself costs ~8 ms of CPU per call,
@@ -200,6 +202,8 @@ class TesseractSampler(threading.Thread):
         self.interval = interval
         self._stop_event = threading.Event()
         self._known: dict[str, tuple[str, int]] = {}  # pid -> (class name or "", times read)
+        self._runnable: dict[str, str] = {}  # at the last sample: pid -> class name ...
+        self._runnable_cpu: dict[str, int] = {}  # ... and its CPU time then (ns)
         self.maxima: dict[str, int] = {}
         self.sums: dict[str, int] = {}
         self.samples = 0
@@ -207,6 +211,7 @@ class TesseractSampler(threading.Thread):
 
     def reset(self) -> None:
         self.maxima = {name: 0 for name in [*self.prefixes, "foreign", "meta"]}
+        self._runnable, self._runnable_cpu = {}, {}
         self.sums = dict.fromkeys(self.maxima, 0)
         self.samples = 0
 
@@ -228,6 +233,7 @@ class TesseractSampler(threading.Thread):
     def sample(self) -> dict[str, int]:
         pids = {pid for pid in os.listdir("/proc") if pid.isdigit()}
         counts = dict.fromkeys(self.maxima, 0)
+        ocr: dict[str, str] = {}
         known = self._known
         for pid in known.keys() - pids:  # gone: its PID may be reused by the next process
             del known[pid]
@@ -240,7 +246,16 @@ class TesseractSampler(threading.Thread):
                     continue
                 entry = known[pid] = (self._classify(argv), (entry[1] + 1) if entry else 1)
             if entry[0]:
-                counts[entry[0]] += 1
+                ocr[pid] = entry[0]
+        # A process counts as running at the previous sample if it could run then (state R or
+        # D) and used the CPU since: not a page reader (ocr/page_readers.py) that has just
+        # answered and, preempted, has a few microseconds left before it sleeps between pages.
+        now = {pid: cpu_ns(pid) for pid in ocr}
+        for pid, name in self._runnable.items():
+            if now.get(pid) is not None and now[pid] - self._runnable_cpu[pid] > KEPT_RUNNING_NS:
+                counts[name] += 1
+        self._runnable = {pid: name for pid, name in ocr.items() if now[pid] is not None and runnable(pid)}
+        self._runnable_cpu = {pid: now[pid] for pid in self._runnable}
         return counts
 
     def run(self) -> None:
@@ -254,6 +269,28 @@ class TesseractSampler(threading.Thread):
 
     def stop(self) -> None:
         self._stop_event.set()
+
+
+KEPT_RUNNING_NS = 500_000  # 0.5 ms of CPU between two samples (20 ms): the process kept running
+
+
+def runnable(pid: str) -> bool:
+    """Whether a process runs or waits for the CPU or a disk (not a page reader sleeping between
+    pages: ocr/page_readers.py)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            return handle.read().rsplit(b")", 1)[1].split()[0] in (b"R", b"D")
+    except (OSError, IndexError):
+        return False
+
+
+def cpu_ns(pid: str) -> int | None:
+    """CPU time of a process in nanoseconds (/proc/PID/schedstat), None once it is gone."""
+    try:
+        with open(f"/proc/{pid}/schedstat", "rb") as handle:
+            return int(handle.read().split()[0])
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 class CpuMeter:

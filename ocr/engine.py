@@ -27,9 +27,13 @@ from PIL import Image
 
 from . import imaging, tesseract_text
 from .imaging import page_text_layer, preprocess  # noqa: F401  (the engine's page steps)
+from .page_readers import PageReader, PageReaders
 from .processes import (  # noqa: F401  (re-exported: the engine's public names)
+    HUGE_PAGES,
     PAGE_FILE_PREFIX,
     PAGE_PROGRAM,
+    TESSERACT_ENV,
+    TESSERACT_NICE,
     Cancelled,
     CancelScope,
     TesseractSlots,
@@ -43,18 +47,6 @@ from .processes import (  # noqa: F401  (re-exported: the engine's public names)
 logger = logging.getLogger(__name__)
 
 IMAGE_FORMATS = {"JPEG": "jpeg", "PNG": "png", "BMP": "bmp", "TIFF": "tiff", "WEBP": "webp"}
-# glibc.malloc.hugetlb=1: tesseract's heap in transparent huge pages (where the kernel offers
-# them, as with Debian's default "madvise"): a killed tesseract of a 600 dpi page is gone in
-# 1-2.5 ms instead of 4-11 ms (fewer page tables to free, measured here on a busy machine),
-# and it read a 300 dpi page a few percent faster (pairs run side by side, same page).
-HUGE_PAGES = "glibc.malloc.hugetlb=1"
-TESSERACT_ENV = {
-    **os.environ,
-    "OMP_THREAD_LIMIT": "1",
-    "GLIBC_TUNABLES": ":".join(filter(None, [os.environ.get("GLIBC_TUNABLES"), HUGE_PAGES])),
-}
-# Niceness of every tesseract (0 = as the worker): lower than the API's and the watchers'.
-TESSERACT_NICE = int(os.environ.get("OCR_TESSERACT_NICE", "10") or 0)
 
 
 class EngineError(Exception):
@@ -195,10 +187,16 @@ class OCRText:
 
 
 def _run(
-    argv: list[str], *, scope: CancelScope, slots: TesseractSlots | None, memory_limit_mb: int = 0
+    argv: list[str],
+    *,
+    scope: CancelScope,
+    slots: TesseractSlots | None,
+    memory_limit_mb: int = 0,
+    reader: PageReader | None = None,
 ) -> tuple[int, bytes, bytes]:
     """Run one OCR process in its own process group, tracked by `scope` (killed on cancel); with
     `memory_limit_mb`, its address space is capped (it fails instead of taking the host down).
+    With `reader`, the page goes to that page reader's process instead (`argv` unused).
 
     A process killed from outside (a SIGKILL the scope did not send: this node's killer on a
     cancel, ocr/killer.py, or the kernel) waits for the watcher's word (await_verdict): a cancel
@@ -206,26 +204,33 @@ def _run(
     is re-queued), the page is read once more; killed again, it fails."""
     for again in (True, False):
         with slots.acquire(scope) if slots is not None else nullcontext():
-            proc = subprocess.Popen(
-                argv,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                env=TESSERACT_ENV,
-                start_new_session=True,
-            )
-            if memory_limit_mb:
-                limit_memory(proc.pid, memory_limit_mb)
-            if TESSERACT_NICE:
-                lower_priority(proc.pid, TESSERACT_NICE)
-            with scope.track(proc):
-                stdout, stderr = proc.communicate()
-        if proc.returncode != -signal.SIGKILL:
+            if reader is not None:
+                proc = reader.start()
+                with scope.track(proc):
+                    returncode, stderr = reader.read()
+                stdout = b""
+            else:
+                proc = subprocess.Popen(
+                    argv,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    env=TESSERACT_ENV,
+                    start_new_session=True,
+                )
+                if memory_limit_mb:
+                    limit_memory(proc.pid, memory_limit_mb)
+                if TESSERACT_NICE:
+                    lower_priority(proc.pid, TESSERACT_NICE)
+                with scope.track(proc):
+                    stdout, stderr = proc.communicate()
+                returncode = proc.returncode
+        if returncode != -signal.SIGKILL:
             break
         scope.await_verdict()
         if again:
             logger.warning("OCR process %d killed from outside, no cancel: page read again", proc.pid)
     scope.check()
-    return proc.returncode, stdout, stderr
+    return returncode, stdout, stderr
 
 
 def _failure(returncode: int, stderr: bytes) -> OCRFailed:
@@ -249,6 +254,7 @@ def run_tesseract(
     formats: tuple[str, ...] = (),
     adaptive: bool = False,
     memory_limit_mb: int = 0,
+    readers: PageReaders | None = None,
 ) -> OCRText:
     """OCR one preprocessed image in a process of its own that `scope.cancel()` can kill.
 
@@ -258,28 +264,29 @@ def run_tesseract(
     command (RENDERED_FORMATS) or the language is written right to left (its words are only
     known as the TSV has them).
     `adaptive` lets tesseract binarise with Sauvola's local thresholds.
-    With `slots`, a slot is held only while tesseract runs (not while its input is written)."""
+    With `slots`, a slot is held only while tesseract runs (not while its input is written).
+    With `readers` (ocr/page_readers.py), a page read by libtesseract goes to a reader that
+    stays (its folder, not a temporary one; the readers' own memory cap), the slot held from
+    the page's writing on."""
     started = time.perf_counter()
     scope = scope or CancelScope()
     scope.check()
     by_command = any(name in formats for name in RENDERED_FORMATS) or not tesseract_text.left_to_right(lang)
+    execute = functools.partial(_run, scope=scope, slots=slots)
+    options = {"lang": lang, "dpi": dpi, "formats": formats, "adaptive": adaptive, "memory_mb": memory_limit_mb}
+    if readers is not None and not by_command:
+        # the slot first: a task never has more readers than slots (the page is written in it)
+        with slots.acquire(scope) if slots is not None else nullcontext(), readers.borrow(lang) as reader:
+            path = write_page(image, reader.folder)
+            execute = functools.partial(_run, scope=scope, slots=None)
+            text, words, files = _by_library(execute, path, reader.outbase, reader=reader, **options)
+        return OCRText(text=text.strip(), seconds=time.perf_counter() - started, files=files, words=words)
     # named after this process and the task (page_folder_prefix)
     workdir = tempfile.mkdtemp(prefix=page_folder_prefix(scope.label), dir=tmpdir)
     try:
         path = write_page(image, workdir)
-        outbase = os.path.join(workdir, "out")
-        execute = functools.partial(_run, scope=scope, slots=slots)
         read = _by_command if by_command else _by_library
-        text, words, files = read(
-            execute,
-            path,
-            outbase,
-            lang=lang,
-            dpi=dpi,
-            formats=formats,
-            adaptive=adaptive,
-            memory_mb=memory_limit_mb,
-        )
+        text, words, files = read(execute, path, os.path.join(workdir, "out"), **options)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     return OCRText(text=text.strip(), seconds=time.perf_counter() - started, files=files, words=words)
@@ -300,13 +307,16 @@ def _read(outbase: str, suffix: str) -> bytes:
         return handle.read()
 
 
-def _by_library(execute, path: str, outbase: str, *, lang, dpi, formats, adaptive, memory_mb):
+def _by_library(execute, path: str, outbase: str, *, lang, dpi, formats, adaptive, memory_mb, reader=None):
     """PAGE_PROGRAM: the text and the words always, the TSV when asked for; it caps its own
-    memory before libtesseract loads (so no cap from outside)."""
-    flags = ["adaptive"] * adaptive + ["tsv"] * ("tsv" in formats)
-    returncode, _, stderr = execute(
-        [sys.executable, "-I", "-S", PAGE_PROGRAM, path, outbase, lang, str(dpi), str(memory_mb), *flags]
-    )
+    memory before libtesseract loads (so no cap from outside). With `reader`, its process."""
+    if reader is not None:
+        returncode, _, stderr = execute([], reader=reader.asking(dpi, adaptive, "tsv" in formats))
+    else:
+        flags = ["adaptive"] * adaptive + ["tsv"] * ("tsv" in formats)
+        returncode, _, stderr = execute(
+            [sys.executable, "-I", "-S", PAGE_PROGRAM, path, outbase, lang, str(dpi), str(memory_mb), *flags]
+        )
     if returncode != 0:
         raise _failure(returncode, stderr)
     files = {"tsv": _read(outbase, "tsv")} if "tsv" in formats else {}

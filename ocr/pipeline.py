@@ -1,6 +1,7 @@
 """The worker's page pipeline: `PagePipeline` renders pages one by one in the job's thread and
 OCRs up to OCR_WORKERS of them at once (one more rendered and waiting, so a freed tesseract slot
-never waits for a render); LLM kinds then send each page's text to the model in the same pool
+never waits for a render), by page readers that stay for the document's pages
+(ocr/page_readers.py); LLM kinds then send each page's text to the model in the same pool
 thread, its HTTP stream registered with the job's CancelScope (which ocr/watcher.py cancels).
 Every page ends in one `record()`.
 """
@@ -48,6 +49,7 @@ class PagePipeline:
         self.params = task.parameters
         self.scope = scope
         self.slots = engine.TesseractSlots(settings.OCR_SLOT_DIR, settings.OCR_WORKERS)
+        self.readers: engine.PageReaders | None = None  # while run_pdf runs
 
     # --- one page's steps (pool threads) ---
 
@@ -60,6 +62,7 @@ class PagePipeline:
             tmpdir=pages_dir(),
             slots=self.slots,
             memory_limit_mb=settings.OCR_TESSERACT_MAX_MEMORY_MB,
+            readers=self.readers,
         )
 
     def refine_text(self, text: str, source: str, image) -> PageText:
@@ -145,6 +148,16 @@ class PagePipeline:
         self.record(1, page, started)
 
     def run_pdf(self, doc, page_numbers: list[int]) -> None:
+        self.readers = engine.PageReaders(
+            self.scope, tmpdir=pages_dir(), memory_mb=settings.OCR_TESSERACT_MAX_MEMORY_MB
+        )
+        try:
+            self._run_pages(doc, page_numbers)
+        finally:
+            self.readers.close()  # the pool's threads are done: no reader is busy
+            self.readers = None
+
+    def _run_pages(self, doc, page_numbers: list[int]) -> None:
         workers = settings.OCR_WORKERS
         in_flight: dict[Future, tuple[int, float]] = {}
 

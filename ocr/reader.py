@@ -88,8 +88,10 @@ def read_page(
     tmpdir: str | None = None,
     slots: engine.TesseractSlots | None = None,
     memory_limit_mb: int = 0,
+    readers: engine.PageReaders | None = None,
 ) -> PageRead:
-    """OCR one page as `params` ask; Cancelled when the scope is cancelled meanwhile."""
+    """OCR one page as `params` ask; Cancelled when the scope is cancelled meanwhile. With
+    `readers`, by a page reader that stays (engine.run_tesseract)."""
     scope = scope or engine.CancelScope()
     prepared = imaging.preprocess(image, contrast_level=params.contrast_level, threshold=params.threshold)
     rotation = script = skew = None
@@ -117,6 +119,7 @@ def read_page(
         formats=tuple(formats),
         adaptive=binarisation == "adaptive",
         memory_limit_mb=memory_limit_mb,
+        readers=readers,
     )
     words = result.words
     confidence = mean_confidence(words)

@@ -1,7 +1,9 @@
 """Lost work: a worker killed with SIGKILL, a job lost by the broker, orphan tesseracts."""
 
+import glob
 import os
 import signal
+import time
 from datetime import timedelta
 
 import pytest
@@ -78,16 +80,18 @@ def test_pending_job_lost_by_the_broker_is_queued_again():
     get_broker().purge_queue()
 
 
-def process_age(pid: int) -> float:
-    """Seconds since the process started (from /proc)."""
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            start_ticks = int(handle.read().rsplit(")", 1)[1].split()[19])
-        with open("/proc/uptime") as handle:
-            uptime = float(handle.read().split()[0])
-    except (OSError, ValueError):
-        return 9.0
-    return uptime - start_ticks / os.sysconf("SC_CLK_TCK")
+def page_age() -> float:
+    """Seconds since the newest page in flight began: its image is written (in a page reader's
+    folder, ocr/page_readers.py) just before it is read, and deleted once it is read."""
+    from django.conf import settings
+
+    newest = 0.0
+    for page in glob.glob(os.path.join(settings.OCR_SLOT_DIR, "pages", "*", "page.bmp")):
+        try:
+            newest = max(newest, os.stat(page).st_mtime)
+        except FileNotFoundError:
+            continue
+    return time.time() - newest
 
 
 def worker_pid_of(task_id) -> int:
@@ -101,8 +105,8 @@ def test_worker_killed_mid_task_is_recovered_and_leaves_no_tesseract(cluster):
     api = APIClient()
     task_id = submit(api, "/v1/ocr/process-pdf", factories.slow_pdf(4), {"dpi": 600, "text_layer": "ocr"})
     wait_mid_page(task_id, min_pages=1)
-    # kill when a tesseract has just started: it has seconds of work left, so only a kill ends it early
-    wait_for(lambda: min(map(process_age, tesseract_pids()), default=9) < 0.3, timeout=30, interval=0.005)
+    # kill when a page has just started: it has seconds of work left, so only a kill ends it early
+    wait_for(lambda: tesseract_pids() and page_age() < 0.3, timeout=30, interval=0.005)
     os.kill(worker_pid_of(task_id), signal.SIGKILL)
     # the reaper (ocr_sweeper) kills the orphan tesseract and re-queues; a new worker finishes
     task = wait_for(lambda: OCRTask.objects.filter(pk=task_id, status="completed").first(), timeout=90)

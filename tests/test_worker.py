@@ -73,6 +73,24 @@ def test_pdf_is_ocrd_page_by_page(api):
     assert [e["type"] for e in events].count("page_completed") == 3
 
 
+def test_a_pdf_s_pages_share_page_readers_that_end_with_the_task(api):
+    """ocr/page_readers.py: no more OCR processes than slots for the whole document (a process
+    per page would make 6), and none left once the task is completed."""
+    from django.conf import settings
+
+    task_id = submit(api, "/v1/ocr/process-pdf", factories.image_pdf(6, dpi=150), {"dpi": 150})
+    seen: set[int] = set()
+
+    def completed():
+        seen.update(tesseract_pids())
+        return status_of(task_id) == "completed"
+
+    wait_for(completed, timeout=60, interval=0.005)
+    assert 1 <= len(seen) <= settings.OCR_WORKERS
+    assert tesseract_pids() == []
+    assert OCRTask.objects.get(pk=task_id).processed_pages == 6
+
+
 def test_text_layer_pages_skip_ocr_and_image_tasks_complete(api):
     task_id = submit(api, "/v1/ocr/process-pdf", factories.text_pdf(2))
     wait_status(task_id, ["completed"], timeout=20)

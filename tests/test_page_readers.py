@@ -120,3 +120,16 @@ def test_a_reader_is_killed_mid_page(tmp_path, by):
         thread.join(30)
         pool.close()
     assert os.listdir(tmp_path) == []
+
+
+def test_a_reader_s_memory_is_capped(tmp_path):
+    """OCR_TESSERACT_MAX_MEMORY_MB holds for a reader as for a process per page: over it, the
+    page fails (and the reader with it), it does not take the host down."""
+    scope = engine.CancelScope(label=str(uuid.uuid4()))
+    capped = PageReaders(scope, tmpdir=str(tmp_path), memory_mb=20)
+    try:
+        with pytest.raises(engine.OCRFailed):
+            engine.run_tesseract(page("Memory cap"), lang="eng", dpi=144, scope=scope, readers=capped)
+        assert not reader_pids(capped)
+    finally:
+        capped.close()

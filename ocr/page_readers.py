@@ -145,7 +145,7 @@ class PageReaders:
             reader = next((one for one in self._idle if one.lang == lang), None)
             if reader is None and self._idle:  # another language's reader: its folder is reused
                 reader = self._idle[0]
-                reader.stop()
+                reader.stop(wait=0)
                 reader.lang = lang
             if reader is not None:
                 self._idle.remove(reader)
@@ -163,15 +163,18 @@ class PageReaders:
                 pass
             with self._lock:
                 if self.closed:
-                    reader.stop()
+                    reader.stop(wait=0)
                 else:
                     self._idle.append(reader)
 
     def close(self) -> None:
-        """End every reader and delete their folders (a reader still busy is killed)."""
+        """End every reader and delete their folders. Readers are killed, not asked to stop: they
+        are idle (nothing to lose), and a killed one gets its CPU share back to exit at once
+        (processes.kill_group) where one at its low priority waits for the CPU to read its end
+        of input, delaying its task's end on a busy machine."""
         with self._lock:
             self.closed = True
             readers, self._idle = list(self._all), []
         for reader in readers:
-            reader.stop()
+            reader.stop(wait=0)
             shutil.rmtree(reader.folder, ignore_errors=True)

@@ -14,7 +14,6 @@ import logging
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -42,6 +41,7 @@ from .processes import (  # noqa: F401  (re-exported: the engine's public names)
     lower_priority,
     page_folder_prefix,
     remove_orphan_pages,
+    start_ocr_process,
 )
 
 logger = logging.getLogger(__name__)
@@ -210,17 +210,7 @@ def _run(
                     returncode, stderr = reader.read()
                 stdout = b""
             else:
-                proc = subprocess.Popen(
-                    argv,
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.PIPE,
-                    env=TESSERACT_ENV,
-                    start_new_session=True,
-                )
-                if memory_limit_mb:
-                    limit_memory(proc.pid, memory_limit_mb)
-                if TESSERACT_NICE:
-                    lower_priority(proc.pid, TESSERACT_NICE)
+                proc = start_ocr_process(argv, memory_limit_mb=memory_limit_mb)
                 with scope.track(proc):
                     stdout, stderr = proc.communicate()
                 returncode = proc.returncode
@@ -272,13 +262,12 @@ def run_tesseract(
     scope = scope or CancelScope()
     scope.check()
     by_command = any(name in formats for name in RENDERED_FORMATS) or not tesseract_text.left_to_right(lang)
-    execute = functools.partial(_run, scope=scope, slots=slots)
     options = {"lang": lang, "dpi": dpi, "formats": formats, "adaptive": adaptive, "memory_mb": memory_limit_mb}
     if readers is not None and not by_command:
         # the slot first: a task never has more readers than slots (the page is written in it)
         with slots.acquire(scope) if slots is not None else nullcontext(), readers.borrow(lang) as reader:
             path = write_page(image, reader.folder)
-            execute = functools.partial(_run, scope=scope, slots=None)
+            execute = functools.partial(_run, scope=scope, slots=None)  # the slot is held already
             text, words, files = _by_library(execute, path, reader.outbase, reader=reader, **options)
         return OCRText(text=text.strip(), seconds=time.perf_counter() - started, files=files, words=words)
     # named after this process and the task (page_folder_prefix)
@@ -286,6 +275,7 @@ def run_tesseract(
     try:
         path = write_page(image, workdir)
         read = _by_command if by_command else _by_library
+        execute = functools.partial(_run, scope=scope, slots=slots)
         text, words, files = read(execute, path, os.path.join(workdir, "out"), **options)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

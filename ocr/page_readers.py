@@ -25,15 +25,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from .processes import (
-    PAGE_PROGRAM,
-    TESSERACT_ENV,
-    TESSERACT_NICE,
-    CancelScope,
-    kill_group,
-    lower_priority,
-    page_folder_prefix,
-)
+from .processes import PAGE_PROGRAM, CancelScope, kill_group, page_folder_prefix, start_ocr_process
 
 logger = logging.getLogger(__name__)
 
@@ -67,16 +59,8 @@ class PageReader:
         self.stop()
         self._stderr = open(os.path.join(self.folder, "stderr"), "w+b")  # never a full pipe
         argv = [sys.executable, "-I", "-S", PAGE_PROGRAM, self.image, self.outbase, self.lang, "0"]
-        self.proc = subprocess.Popen(
-            [*argv, str(self.memory_mb), "serve"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=self._stderr,
-            env=TESSERACT_ENV,
-            start_new_session=True,
-        )
-        if TESSERACT_NICE:
-            lower_priority(self.proc.pid, TESSERACT_NICE)
+        # it caps its own memory before libtesseract loads (MEMORY_MB), as for one page
+        self.proc = start_ocr_process([*argv, str(self.memory_mb), "serve"], stdin=subprocess.PIPE, stderr=self._stderr)
         self.scope.add_resident(self.proc)
         logger.debug("task %s: page reader %d started (%s)", self.scope.label, self.proc.pid, self.lang)
         return self.proc
@@ -142,13 +126,12 @@ class PageReaders:
         with self._lock:
             if self.closed:
                 raise RuntimeError("page readers closed")
-            reader = next((one for one in self._idle if one.lang == lang), None)
-            if reader is None and self._idle:  # another language's reader: its folder is reused
-                reader = self._idle[0]
-                reader.stop(wait=0)
-                reader.lang = lang
+            reader = next((one for one in self._idle if one.lang == lang), None) or next(iter(self._idle), None)
             if reader is not None:
                 self._idle.remove(reader)
+        if reader is not None and reader.lang != lang:  # another language's reader: its folder is reused
+            reader.stop(wait=0)
+            reader.lang = lang
         if reader is None:
             folder = tempfile.mkdtemp(prefix=page_folder_prefix(self.scope.label, "reader"), dir=self.tmpdir)
             reader = PageReader(self.scope, folder, lang, self.memory_mb)

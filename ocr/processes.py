@@ -253,6 +253,21 @@ TESSERACT_ENV = {
 # Niceness of every tesseract (0 = as the worker): lower than the API's and the watchers'.
 TESSERACT_NICE = int(os.environ.get("OCR_TESSERACT_NICE", "10") or 0)
 
+
+def start_ocr_process(
+    argv: list[str], *, stdin=None, stdout=subprocess.PIPE, stderr=subprocess.PIPE, memory_limit_mb: int = 0
+) -> subprocess.Popen:
+    """An OCR process as every one runs: one thread (TESSERACT_ENV), in a session of its own (a
+    kill reaches it and anything it starts), at TESSERACT_NICE, its address space capped at
+    `memory_limit_mb` (0: not from here)."""
+    proc = subprocess.Popen(argv, stdin=stdin, stdout=stdout, stderr=stderr, env=TESSERACT_ENV, start_new_session=True)
+    if memory_limit_mb:
+        limit_memory(proc.pid, memory_limit_mb)
+    if TESSERACT_NICE:
+        lower_priority(proc.pid, TESSERACT_NICE)
+    return proc
+
+
 # The program that reads most pages through libtesseract (see ocr/libtesseract.py).
 PAGE_PROGRAM = os.path.join(os.path.dirname(os.path.abspath(__file__)), "libtesseract.py")
 

@@ -43,6 +43,15 @@ def proc_ppid(pid: int) -> int | None:
     return int(stat[stat.rindex(b")") + 2 :].split()[1])
 
 
+def alive(pid: int) -> bool:
+    """Whether the process exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def tesseract_pids(path_prefix: str | None = None) -> list[int]:
     """Live OCR processes (tesseract, or the engine's libtesseract program: see
     ocr.processes.ocr_input) whose input file is under `path_prefix` (default: this Django

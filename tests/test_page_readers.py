@@ -14,7 +14,7 @@ from ocr import engine, killer, processes
 from ocr.page_readers import PageReaders
 
 from . import factories
-from .support import wait_for
+from .support import alive, wait_for
 
 
 def page(text: str, size=(1400, 300)):
@@ -35,14 +35,6 @@ def readers(tmp_path):
 
 def reader_pids(pool: PageReaders) -> list[int]:
     return [reader.proc.pid for reader in pool._all if reader.proc is not None]
-
-
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def test_one_reader_reads_pages_as_processes_of_their_own_do(readers, tmp_path):

@@ -10,7 +10,7 @@ import uuid
 import pytest
 
 from tests.conftest import ROOT, service_env
-from tests.support import free_port, port_open, proc_ppid, wait_for
+from tests.support import alive, free_port, port_open, proc_ppid, wait_for
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("no_worker")]
 
@@ -24,14 +24,6 @@ def descendants(root: int) -> set[int]:
         found |= children
         frontier = children
     return found
-
-
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def marked(mark: str) -> set[int]:

@@ -4,6 +4,8 @@ without being stored."""
 
 import json
 import socket
+import subprocess
+import sys
 from urllib.parse import urlsplit
 
 import pytest
@@ -24,6 +26,25 @@ def test_importing_the_application_adjusts_daphne():
 
     # Twisted's own multipart parse blocked every stream for ~250 ms per 9.5 MB upload
     assert getattr(http_protocol.WebRequest, "_ocrsite_patched", False)
+
+
+FROZEN_PROBE = """
+import gc
+import ocrsite.asgi
+from ocr.api.tasks import TaskDetailView
+from ocr.consumers import TaskEventsConsumer
+tracked = {id(o) for generation in (0, 1, 2) for o in gc.get_objects(generation)}
+print(gc.get_freeze_count(), id(TaskDetailView) in tracked, id(TaskEventsConsumer) in tracked)
+"""
+
+
+def test_start_up_objects_are_left_out_of_garbage_collections():
+    """A web process freezes what it loaded at start-up, views and URL tables included (the
+    view modules are first imported by the URL tables: frozen only if those are built first)."""
+    probe = subprocess.run([sys.executable, "-c", FROZEN_PROBE], capture_output=True, text=True, timeout=60)
+    assert probe.returncode == 0, probe.stderr
+    frozen, view_collected, consumer_collected = probe.stdout.split()
+    assert int(frozen) > 50_000 and view_collected == "False" and consumer_collected == "False", probe.stdout
 
 
 @pytest.fixture(scope="module")

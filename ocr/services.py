@@ -340,9 +340,9 @@ def task_cancel_visible(
         now = timezone.now()
         if cancelled is not None:
             task_id = cancelled.pk
-            # The worker is woken twice: now, to kill at once and confirm on this commit (see
-            # queue.wake_task_worker), and on commit, first (its tesseract dies sooner), then
-            # events go out.
+            # Woken twice: now, for the node killers to kill at once (and on PostgreSQL the
+            # worker, which confirms on this commit; see queue.wake_task_worker), and on commit,
+            # first (its tesseract dies sooner), then events go out.
             queue.wake_task_worker(task_id, in_flight=True)
             transaction.on_commit(lambda: queue.wake_task_worker(task_id, cancelled=True))
             cancelled.cancelled_at = now

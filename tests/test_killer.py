@@ -133,6 +133,30 @@ def test_a_cancel_kills_the_task_s_ocr_on_this_node_while_its_worker_cannot_run(
     assert tesseract_pids(pages_dir) == []
 
 
+@pytest.mark.django_db(transaction=True)
+def test_a_cancel_kills_before_its_transaction_commits_on_every_database(node_killer, slow_page):
+    """The cancel's in-flight wake-up (sent once its UPDATE holds the row) reaches the killer on
+    SQLite as well as PostgreSQL: the page dies while the cancel's transaction is still open,
+    and the worker takes it for cancelled on the watcher's word, after the commit."""
+    from django.db import transaction
+
+    from ocr import services
+
+    task = factories.submit_task(start=True)
+    worker, ocr = start_worker(node_killer.pages_dir, str(task.pk), slow_page)
+    try:
+        with transaction.atomic():  # the cancel's own transaction is nested: it commits with this one
+            services.task_cancel(task=task, reason="killed before the commit")
+            wait_for(lambda: dead(ocr), timeout=2)
+        worker.stdin.write("cancel\n")
+        worker.stdin.flush()
+        assert worker.stdout.readline().strip() == "cancelled"
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+        worker.communicate(timeout=10)
+
+
 def test_the_killer_finds_a_task_s_folders_by_their_names(tmp_path):
     task_id = str(uuid.uuid4())
     names = [

@@ -93,7 +93,7 @@ def watched_stand_in(task, settings):
     from django.db import connection
 
     if connection.vendor != "postgresql":  # before any thread starts
-        pytest.skip("readers wait for a writer's lock only on PostgreSQL (SQLite ignores the in-flight wake-up)")
+        pytest.skip("readers wait for a writer's lock only on PostgreSQL (on SQLite the watcher waits for the commit)")
     settings.OCR_CANCEL_POLL_SECONDS = 5.0
     scope = engine.CancelScope()
     stand_in = subprocess.Popen(["sleep", "30"], start_new_session=True)

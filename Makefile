@@ -47,6 +47,8 @@ bench: setup
 	$(PY) benchmarks/pages.py
 	$(PY) benchmarks/outputs.py --pages 3
 	$(PY) benchmarks/bulk_cancel.py --tasks 200
+	DATABASE_URL= $(PY) benchmarks/queue_position.py
+	DATABASE_URL=$(BENCH_DB) $(PY) benchmarks/queue_position.py
 	DATABASE_URL=$(BENCH_DB) $(PY) benchmarks/cancel_latency.py --worker-node node-b --cancels 15
 	$(PY) benchmarks/slices.py
 

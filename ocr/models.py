@@ -164,6 +164,14 @@ class OCRTask(models.Model):
         ordering = ["-created_at"]
         permissions = [("cancel_any_task", "Can see and cancel any user's OCR task")]
         verbose_name = "OCR task"
+        indexes = [
+            # A pending task's queue position counts the queue per client (scheduling.queue_position)
+            # from this index alone; its start estimate reads the last hour's finished tasks.
+            models.Index(
+                fields=["status", "priority", "owner", "session_key", "created_at", "id"], name="ocrtask_queue"
+            ),
+            models.Index(fields=["status", "completed_at"], name="ocrtask_status_completed"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.task_type} {self.pk} ({self.status})"

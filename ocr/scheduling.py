@@ -20,9 +20,10 @@ import math
 import uuid
 from collections import defaultdict
 from datetime import timedelta
+from typing import NamedTuple
 
 from django.conf import settings
-from django.db.models import Avg, F
+from django.db.models import Avg, Count, F, Q
 from django.utils import timezone
 
 from .exceptions import ServiceUnavailable
@@ -73,14 +74,15 @@ def client_of(owner_id, session_key: str, task_id) -> tuple:
 def start_order(limit: int | None = None) -> list[uuid.UUID]:
     """Pending task ids in the order they are to start (at most `limit`).
 
-    Read over the whole queue on every pick by a worker and every GET of a pending task: so a
-    task's place in the SQL order (created_at, id) stands for its created_at, which Django would
-    convert row by row, and clients are tuples, not formatted strings (with 1000 pending, a GET
-    of one went from about 23 to 19 ms)."""
+    Read over the whole queue on every pick by a worker and every list of tasks holding more than
+    one pending task (one task's place is counted: queue_place): so a task's place in the SQL
+    order (created_at, id) stands for its created_at, which Django would convert row by row, and
+    clients are tuples, not formatted strings."""
     running: dict[tuple, int] = defaultdict(int)
-    for owner_id, session_key, pk in OCRTask.objects.filter(status=TaskStatus.PROCESSING).values_list(
-        "owner_id", "session_key", "id"
-    ):
+    # unordered: for the model's order (newest first), SQLite, once its statistics said most rows
+    # were finished, walked the whole table in created_at order
+    processing = OCRTask.objects.filter(status=TaskStatus.PROCESSING).order_by()
+    for owner_id, session_key, pk in processing.values_list("owner_id", "session_key", "id"):
         running[client_of(owner_id, session_key, pk)] += 1
     queues: dict[tuple[int, tuple], list[tuple[int, uuid.UUID]]] = defaultdict(list)
     pending = OCRTask.objects.filter(status=TaskStatus.PENDING).order_by("created_at", "id")
@@ -105,23 +107,84 @@ def start_order(limit: int | None = None) -> list[uuid.UUID]:
     return order
 
 
-def queue_position(task: OCRTask) -> int | None:
-    """1 = the next to start; None unless pending."""
+class QueuePlace(NamedTuple):
+    position: int  # 1 = the next to start
+    busy: int  # tasks processing
+
+
+def queue_place(task: OCRTask) -> QueuePlace | None:
+    """The task's place in start_order, and how many tasks are processing; None unless pending.
+
+    Counted, not sorted: the database returns one row per client, never the queue (with 5000
+    pending, a GET of a pending task took 28-43 ms when it sorted the queue in Python as
+    start_order does, 22-31 ms in SQL with a window function; benchmarks/queue_position.py).
+
+    start_order sorts the pending tasks by (priority rank, turn, created_at, id), a task's turn
+    being the number of its client's tasks running (r) or before it in its client's queue. With
+    T's turn b, a client of T's priority with n tasks, o of them older than T, has ahead of T its
+    tasks of turn < b (min(n, b - r) of them) and the one of turn b if it is older than T (its
+    index b - r < o). Session-less anonymous tasks, each its own client with a turn of 0, are
+    counted together."""
     if task.status != TaskStatus.PENDING:
         return None
-    order = start_order()
-    return order.index(task.pk) + 1 if task.pk in order else None
+    rank_of = lambda priority: PRIORITY_RANK.get(priority, PRIORITY_RANK[Priority.NORMAL])  # noqa: E731
+    own_rank, own_client = rank_of(task.priority), client_of(task.owner_id, task.session_key, task.pk)
+    older = Q(created_at__lt=task.created_at) | Q(created_at=task.created_at, id__lt=task.pk)
+    groups = (
+        OCRTask.objects.filter(status__in=[TaskStatus.PENDING, TaskStatus.PROCESSING])
+        .values_list("status", "priority", "owner_id", "session_key")
+        .annotate(tasks=Count("id"), older=Count("id", filter=older))
+        .order_by()
+    )
+    ahead = busy = solo_tasks = solo_older = 0
+    running: dict[tuple, int] = defaultdict(int)
+    clients: dict[tuple, list[int]] = defaultdict(lambda: [0, 0])  # tasks, older; a user's over its sessions
+    for status, priority, owner_id, session_key, tasks, older_tasks in groups:
+        rank, client = rank_of(priority), client_of(owner_id, session_key, None)
+        if status == TaskStatus.PROCESSING:
+            busy += tasks
+            running[client] += tasks if owner_id or session_key else 0
+        elif rank < own_rank:
+            ahead += tasks
+        elif rank == own_rank and not owner_id and not session_key:
+            solo_tasks, solo_older = solo_tasks + tasks, solo_older + older_tasks
+        elif rank == own_rank:
+            clients[client][0] += tasks
+            clients[client][1] += older_tasks
+    turn = running[own_client] + (clients[own_client][1] if own_client in clients else 0)
+    for client, (tasks, older_tasks) in clients.items():
+        index = turn - running[client]  # of the client's task whose turn is T's
+        ahead += min(tasks, max(0, index)) + (1 if 0 <= index < older_tasks else 0)
+    ahead += solo_tasks if turn > 0 else solo_older
+    return QueuePlace(ahead + 1, busy)
 
 
-def estimated_start_seconds(position: int | None) -> float | None:
-    """Rounds of OCR_WORKERS tasks ahead times the mean task duration of the last hour."""
-    if position is None:
-        return None
+def queue_position(task: OCRTask) -> int | None:
+    """1 = the next to start; None unless pending."""
+    place = queue_place(task)
+    return place and place.position
+
+
+class EstimateBasis(NamedTuple):
+    task_seconds: float  # mean duration of the tasks finished in the last hour
+    busy: int  # tasks processing
+
+
+def estimate_basis(*, busy: int | None = None) -> EstimateBasis:
+    """What start estimates are made of (read once per response); `busy` counted unless given."""
     recent = OCRTask.objects.filter(
         status=TaskStatus.COMPLETED, completed_at__gte=timezone.now() - ESTIMATE_WINDOW, started_at__isnull=False
     ).aggregate(mean=Avg(F("completed_at") - F("started_at")))["mean"]
-    seconds = recent.total_seconds() if recent else DEFAULT_TASK_SECONDS
-    busy = OCRTask.objects.filter(status=TaskStatus.PROCESSING).count()
+    if busy is None:
+        busy = OCRTask.objects.filter(status=TaskStatus.PROCESSING).count()
+    return EstimateBasis(recent.total_seconds() if recent else DEFAULT_TASK_SECONDS, busy)
+
+
+def estimated_start_seconds(position: int | None, basis: EstimateBasis | None = None) -> float | None:
+    """Rounds of OCR_WORKERS tasks ahead times the mean task duration of the last hour."""
+    if position is None:
+        return None
+    seconds, busy = basis or estimate_basis()
     rounds = math.ceil((position + busy) / max(1, settings.OCR_WORKERS)) - 1
     return round(max(0, rounds) * seconds + (seconds / 2 if busy >= settings.OCR_WORKERS else 0), 1)
 

@@ -2,10 +2,15 @@
 real workers starting the high-priority task first."""
 
 import json
+import random
+import uuid
+from collections import Counter, defaultdict
+from datetime import timedelta
 
 import pytest
 from django.contrib.auth.models import User
 from django.core.files.uploadedfile import SimpleUploadedFile
+from django.utils import timezone
 from rest_framework.test import APIClient
 
 from ocr import scheduling, services, tasks
@@ -39,6 +44,68 @@ def test_one_clients_many_tasks_do_not_hold_back_another_client(no_worker):
     # one of alice's tasks is running: bob's comes first
     services.task_start(task_id=alices[0].pk, total_pages=1)
     assert scheduling.start_order()[0] == bobs.pk
+
+
+def merged_in_python() -> list:
+    """The start order as API.md section 8 states it, merged in Python (the old implementation):
+    per priority, each client's queue oldest first; the next task is that of the client with the
+    fewest tasks running or taken before, ties to the older task."""
+    running = Counter(
+        scheduling.client_of(*row)
+        for row in OCRTask.objects.filter(status="processing").values_list("owner_id", "session_key", "id")
+    )
+    queues = defaultdict(list)
+    pending = OCRTask.objects.filter(status="pending").order_by("created_at", "id")
+    for place, (pk, priority, owner_id, session_key) in enumerate(
+        pending.values_list("id", "priority", "owner_id", "session_key")
+    ):
+        client = scheduling.client_of(owner_id, session_key, pk)
+        queues[(scheduling.PRIORITY_RANK[priority], client)].append((place, pk))
+    keyed = []
+    for (rank, client), queue in queues.items():
+        keyed += [((rank, running[client] + turn, place), pk) for turn, (place, pk) in enumerate(queue)]
+    return [pk for _, pk in sorted(keyed)]
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("seed", range(4))
+def test_the_database_sorts_the_queue_as_the_round_robin_merge_does(seed):
+    """Random queues (users, anonymous sessions, session-less tasks, running tasks, the three
+    priorities, many equal created_at so that ids break ties): the start order, its first few,
+    every task's queue position (counted by scheduling.queue_place) and the positions in a list
+    are those of the merge in Python."""
+    rng = random.Random(seed)
+    users = [User.objects.create_user(f"user{seed}-{n}") for n in range(3)]
+    clients = [{"owner": user} for user in users] + [{"session_key": f"s{n}"} for n in range(3)] + [{}]
+    clients.append({"owner": users[0], "session_key": "s0"})  # a user's tasks from two sessions: one client
+    now = timezone.now()
+    stamps = [now - timedelta(seconds=rng.randrange(3)) for _ in range(60)]
+    made = OCRTask.objects.bulk_create(
+        OCRTask(
+            task_type="pdf",
+            status=rng.choice(["pending"] * 5 + ["processing", "completed"]),
+            priority=rng.choice(["high", "normal", "normal", "low"]),
+            **rng.choice(clients),
+        )
+        for _ in stamps
+    )
+    for task, stamp in zip(made, stamps, strict=True):  # bulk_create stamps them all "now"
+        OCRTask.objects.filter(pk=task.pk).update(created_at=stamp)
+    expected = merged_in_python()
+    assert len(expected) > 20 and scheduling.start_order() == expected
+    assert scheduling.start_order(limit=5) == expected[:5]
+    busy = OCRTask.objects.filter(status="processing").count()
+    for task in OCRTask.objects.all():
+        place = scheduling.queue_place(task)
+        if task.pk in expected:
+            assert place == (expected.index(task.pk) + 1, busy)
+        else:
+            assert place is None and task.status != "pending"
+    listed = APIClient()
+    listed.force_authenticate(users[0])
+    body = listed.get("/v1/ocr/tasks?status=pending&page_size=100").json()
+    positions = {item["task_id"]: item["queue_position"] for item in body["results"]}
+    assert positions and all(positions[str(pk)] == expected.index(pk) + 1 for pk in map(uuid.UUID, positions))
 
 
 @pytest.mark.django_db(transaction=True)

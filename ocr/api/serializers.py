@@ -147,17 +147,28 @@ class TaskSerializer(serializers.ModelSerializer):
             "percentage": task.progress_percentage,
         }
 
-    def _start_order(self) -> dict:
-        """Pending ids -> position, computed once per response (a list shares its context)."""
-        if "start_order" not in self.context:
-            self.context["start_order"] = {pk: n for n, pk in enumerate(scheduling.start_order(), 1)}
-        return self.context["start_order"]
-
     def get_queue_position(self, task: OCRTask) -> int | None:
-        return self._start_order().get(task.pk) if task.status == TaskStatus.PENDING else None
+        """The task's own place (counted by the database) for the first pending task of a
+        response; the whole start order, read once, when a list holds a second one."""
+        if task.status != TaskStatus.PENDING:
+            return None
+        known = self.context.setdefault("queue_positions", {})
+        if task.pk not in known:
+            if known:
+                known.update({pk: n for n, pk in enumerate(scheduling.start_order(), 1)})
+                known.setdefault(task.pk, None)  # started meanwhile
+            else:
+                place = scheduling.queue_place(task)
+                known[task.pk], self.context["busy"] = place.position, place.busy
+        return known[task.pk]
 
     def get_estimated_start_seconds(self, task: OCRTask) -> float | None:
-        return scheduling.estimated_start_seconds(self.get_queue_position(task))
+        position = self.get_queue_position(task)
+        if position is None:
+            return None
+        if "estimate_basis" not in self.context:
+            self.context["estimate_basis"] = scheduling.estimate_basis(busy=self.context.get("busy"))
+        return scheduling.estimated_start_seconds(position, self.context["estimate_basis"])
 
     @classmethod
     def _shared_fields(cls) -> list[tuple[str, serializers.Field]]:

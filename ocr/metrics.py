@@ -16,6 +16,7 @@ from django.utils import timezone
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
+from . import rollup
 from .kinds import KINDS
 from .models import TERMINAL_STATUSES, OCRPage, OCRTask, PageSource, TaskStatus
 from .queue import queue_depth, redis_client
@@ -84,19 +85,9 @@ def _duration_histogram(rows, start: str, end: str, buckets: tuple) -> dict:
     return hist
 
 
-def snapshot(window_minutes: int | None = None, *, tasks=None, staff: bool = True) -> dict:
-    """All figures; with `window_minutes`, task figures cover the tasks created in that window.
-    `tasks` narrows them to a caller's own tasks; without `staff`, figures that speak of other
-    users (free-text cancel reasons, every client's cancel answers) are left out."""
-    now = timezone.now()
-    tasks = OCRTask.objects.all() if tasks is None else tasks
-    pages = OCRPage.objects.filter(task__in=tasks) if not staff else OCRPage.objects.all()
-    current = tasks  # running and pending: now, whatever the window
-    if window_minutes:
-        since = now - timedelta(minutes=window_minutes)
-        tasks = tasks.filter(created_at__gte=since)
-        pages = pages.filter(created_at__gte=since)
-
+def task_figures(tasks) -> dict:
+    """The figures of a set of tasks that add up (rollup.added): counts per kind and status, per
+    worker node, per cancel channel, and the cancel histograms."""
     by_kind: dict[str, dict[str, int]] = {kind: dict.fromkeys(TaskStatus.values, 0) for kind in KINDS}
     nodes = _Nodes()
     # one GROUP BY for both: per kind, and per worker node (no scan of its own)
@@ -104,23 +95,12 @@ def snapshot(window_minutes: int | None = None, *, tasks=None, staff: bool = Tru
         n=Count("id"), pages=Sum("processed_pages"), failed=Sum("failed_pages")
     )
     for row in rows:
-        by_kind[row["task_type"]][row["status"]] += row["n"]
+        by_kind.setdefault(row["task_type"], dict.fromkeys(TaskStatus.values, 0))[row["status"]] += row["n"]
         nodes.add_tasks(row)
-    running = current.filter(status=TaskStatus.PROCESSING).values("worker_host").annotate(n=Count("id"))
-    for row in running:
-        nodes.add_running(row)
-    totals = {kind: sum(counts.values()) for kind, counts in by_kind.items()}
-    cancellation_rate = {
-        kind: round(by_kind[kind][TaskStatus.CANCELLED] / totals[kind], 4) if totals[kind] else 0.0 for kind in KINDS
-    }
     cancelled = tasks.filter(status=TaskStatus.CANCELLED)
-    ocr_pages = pages.filter(source=PageSource.OCR, success=True)
-    last_minute = pages.filter(created_at__gte=now - timedelta(seconds=60)).count()
-    data = {
-        "window_minutes": window_minutes,
-        "generated_at": now.isoformat(),
-        "tasks": {"by_kind": by_kind, "submitted": totals},
-        "cancellation_rate": cancellation_rate,
+    return {
+        "by_kind": by_kind,
+        "nodes": nodes.as_dict(),
         "cancelled_by": {
             row["cancelled_by"]: row["n"] for row in cancelled.values("cancelled_by").annotate(n=Count("id"))
         },
@@ -130,14 +110,62 @@ def snapshot(window_minutes: int | None = None, *, tasks=None, staff: bool = Tru
         "cancel_latency_seconds": _duration_histogram(
             cancelled.filter(work_stopped_at__isnull=False), "cancelled_at", "work_stopped_at", CANCEL_LATENCY_BUCKETS
         ),
+    }
+
+
+def page_figures(pages) -> dict:
+    """The figures of a set of pages that add up: the OCR time histogram."""
+    ocr_pages = pages.filter(source=PageSource.OCR, success=True)
+    return {"ocr_page_seconds": _histogram(ocr_pages, F("processing_time"), PAGE_SECONDS_BUCKETS)}
+
+
+def snapshot(window_minutes: int | None = None, *, tasks=None, staff: bool = True) -> dict:
+    """All figures; with `window_minutes`, task figures cover the tasks created in that window.
+    `tasks` narrows them to a caller's own tasks; without `staff`, figures that speak of other
+    users (free-text cancel reasons, every client's cancel answers) are left out. Over all tasks
+    and all time, the past comes added up (ocr/rollup.py) and only the rest is read."""
+    now = timezone.now()
+    if tasks is None and not window_minutes:
+        past, tasks, pages = rollup.current()
+        current = OCRTask.objects.all()
+        cancelled = OCRTask.objects.filter(status=TaskStatus.CANCELLED)
+    else:
+        past, current = {}, OCRTask.objects.all() if tasks is None else tasks  # running and pending: now
+        tasks = current
+        pages = OCRPage.objects.filter(task__in=tasks) if not staff else OCRPage.objects.all()
+        if window_minutes:
+            since = now - timedelta(minutes=window_minutes)
+            tasks = tasks.filter(created_at__gte=since)
+            pages = pages.filter(created_at__gte=since)
+        cancelled = tasks.filter(status=TaskStatus.CANCELLED)
+    figures = rollup.added(past, rollup.added(task_figures(tasks), page_figures(pages)))
+    by_kind, nodes = figures["by_kind"], figures["nodes"]
+    running = current.filter(status=TaskStatus.PROCESSING).values("worker_host").annotate(n=Count("id"))
+    for row in running:
+        if row["worker_host"]:
+            nodes.setdefault(row["worker_host"], _Nodes.empty())["running"] += row["n"]
+    totals = {kind: sum(counts.values()) for kind, counts in by_kind.items()}
+    cancellation_rate = {
+        kind: round(counts[TaskStatus.CANCELLED] / totals[kind], 4) if totals[kind] else 0.0
+        for kind, counts in by_kind.items()
+    }
+    last_minute = pages.filter(created_at__gte=now - timedelta(seconds=60)).count()
+    data = {
+        "window_minutes": window_minutes,
+        "generated_at": now.isoformat(),
+        "tasks": {"by_kind": by_kind, "submitted": totals},
+        "cancellation_rate": cancellation_rate,
+        "cancelled_by": figures["cancelled_by"],
+        "time_to_cancel_seconds": figures["time_to_cancel_seconds"],
+        "cancel_latency_seconds": figures["cancel_latency_seconds"],
         "queue_depth": queue_depth(),
         "running_tasks": sum(row["n"] for row in running),
         "pending_tasks": current.filter(status=TaskStatus.PENDING).count(),
         "pages_per_second": round(last_minute / 60.0, 3),
-        "ocr_page_seconds": _histogram(ocr_pages, F("processing_time"), PAGE_SECONDS_BUCKETS),
+        "ocr_page_seconds": figures["ocr_page_seconds"],
     }
     if staff:
-        data["nodes"] = nodes.as_dict()
+        data["nodes"] = dict(sorted(nodes.items()))
         newest = cancelled.order_by("-cancelled_at").values_list("cancellation_reason", flat=True)[:REASONS_SAMPLE]
         reasons = Counter(normalise_reason(r) for r in newest)
         data["cancellation_reasons"] = [{"reason": r, "count": n} for r, n in reasons.most_common(10)]
@@ -153,11 +181,12 @@ class _Nodes:
     def __init__(self) -> None:
         self.nodes: dict[str, dict] = {}
 
+    @staticmethod
+    def empty() -> dict:
+        return {"running": 0, "tasks": {status: 0 for status in TERMINAL_STATUSES}, "pages": {"ok": 0, "failed": 0}}
+
     def _node(self, name: str) -> dict:
-        return self.nodes.setdefault(
-            name,
-            {"running": 0, "tasks": {status: 0 for status in TERMINAL_STATUSES}, "pages": {"ok": 0, "failed": 0}},
-        )
+        return self.nodes.setdefault(name, self.empty())
 
     def add_tasks(self, row: dict) -> None:
         if not row["worker_host"]:
@@ -167,10 +196,6 @@ class _Nodes:
             node["tasks"][row["status"]] += row["n"]
         node["pages"]["ok"] += row["pages"] or 0
         node["pages"]["failed"] += row["failed"] or 0
-
-    def add_running(self, row: dict) -> None:
-        if row["worker_host"]:
-            self._node(row["worker_host"])["running"] += row["n"]
 
     def as_dict(self) -> dict:
         return dict(sorted(self.nodes.items()))
@@ -194,7 +219,7 @@ def _cancel_requests() -> dict:
 def recent_cancellation_rate(minutes: int) -> tuple[float, int]:
     """(cancelled / finished, finished) over the tasks that ended in the last `minutes`."""
     since = timezone.now() - timedelta(minutes=minutes)
-    ended = OCRTask.objects.filter(Q(completed_at__gte=since) | Q(cancelled_at__gte=since))
+    ended = OCRTask.objects.filter(rollup.ended(since=since))
     counts = ended.aggregate(total=Count("id"), cancelled=Count("id", filter=Q(status=TaskStatus.CANCELLED)))
     return (counts["cancelled"] / counts["total"] if counts["total"] else 0.0), counts["total"]
 
@@ -228,7 +253,8 @@ class _SnapshotCollector:
             ("ocr_page_seconds", "OCR time per page"),
         ):
             hist = data[name]
-            buckets = [(bound, count) for bound, count in hist["buckets"].items()] + [("+Inf", hist["count"])]
+            ordered = sorted(hist["buckets"].items(), key=lambda bucket: float(bucket[0]))
+            buckets = [*ordered, ("+Inf", hist["count"])]
             family = HistogramMetricFamily(name if name.startswith("ocr_") else f"ocr_{name}", doc)
             family.add_metric([], buckets, hist["sum"])
             yield family

@@ -164,13 +164,12 @@ class OCRTask(models.Model):
         ordering = ["-created_at"]
         permissions = [("cancel_any_task", "Can see and cancel any user's OCR task")]
         verbose_name = "OCR task"
-        indexes = [
-            # A pending task's queue position counts the queue per client (scheduling.queue_position)
-            # from this index alone; its start estimate reads the last hour's finished tasks.
+        indexes = [  # queue positions (scheduling.queue_place); recent ends (estimates, metrics)
             models.Index(
                 fields=["status", "priority", "owner", "session_key", "created_at", "id"], name="ocrtask_queue"
             ),
             models.Index(fields=["status", "completed_at"], name="ocrtask_status_completed"),
+            models.Index(fields=["status", "cancelled_at"], name="ocrtask_status_cancelled"),
         ]
 
     def __str__(self) -> str:
@@ -382,3 +381,13 @@ class WebhookDelivery(models.Model):
 
     def __str__(self) -> str:
         return f"{self.task_id} #{self.seq} attempt {self.attempt} {self.outcome}"
+
+
+class MetricsRollup(models.Model):
+    """The metrics of the tasks that ended before `tasks_ended_before` and of the pages up to id
+    `pages_through`, added up once (ocr/rollup.py): a scrape reads only what came after. One row."""
+
+    tasks_ended_before = models.DateTimeField(null=True, blank=True)
+    pages_through = models.BigIntegerField(default=0)
+    figures = models.JSONField(default=dict)
+    updated_at = models.DateTimeField(auto_now=True)

@@ -12,7 +12,7 @@ from datetime import timedelta
 from django.db.models import Q
 from django.utils import timezone
 
-from . import queue, services
+from . import queue, rollup, services
 from .idempotency import REPLAY_WINDOW
 from .models import (
     ACTIVE_STATUSES,
@@ -104,8 +104,11 @@ def reap_lost_tasks(
 def purge_expired(*, retention_days: int, audit_retention_days: int | None = None, dry_run: bool = False) -> dict:
     """Delete terminal tasks older than `retention_days` (their input files, pages and events
     with them), and cancel audits and operator feed items older than `audit_retention_days`.
-    Active tasks are kept."""
+    Active tasks are kept; the metrics of the tasks deleted have been added up first (a counter
+    that went down would read as a reset to Prometheus)."""
     now = timezone.now()
+    if not dry_run:
+        rollup.fold_due(now)
     cutoff = now - timedelta(days=retention_days)
     old = OCRTask.objects.exclude(status__in=ACTIVE_STATUSES).filter(created_at__lt=cutoff)
     audit_cutoff = now - timedelta(days=audit_retention_days or retention_days)

@@ -101,6 +101,9 @@ def reap_lost_tasks(
 # --- Retention --------------------------------------------------------------------------------
 
 
+PURGE_BATCH = 500  # tasks deleted at a time: Django's delete loads each task (its result too) first
+
+
 def purge_expired(*, retention_days: int, audit_retention_days: int | None = None, dry_run: bool = False) -> dict:
     """Delete terminal tasks older than `retention_days` (their input files, pages and events
     with them), and cancel audits and operator feed items older than `audit_retention_days`.
@@ -116,14 +119,16 @@ def purge_expired(*, retention_days: int, audit_retention_days: int | None = Non
     report = {"tasks": old.count(), "files": 0, "audits": audits.count(), "dry_run": dry_run}
     if dry_run:
         return report
-    for task in old.only("id", "input_file").iterator():
-        if task.input_file:
+    storage = OCRTask._meta.get_field("input_file").storage
+    while batch := list(old.values_list("id", "input_file")[:PURGE_BATCH]):
+        for task_id, name in batch:
             try:
-                task.input_file.delete(save=False)
-                report["files"] += 1
+                if name:
+                    storage.delete(name)
+                    report["files"] += 1
             except OSError:
-                logger.warning("task %s: input file could not be deleted", task.pk)
-    old.delete()
+                logger.warning("task %s: input file could not be deleted", task_id)
+        OCRTask.objects.filter(pk__in=[task_id for task_id, _ in batch]).delete()
     audits.delete()
     OperatorEvent.objects.filter(created_at__lt=audit_cutoff).delete()
     IdempotencyRecord.objects.filter(created_at__lt=now - REPLAY_WINDOW).delete()  # replays last 24 h

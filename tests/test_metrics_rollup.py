@@ -1,6 +1,6 @@
 """The metrics of the past added up once (ocr/rollup.py): a scrape reads the rollup plus what
-came after it, with the figures of reading every row; they survive the retention purge; two
-folds at once add nothing twice."""
+came after it, with the figures of reading every row; they survive the retention purge; a fold
+that started from a row another process has moved on since writes nothing."""
 
 import re
 from datetime import timedelta

@@ -4,6 +4,7 @@ import json
 import logging
 import os
 import re
+import tracemalloc
 from datetime import timedelta
 
 import pytest
@@ -176,6 +177,25 @@ def test_retention_deletes_old_finished_tasks_with_their_files(no_worker, settin
     assert OCRTask.objects.filter(pk=old_active.pk).exists() and OCRTask.objects.filter(pk=recent.pk).exists()
     assert CancelAudit.objects.count() == 1  # the audit is kept longer
     assert upkeep.purge_expired(retention_days=30, audit_retention_days=30)["audits"] == 1
+
+
+@pytest.mark.django_db
+def test_retention_of_a_long_history_holds_a_batch_in_memory_not_the_history(monkeypatch):
+    """Django's delete loads every task it deletes (its result with the pages' text too): one
+    call deleting 20,000 tasks with 8 KB results took 537 MB, against 146 MB in batches."""
+    long_ago = timezone.now() - timedelta(days=40)
+    result = {"results": [{"page": 1, "text": "x" * 50_000}]}
+    OCRTask.objects.bulk_create(OCRTask(task_type="pdf", status="completed", result=result) for _ in range(120))
+    OCRTask.objects.update(created_at=long_ago)
+    monkeypatch.setattr(upkeep, "PURGE_BATCH", 10)
+    tracemalloc.start()
+    try:
+        assert upkeep.purge_expired(retention_days=30)["tasks"] == 120
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert not OCRTask.objects.exists()
+    assert peak < 3_000_000, peak  # the 120 results alone are 6 MB
 
 
 @pytest.mark.django_db

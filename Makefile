@@ -49,8 +49,8 @@ bench: setup
 	$(PY) benchmarks/bulk_cancel.py --tasks 200
 	DATABASE_URL= $(PY) benchmarks/queue_position.py
 	DATABASE_URL=$(BENCH_DB) $(PY) benchmarks/queue_position.py
-	DATABASE_URL= $(PY) benchmarks/metrics_scrape.py
-	DATABASE_URL=$(BENCH_DB) $(PY) benchmarks/metrics_scrape.py
+	DATABASE_URL= $(PY) benchmarks/history.py
+	DATABASE_URL=$(BENCH_DB) $(PY) benchmarks/history.py
 	DATABASE_URL=$(BENCH_DB) $(PY) benchmarks/cancel_latency.py --worker-node node-b --cancels 15
 	$(PY) benchmarks/slices.py
 

@@ -85,9 +85,10 @@ def _duration_histogram(rows, start: str, end: str, buckets: tuple) -> dict:
     return hist
 
 
-def task_figures(tasks) -> dict:
+def task_figures(tasks, cancelled=None) -> dict:
     """The figures of a set of tasks that add up (rollup.added): counts per kind and status, per
-    worker node, per cancel channel, and the cancel histograms."""
+    worker node, per cancel channel, and the cancel histograms (of `cancelled`, the cancelled
+    tasks among them, when a query of its own reads them better)."""
     by_kind: dict[str, dict[str, int]] = {kind: dict.fromkeys(TaskStatus.values, 0) for kind in KINDS}
     nodes = _Nodes()
     # one GROUP BY for both: per kind, and per worker node (no scan of its own)
@@ -97,7 +98,7 @@ def task_figures(tasks) -> dict:
     for row in rows:
         by_kind.setdefault(row["task_type"], dict.fromkeys(TaskStatus.values, 0))[row["status"]] += row["n"]
         nodes.add_tasks(row)
-    cancelled = tasks.filter(status=TaskStatus.CANCELLED)
+    cancelled = tasks.filter(status=TaskStatus.CANCELLED) if cancelled is None else cancelled
     return {
         "by_kind": by_kind,
         "nodes": nodes.as_dict(),
@@ -126,10 +127,11 @@ def snapshot(window_minutes: int | None = None, *, tasks=None, staff: bool = Tru
     and all time, the past comes added up (ocr/rollup.py) and only the rest is read."""
     now = timezone.now()
     if tasks is None and not window_minutes:
-        past, tasks, pages = rollup.current()
+        past, tasks, unfolded_cancelled, pages = rollup.current()
         current = OCRTask.objects.all()
         cancelled = OCRTask.objects.filter(status=TaskStatus.CANCELLED)
     else:
+        unfolded_cancelled = None
         past, current = {}, OCRTask.objects.all() if tasks is None else tasks  # running and pending: now
         tasks = current
         pages = OCRPage.objects.filter(task__in=tasks) if not staff else OCRPage.objects.all()
@@ -138,7 +140,7 @@ def snapshot(window_minutes: int | None = None, *, tasks=None, staff: bool = Tru
             tasks = tasks.filter(created_at__gte=since)
             pages = pages.filter(created_at__gte=since)
         cancelled = tasks.filter(status=TaskStatus.CANCELLED)
-    figures = rollup.added(past, rollup.added(task_figures(tasks), page_figures(pages)))
+    figures = rollup.added(past, rollup.added(task_figures(tasks, unfolded_cancelled), page_figures(pages)))
     by_kind, nodes = figures["by_kind"], figures["nodes"]
     running = current.filter(status=TaskStatus.PROCESSING).values("worker_host").annotate(n=Count("id"))
     for row in running:

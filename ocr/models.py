@@ -170,6 +170,8 @@ class OCRTask(models.Model):
             ),
             models.Index(fields=["status", "completed_at"], name="ocrtask_status_completed"),
             models.Index(fields=["status", "cancelled_at"], name="ocrtask_status_cancelled"),
+            models.Index(fields=["owner", "-created_at"], name="ocrtask_owner_newest"),  # a user's list
+            models.Index(fields=["session_key", "-created_at"], name="ocrtask_session_newest"),
         ]
 
     def __str__(self) -> str:

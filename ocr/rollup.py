@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime, timedelta
+from typing import NamedTuple
 
 from django.db.models import Max, Q, QuerySet
 from django.utils import timezone
@@ -36,11 +37,12 @@ ENDED_AT = {  # a terminal task's end
 }
 
 
-def ended(*, since: datetime | None = None, until: datetime | None = None) -> Q:
-    """Terminal tasks whose end (completed_at, or cancelled_at) is in [since, until): a union of
-    (status, end time) index ranges."""
+def ended(*, since: datetime | None = None, until: datetime | None = None, statuses=tuple(ENDED_AT)) -> Q:
+    """Terminal tasks (of `statuses`) whose end (completed_at, or cancelled_at) is in [since,
+    until): a union of (status, end time) index ranges."""
     condition = Q()
-    for status, field in ENDED_AT.items():
+    for status in statuses:
+        field = ENDED_AT[status]
         term = Q(status=status)
         if since is not None:
             term &= Q(**{f"{field}__gte": since})
@@ -50,14 +52,17 @@ def ended(*, since: datetime | None = None, until: datetime | None = None) -> Q:
     return condition
 
 
-def _not_folded(before: datetime | None) -> Q:
-    """Tasks the rollup leaves out: active, ended since `before`, or with no end time. Written as
-    a union of index ranges, never as a NOT that scans them all."""
+def _not_folded(before: datetime | None, statuses=(*ACTIVE_STATUSES, *ENDED_AT)) -> Q:
+    """Tasks (of `statuses`) the rollup leaves out: active, ended since `before`, or with no end
+    time. A union of index ranges, never a NOT that scans them all; one status at a time, so that
+    SQLite does not read every cancelled task for a filter on status=cancelled."""
     if before is None:
-        return Q()
-    condition = Q(status__in=ACTIVE_STATUSES) | ended(since=before)
-    for status, field in ENDED_AT.items():
-        condition |= Q(status=status, **{f"{field}__isnull": True})
+        return Q(status__in=statuses)
+    ended_statuses = [status for status in statuses if status in ENDED_AT]
+    condition = Q(status__in=[status for status in statuses if status in ACTIVE_STATUSES])
+    condition |= ended(since=before, statuses=ended_statuses)
+    for status in ended_statuses:
+        condition |= Q(status=status, **{f"{ENDED_AT[status]}__isnull": True})
     return condition
 
 
@@ -75,11 +80,23 @@ def added(a: dict, b: dict) -> dict:
     return total
 
 
-def current() -> tuple[dict, QuerySet[OCRTask], QuerySet[OCRPage]]:
+class Unfolded(NamedTuple):
+    figures: dict  # added up
+    tasks: QuerySet[OCRTask]  # left out
+    cancelled: QuerySet[OCRTask]  # the cancelled ones among them
+    pages: QuerySet[OCRPage]  # left out
+
+
+def current() -> Unfolded:
     """The figures added up (after adding what is due), and the tasks and pages they leave out."""
     rollup = fold_due()
-    tasks = OCRTask.objects.filter(_not_folded(rollup.tasks_ended_before))
-    return rollup.figures, tasks, OCRPage.objects.filter(id__gt=rollup.pages_through)
+    before = rollup.tasks_ended_before
+    return Unfolded(
+        rollup.figures,
+        OCRTask.objects.filter(_not_folded(before)),
+        OCRTask.objects.filter(_not_folded(before, statuses=[TaskStatus.CANCELLED])),
+        OCRPage.objects.filter(id__gt=rollup.pages_through),
+    )
 
 
 def fold_due(now: datetime | None = None) -> MetricsRollup:
@@ -96,8 +113,9 @@ def fold_due(now: datetime | None = None) -> MetricsRollup:
         OCRPage.objects.filter(id__gt=through, created_at__lt=until).aggregate(last=Max("id"))["last"] or through
     )
     tasks = OCRTask.objects.filter(ended(since=before, until=until))
+    cancelled = OCRTask.objects.filter(ended(since=before, until=until, statuses=[TaskStatus.CANCELLED]))
     pages = OCRPage.objects.filter(id__gt=through, id__lte=pages_through)
-    figures = added(rollup.figures, added(task_figures(tasks), page_figures(pages)))
+    figures = added(rollup.figures, added(task_figures(tasks, cancelled), page_figures(pages)))
     changed = MetricsRollup.objects.filter(pk=1, tasks_ended_before=before, pages_through=through).update(
         figures=figures, tasks_ended_before=until, pages_through=pages_through, updated_at=timezone.now()
     )

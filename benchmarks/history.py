@@ -1,0 +1,167 @@
+"""A long history: what a Prometheus scrape of /metrics, and the first and a deep page of the
+task list of the client that submitted most of them, cost as finished tasks and their pages pile
+up (#11 defect 7: the cost must not grow with history).
+
+Finished tasks are rows only (written straight to the service's database, ended two days ago,
+`--pages` pages each, a tenth of them cancelled mid-task, nine in ten of one user), added until
+each `--sizes` count is stored; at each, /metrics is scraped `--scrapes` times through daphne from
+loopback (allowed by default), and that user lists its tasks as many times (token auth). The
+first scrape after a size is built is reported apart: it adds up the history the service has not
+seen yet (ocr/rollup.py), once.
+
+Targets: with the longest history, a scrape's p50 and the first list page's p50 at most 2x
+theirs with the shortest.
+
+Prints one JSON object; logs go to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import random
+import time
+from datetime import timedelta
+from urllib.parse import urlsplit
+
+import harness
+import results
+from harness import log
+from results import Row, verdict
+
+
+def build_history(tasks: int, pages: int, rng: random.Random, owners: list) -> None:
+    """Add finished tasks (and their pages) until `tasks` are stored, nine in ten of owners[0]."""
+    from django.db import connection
+    from django.utils import timezone
+
+    from ocr.models import OCRPage, OCRTask
+
+    then = timezone.now() - timedelta(days=2)
+    missing = tasks - OCRTask.objects.count()
+    for start in range(0, missing, 2000):
+        made = OCRTask.objects.bulk_create(
+            OCRTask(
+                task_type="pdf",
+                owner=owners[0] if rng.random() < 0.9 else rng.choice(owners[1:]),
+                worker_host=rng.choice(["node-a", "node-b"]),
+                total_pages=pages,
+                processed_pages=pages,
+                started_at=then - timedelta(seconds=30),
+                **(
+                    {"status": "cancelled", "cancelled_at": then, "cancelled_by": "user", "cancellation_reason": "x"}
+                    if rng.random() < 0.1
+                    else {"status": "completed", "completed_at": then}
+                ),
+            )
+            for _ in range(min(2000, missing - start))
+        )
+        OCRPage.objects.bulk_create(
+            OCRPage(task=task, page_number=n, text="page text", processing_time=rng.uniform(0.2, 6))
+            for task in made
+            for n in range(1, pages + 1)
+        )
+    OCRTask.objects.filter(created_at__gt=then).update(created_at=then)
+    OCRPage.objects.filter(created_at__gt=then).update(created_at=then)
+    with connection.cursor() as cursor:  # the steady state of a service, not of a burst of inserts:
+        if connection.vendor == "postgresql":  # autovacuum's work within a minute of many inserts
+            cursor.execute("VACUUM ANALYZE")
+        else:  # the write-ahead log folded into the database, as checkpoints do as writes go on
+            cursor.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+
+def timed_gets(base_url: str, path: str, count: int, token: str | None = None, expect: bytes = b"") -> list[float]:
+    parts = urlsplit(base_url)
+    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=300)
+    headers = {"Authorization": f"Token {token}"} if token else {}
+    times = []
+    for _ in range(count):
+        started = time.perf_counter()
+        connection.request("GET", path, headers=headers)
+        response = connection.getresponse()
+        body = response.read()
+        times.append((time.perf_counter() - started) * 1000)
+        if response.status != 200 or expect not in body:
+            raise RuntimeError(f"{path}: {response.status} {body[:200]!r}")
+    connection.close()
+    return times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="10000,100000", help="finished tasks, comma-separated, ascending")
+    parser.add_argument("--pages", type=int, default=4, help="pages per task")
+    parser.add_argument("--scrapes", type=int, default=25)
+    args = parser.parse_args()
+    rng = random.Random(1)
+    sizes = [int(size) for size in args.sizes.split(",")]
+    figures: dict = {}
+    with harness.Service(http=True) as service:
+        from django.contrib.auth.models import User
+        from rest_framework.authtoken.models import Token
+
+        owners = [User.objects.create_user(f"history-{n}") for n in range(5)]
+        token = Token.objects.create(user=owners[0]).key
+        for size in sizes:
+            started = time.monotonic()
+            build_history(size, args.pages, rng, owners)
+            log("%d finished tasks stored in %.0f s", size, time.monotonic() - started)
+            first = timed_gets(service.base_url, "/metrics", 1, expect=b"ocr_tasks_total")[0]
+            scrapes = timed_gets(service.base_url, "/metrics", args.scrapes, expect=b"ocr_tasks_total")
+            deep = f"/v1/ocr/tasks?page={size * 9 // 10 // 20 // 2}"  # half way down the list
+            figures[size] = {
+                "pages": size * args.pages,
+                "first_ms": round(first, 1),
+                "scrape": harness.summary_ms(scrapes),
+                "list_first_page": harness.summary_ms(
+                    timed_gets(service.base_url, "/v1/ocr/tasks", args.scrapes, token)
+                ),
+                "list_deep_page": harness.summary_ms(timed_gets(service.base_url, deep, args.scrapes, token)),
+            }
+            log(
+                "%d finished tasks: first scrape %.0f ms, then p50 %.1f ms; list p50 %.1f ms (page 1), %.1f ms (deep)",
+                size,
+                first,
+                *(figures[size][name]["p50"] for name in ("scrape", "list_first_page", "list_deep_page")),
+            )
+    print(json.dumps(figures, indent=2))
+    rows = []
+    for size, figure in figures.items():
+        rows += [
+            Row(
+                f"{size} finished tasks ({figure['pages']} pages): scrape p50 / p95 (the first)",
+                f"{_p50_p95(figure['scrape'])} ({figure['first_ms']:.0f} ms)",
+            ),
+            Row(
+                f"{size} finished tasks: the heavy client's list, first page, p50 / p95",
+                _p50_p95(figure["list_first_page"]),
+            ),
+            Row(f"{size} finished tasks: the same list half way down, p50 / p95", _p50_p95(figure["list_deep_page"])),
+        ]
+    for name, what in (("scrape", "scrape"), ("list_first_page", "first list page")):
+        growth = figures[sizes[-1]][name]["p50"] / figures[sizes[0]][name]["p50"]
+        rows.append(
+            Row(
+                f"{what} p50 at {sizes[-1]} / at {sizes[0]} finished tasks",
+                f"{growth:.2f}x",
+                "<= 2x",
+                verdict(growth <= 2),
+            )
+        )
+    database = "PostgreSQL" if os.environ.get("DATABASE_URL", "").startswith("postgres") else "SQLite"
+    results.write_section(
+        f"A long history: a scrape of /metrics and a client's task list ({database})",
+        rows,
+        notes="Finished tasks written straight to the database, ended two days ago; one client, one keep-alive "
+        "connection through daphne, from loopback; lists of 20 tasks a page.",
+    )
+
+
+def _p50_p95(summary: dict) -> str:
+    return f"{summary['p50']:.1f} / {summary['p95']:.1f} ms"
+
+
+if __name__ == "__main__":
+    main()

@@ -272,6 +272,7 @@ class OCRPage(models.Model):
     class Meta:
         ordering = ["page_number"]
         constraints = [models.UniqueConstraint(fields=["task", "page_number"], name="ocrpage_unique_task_page")]
+        indexes = [models.Index(fields=["created_at"], name="ocrpage_created")]  # metrics over a window
 
     def __str__(self) -> str:
         return f"page {self.page_number} of {self.task_id}"

@@ -85,6 +85,30 @@ def summary_ms(values_ms: list[float]) -> dict:
     }
 
 
+def timed_gets(
+    base_url: str, path: str, count: int, *, headers: dict | None = None, expect: bytes = b""
+) -> list[float]:
+    """`count` GETs of `path` one after the other over one keep-alive connection: milliseconds
+    each; an answer other than a 200 holding `expect` raises."""
+    import http.client
+
+    parts = urlsplit(base_url)
+    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=300)
+    times = []
+    try:
+        for _ in range(count):
+            started = time.perf_counter()
+            connection.request("GET", path, headers=headers or {})
+            response = connection.getresponse()
+            body = response.read()
+            times.append((time.perf_counter() - started) * 1000)
+            if response.status != 200 or expect not in body:
+                raise RuntimeError(f"GET {path}: {response.status} {body[:200]!r}")
+    finally:
+        connection.close()
+    return times
+
+
 def parse_timestamp(value: str) -> float:
     """An ISO 8601 timestamp with timezone (as the API writes them) as epoch seconds."""
     return datetime.fromisoformat(value).timestamp()

@@ -18,18 +18,15 @@ Prints one JSON object; logs go to stderr.
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
-import os
 import random
 import time
 from datetime import timedelta
-from urllib.parse import urlsplit
 
 import harness
 import results
-from harness import log
-from results import Row, verdict
+from harness import log, timed_gets
+from results import Row, p50_p95, verdict
 
 
 def build_history(tasks: int, pages: int, rng: random.Random, owners: list) -> None:
@@ -72,23 +69,6 @@ def build_history(tasks: int, pages: int, rng: random.Random, owners: list) -> N
             cursor.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
 
-def timed_gets(base_url: str, path: str, count: int, token: str | None = None, expect: bytes = b"") -> list[float]:
-    parts = urlsplit(base_url)
-    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=300)
-    headers = {"Authorization": f"Token {token}"} if token else {}
-    times = []
-    for _ in range(count):
-        started = time.perf_counter()
-        connection.request("GET", path, headers=headers)
-        response = connection.getresponse()
-        body = response.read()
-        times.append((time.perf_counter() - started) * 1000)
-        if response.status != 200 or expect not in body:
-            raise RuntimeError(f"{path}: {response.status} {body[:200]!r}")
-    connection.close()
-    return times
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="10000,100000", help="finished tasks, comma-separated, ascending")
@@ -103,7 +83,7 @@ def main() -> None:
         from rest_framework.authtoken.models import Token
 
         owners = [User.objects.create_user(f"history-{n}") for n in range(5)]
-        token = Token.objects.create(user=owners[0]).key
+        auth = {"Authorization": f"Token {Token.objects.create(user=owners[0]).key}"}
         for size in sizes:
             started = time.monotonic()
             build_history(size, args.pages, rng, owners)
@@ -116,9 +96,9 @@ def main() -> None:
                 "first_ms": round(first, 1),
                 "scrape": harness.summary_ms(scrapes),
                 "list_first_page": harness.summary_ms(
-                    timed_gets(service.base_url, "/v1/ocr/tasks", args.scrapes, token)
+                    timed_gets(service.base_url, "/v1/ocr/tasks", args.scrapes, headers=auth)
                 ),
-                "list_deep_page": harness.summary_ms(timed_gets(service.base_url, deep, args.scrapes, token)),
+                "list_deep_page": harness.summary_ms(timed_gets(service.base_url, deep, args.scrapes, headers=auth)),
             }
             log(
                 "%d finished tasks: first scrape %.0f ms, then p50 %.1f ms; list p50 %.1f ms (page 1), %.1f ms (deep)",
@@ -132,13 +112,13 @@ def main() -> None:
         rows += [
             Row(
                 f"{size} finished tasks ({figure['pages']} pages): scrape p50 / p95 (the first)",
-                f"{_p50_p95(figure['scrape'])} ({figure['first_ms']:.0f} ms)",
+                f"{p50_p95(figure['scrape'])} ({figure['first_ms']:.0f} ms)",
             ),
             Row(
                 f"{size} finished tasks: the heavy client's list, first page, p50 / p95",
-                _p50_p95(figure["list_first_page"]),
+                p50_p95(figure["list_first_page"]),
             ),
-            Row(f"{size} finished tasks: the same list half way down, p50 / p95", _p50_p95(figure["list_deep_page"])),
+            Row(f"{size} finished tasks: the same list half way down, p50 / p95", p50_p95(figure["list_deep_page"])),
         ]
     for name, what in (("scrape", "scrape"), ("list_first_page", "first list page")):
         growth = figures[sizes[-1]][name]["p50"] / figures[sizes[0]][name]["p50"]
@@ -150,17 +130,12 @@ def main() -> None:
                 verdict(growth <= 2),
             )
         )
-    database = "PostgreSQL" if os.environ.get("DATABASE_URL", "").startswith("postgres") else "SQLite"
     results.write_section(
-        f"A long history: a scrape of /metrics and a client's task list ({database})",
+        f"A long history: a scrape of /metrics and a client's task list ({results.database_name()})",
         rows,
         notes="Finished tasks written straight to the database, ended two days ago; one client, one keep-alive "
         "connection through daphne, from loopback; lists of 20 tasks a page.",
     )
-
-
-def _p50_p95(summary: dict) -> str:
-    return f"{summary['p50']:.1f} / {summary['p95']:.1f} ms"
 
 
 if __name__ == "__main__":

@@ -19,18 +19,15 @@ Prints one JSON object; logs go to stderr.
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
-import os
 import random
 import statistics
 import time
-from urllib.parse import urlsplit
 
 import harness
 import results
-from harness import log
-from results import Row, verdict
+from harness import log, timed_gets
+from results import Row, p50_p95, verdict
 
 PICK_CANDIDATES = 8
 
@@ -85,22 +82,6 @@ def vacuum() -> None:
             cursor.execute("VACUUM ANALYZE ocr_ocrtask")
 
 
-def timed_gets(base_url: str, task_id, count: int) -> list[float]:
-    parts = urlsplit(base_url)
-    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
-    times = []
-    for _ in range(count):
-        started = time.perf_counter()
-        connection.request("GET", f"/v1/ocr/tasks/{task_id}")
-        response = connection.getresponse()
-        body = json.loads(response.read())
-        times.append((time.perf_counter() - started) * 1000)
-        if response.status != 200:
-            raise RuntimeError(f"GET {task_id}: {response.status} {body}")
-    connection.close()
-    return times
-
-
 def timed_picks(count: int) -> list[float]:
     from ocr import scheduling
 
@@ -128,15 +109,16 @@ def main() -> None:
 
         finished = OCRTask.objects.create(task_type="pdf", status="completed", total_pages=1, processed_pages=1)
         build_history(args.history)
-        timed_gets(service.base_url, finished.pk, 10)  # warm-up
-        reference = timed_gets(service.base_url, finished.pk, args.gets)
+        timed_gets(service.base_url, f"/v1/ocr/tasks/{finished.pk}", 10)  # warm-up
+        reference = timed_gets(service.base_url, f"/v1/ocr/tasks/{finished.pk}", args.gets)
         figures: dict = {"finished_get_ms": harness.summary_ms(reference), "queues": {}}
         for size in sizes:
             build_queue(size, args.clients, rng)
             vacuum()
             middle = OCRTask.objects.get(pk=scheduling.start_order()[size // 2])
             position = scheduling.queue_position(middle)
-            gets, picks = timed_gets(service.base_url, middle.pk, args.gets), timed_picks(args.gets)
+            gets = timed_gets(service.base_url, f"/v1/ocr/tasks/{middle.pk}", args.gets)
+            picks = timed_picks(args.gets)
             figures["queues"][size] = {
                 "position": position,
                 "pending_get_ms": harness.summary_ms(gets),
@@ -146,16 +128,16 @@ def main() -> None:
     print(json.dumps(figures, indent=2))
     finished_p50 = figures["finished_get_ms"]["p50"]
     shortest = figures["queues"][sizes[0]]["pending_get_ms"]["p50"]
-    rows = [Row("GET of a finished task, p50 / p95", _p50_p95(figures["finished_get_ms"]), "-", "info")]
+    rows = [Row("GET of a finished task, p50 / p95", p50_p95(figures["finished_get_ms"]), "-", "info")]
     for size, queue in figures["queues"].items():
         p50 = queue["pending_get_ms"]["p50"]
         rows.append(
             Row(
                 f"{size} pending: GET of the task at position {queue['position']}, p50 / p95 (x finished)",
-                f"{_p50_p95(queue['pending_get_ms'])} ({p50 / finished_p50:.2f}x)",
+                f"{p50_p95(queue['pending_get_ms'])} ({p50 / finished_p50:.2f}x)",
             )
         )
-        rows.append(Row(f"{size} pending: a worker's pick of the next task, p50 / p95", _p50_p95(queue["pick_ms"])))
+        rows.append(Row(f"{size} pending: a worker's pick of the next task, p50 / p95", p50_p95(queue["pick_ms"])))
     longest = figures["queues"][sizes[-1]]["pending_get_ms"]["p50"]
     rows.append(
         Row(
@@ -165,17 +147,12 @@ def main() -> None:
             verdict(longest / shortest <= 2),
         )
     )
-    database = "PostgreSQL" if os.environ.get("DATABASE_URL", "").startswith("postgres") else "SQLite"
     results.write_section(
-        f"A long queue: GET of a pending task and a worker's pick ({database})",
+        f"A long queue: GET of a pending task and a worker's pick ({results.database_name()})",
         rows,
         notes="Pending rows written straight to the database (no jobs: the workers stay idle); one client, "
         "one keep-alive connection through daphne; picks timed in the benchmark process.",
     )
-
-
-def _p50_p95(summary: dict) -> str:
-    return f"{summary['p50']:.1f} / {summary['p95']:.1f} ms"
 
 
 if __name__ == "__main__":

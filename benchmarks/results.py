@@ -61,10 +61,20 @@ def machine() -> str:
     )
 
 
+def database_name() -> str:
+    """The database the service ran on (harness.Service puts its URL in DATABASE_URL)."""
+    return "PostgreSQL" if os.environ.get("DATABASE_URL", "").startswith("postgres") else "SQLite"
+
+
+def p50_p95(summary: dict) -> str:
+    """`p50 / p95 ms` of a harness.summary_ms."""
+    return f"{summary['p50']:.1f} / {summary['p95']:.1f} ms"
+
+
 def write_section(title: str, rows: list[Row], *, command: str | None = None, notes: str = "") -> None:
     """Replace the section `## title` of RESULTS.md (or append it) with these rows."""
     command = command or " ".join(shlex.quote(arg) for arg in [Path(sys.executable).name, *sys.argv])
-    database = "PostgreSQL" if os.environ.get("DATABASE_URL", "").startswith("postgres") else "SQLite"
+    database = database_name()
     lines = [
         f"## {title}",
         "",

@@ -31,7 +31,6 @@ from results import Row, p50_p95, verdict
 
 def build_history(tasks: int, pages: int, rng: random.Random, owners: list) -> None:
     """Add finished tasks (and their pages) until `tasks` are stored, nine in ten of owners[0]."""
-    from django.db import connection
     from django.utils import timezone
 
     from ocr.models import OCRPage, OCRTask
@@ -62,11 +61,7 @@ def build_history(tasks: int, pages: int, rng: random.Random, owners: list) -> N
         )
     OCRTask.objects.filter(created_at__gt=then).update(created_at=then)
     OCRPage.objects.filter(created_at__gt=then).update(created_at=then)
-    with connection.cursor() as cursor:  # the steady state of a service, not of a burst of inserts:
-        if connection.vendor == "postgresql":  # autovacuum's work within a minute of many inserts
-            cursor.execute("VACUUM ANALYZE")
-        else:  # the write-ahead log folded into the database, as checkpoints do as writes go on
-            cursor.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    harness.settle_database()
 
 
 def main() -> None:

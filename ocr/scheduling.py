@@ -64,6 +64,11 @@ def admit(*, kind: Kind, priority: str = Priority.NORMAL) -> None:
             )
 
 
+def priority_rank(priority: str) -> int:
+    """0 for high, 1 for normal (and anything unknown), 2 for low."""
+    return PRIORITY_RANK.get(priority, PRIORITY_RANK[Priority.NORMAL])
+
+
 def client_of(owner_id, session_key: str, task_id) -> tuple:
     """A user, an anonymous session, or (no session) the task alone."""
     if owner_id:
@@ -89,7 +94,7 @@ def start_order(limit: int | None = None) -> list[uuid.UUID]:
     for place, (pk, priority, owner_id, session_key) in enumerate(
         pending.values_list("id", "priority", "owner_id", "session_key")
     ):
-        rank = PRIORITY_RANK.get(priority, PRIORITY_RANK[Priority.NORMAL])
+        rank = priority_rank(priority)
         queues[(rank, client_of(owner_id, session_key, pk))].append((place, pk))
     # one heap entry per (priority, client): its oldest task, keyed by how busy the client is
     heap = [(rank, running[client], tasks[0][0], client) for (rank, client), tasks in queues.items()]
@@ -127,8 +132,7 @@ def queue_place(task: OCRTask) -> QueuePlace | None:
     counted together."""
     if task.status != TaskStatus.PENDING:
         return None
-    rank_of = lambda priority: PRIORITY_RANK.get(priority, PRIORITY_RANK[Priority.NORMAL])  # noqa: E731
-    own_rank, own_client = rank_of(task.priority), client_of(task.owner_id, task.session_key, task.pk)
+    own_rank, own_client = priority_rank(task.priority), client_of(task.owner_id, task.session_key, task.pk)
     older = Q(created_at__lt=task.created_at) | Q(created_at=task.created_at, id__lt=task.pk)
     groups = (
         OCRTask.objects.filter(status__in=[TaskStatus.PENDING, TaskStatus.PROCESSING])
@@ -140,7 +144,7 @@ def queue_place(task: OCRTask) -> QueuePlace | None:
     running: dict[tuple, int] = defaultdict(int)
     clients: dict[tuple, list[int]] = defaultdict(lambda: [0, 0])  # tasks, older; a user's over its sessions
     for status, priority, owner_id, session_key, tasks, older_tasks in groups:
-        rank, client = rank_of(priority), client_of(owner_id, session_key, None)
+        rank, client = priority_rank(priority), client_of(owner_id, session_key, None)
         if status == TaskStatus.PROCESSING:
             busy += tasks
             running[client] += tasks if owner_id or session_key else 0
@@ -157,12 +161,6 @@ def queue_place(task: OCRTask) -> QueuePlace | None:
         ahead += min(tasks, max(0, index)) + (1 if 0 <= index < older_tasks else 0)
     ahead += solo_tasks if turn > 0 else solo_older
     return QueuePlace(ahead + 1, busy)
-
-
-def queue_position(task: OCRTask) -> int | None:
-    """1 = the next to start; None unless pending."""
-    place = queue_place(task)
-    return place and place.position
 
 
 class EstimateBasis(NamedTuple):

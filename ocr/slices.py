@@ -32,7 +32,7 @@ from django.utils import timezone
 from . import engine, queue, services
 from .models import OCRPage, OCRSlice, OCRTask, SliceStatus, TaskStatus
 from .pipeline import PagePipeline
-from .scheduling import PRIORITY_RANK
+from .scheduling import PRIORITY_RANK, priority_rank
 from .services import PageOutcome
 from .upkeep import WORKER_LOST_MESSAGE
 from .watcher import CancelWatcher, run_watched
@@ -108,7 +108,7 @@ def _run_slices(task: OCRTask, doc, claimed: OCRSlice | None) -> None:
 def _priorities_now() -> list[str]:
     """Priorities whose slices go before every pending task: those not below the best pending."""
     pending = OCRTask.objects.filter(status=TaskStatus.PENDING).order_by().values_list("priority", flat=True).distinct()
-    best = min((PRIORITY_RANK.get(priority, 1) for priority in pending), default=len(PRIORITY_RANK))
+    best = min(map(priority_rank, pending), default=len(PRIORITY_RANK))
     return [str(priority) for priority, rank in PRIORITY_RANK.items() if rank <= best]
 
 

@@ -23,7 +23,8 @@ class TaskStatus(models.TextChoices):
            └──────cancel────────┴──────────────▶ cancelled
 
     `pending` and `processing` are ACTIVE; the three others are TERMINAL and final: a
-    terminal task is never written again (its result, pages, counters and events stay).
+    terminal task is never changed again (its result, pages, counters and events stay; the
+    partial result of a cancel is stored by its stopped worker, as reads assemble it before).
     Every transition is one conditional UPDATE in `ocr.services`.
     """
 

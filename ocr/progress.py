@@ -79,6 +79,24 @@ def page_result(page: OCRPage, params: TaskParams) -> PageResult:
     return result
 
 
+def recorded_pages(task: OCRTask) -> list[OCRPage]:
+    """The task's pages as its result reads them (their documents are for downloads only). None
+    is read when its counters say none is recorded (each page is counted as it is stored)."""
+    if not task.processed_pages + task.failed_pages:
+        return []
+    return list(OCRPage.objects.filter(task_id=task.pk).defer("outputs", "text_pdf"))
+
+
+def result_of(task: OCRTask) -> dict[str, Any] | None:
+    """The task's `result` as stored; for a cancelled task whose result is not stored yet,
+    assembled from its pages. A cancel leaves the partial result of a running task with pages
+    to its worker, which stores it once its work has stopped (services.task_work_stopped): the
+    pages are final from the cancel on, so both give the same result."""
+    if task.result is not None or task.status != "cancelled":
+        return task.result
+    return assemble_result(task, recorded_pages(task))
+
+
 def assemble_result(task: OCRTask, pages: list[OCRPage]) -> dict[str, Any] | None:
     """The task's `result` from its recorded pages (partial when the task was cancelled)."""
     params = task.parameters

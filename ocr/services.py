@@ -68,8 +68,7 @@ def _store_event(task: OCRTask, type: str, **details) -> progress.TaskEventPaylo
 
 def _store_result(task: OCRTask, **also) -> None:
     """Assemble and store the task's result (with `also`, more fields in the same UPDATE)."""
-    pages = OCRPage.objects.filter(task_id=task.pk).defer("outputs", "text_pdf")  # documents: downloads only
-    task.result = progress.assemble_result(task, list(pages))
+    task.result = progress.assemble_result(task, progress.recorded_pages(task))
     OCRTask.objects.filter(pk=task.pk).update(result=task.result, **also)
 
 
@@ -346,7 +345,13 @@ def task_cancel_visible(
             queue.wake_task_worker(task_id, in_flight=True)
             transaction.on_commit(lambda: queue.wake_task_worker(task_id, cancelled=True))
             cancelled.cancelled_at = now
-            _store_result(cancelled, cancelled_at=now)
+            if cancelled.worker_pid is not None and cancelled.processed_pages + cancelled.failed_pages:
+                # Its worker stores the partial result once its work has stopped (reads assemble
+                # it meanwhile: progress.result_of). Read here, the answer waited for every page's
+                # text: 8 -> 36 ms with 500 pages done, PostgreSQL, on an idle machine.
+                OCRTask.objects.filter(pk=task_id).update(cancelled_at=now)
+            else:
+                _store_result(cancelled, cancelled_at=now)
             _store_event(cancelled, EventType.CANCELLED)
             current, outcome = cancelled, "cancelled"
             status_before = TaskStatus.PROCESSING if cancelled.started_at else TaskStatus.PENDING
@@ -391,7 +396,10 @@ def task_cancel_if_active(*, task_id: uuid.UUID, reason: str, cancelled_by: str)
 
 def task_work_stopped(*, task_id: uuid.UUID) -> None:
     """The worker of a cancelled task has stopped (processes killed): the cancel latency's end.
-    Bookkeeping only: result, pages and events stay as the cancel left them."""
-    OCRTask.objects.filter(pk=task_id, status=TaskStatus.CANCELLED, work_stopped_at__isnull=True).update(
-        work_stopped_at=timezone.now()
-    )
+    Pages and events stay as the cancel left them; the partial result the cancel left to the
+    worker (task_cancel_visible) is stored now, by the first of its workers to stop."""
+    rows = OCRTask.objects.filter(pk=task_id, status=TaskStatus.CANCELLED, work_stopped_at__isnull=True)
+    with transaction.atomic():
+        task = update_returning(rows, work_stopped_at=timezone.now())
+        if task is not None and task.result is None:
+            _store_result(task)

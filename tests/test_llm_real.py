@@ -129,5 +129,6 @@ def test_real_model_cancel_during_generation(api):
     assert task.status == "cancelled" and task.processed_pages >= 1
     time.sleep(0.5)
     assert not OCRPage.objects.filter(task_id=task_id, created_at__gt=task.cancelled_at).exists()
-    kept = OCRTask.objects.get(pk=task_id).result["results"]
+    wait_for(lambda: OCRTask.objects.get(pk=task_id).work_stopped_at is not None, timeout=5)
+    kept = OCRTask.objects.get(pk=task_id).result["results"]  # stored by the stopped worker
     assert len(kept) == task.processed_pages and all(p["extracted_text"] for p in kept)

@@ -116,7 +116,9 @@ def test_cancel_mid_page_kills_tesseract_and_keeps_partial_pages(api):
     assert task.status == "cancelled" and task.cancellation_reason == "mid page"
     time.sleep(0.5)  # nothing may be written after the cancel, even late
     assert not OCRPage.objects.filter(task_id=task_id, created_at__gt=task.cancelled_at).exists()
-    assert OCRTask.objects.get(pk=task_id).result == task.result
+    shown = api.get(f"/v1/ocr/tasks/{task_id}").json()["result"]
+    wait_for(lambda: OCRTask.objects.get(pk=task_id).work_stopped_at is not None, timeout=5)
+    assert OCRTask.objects.get(pk=task_id).result == shown  # stored by the stopped worker, as shown before
     assert_event_log(task_id, "cancelled")
     # the worker is free for the next task at once
     quick = submit(api, "/v1/ocr/process", factories.text_image(), name="a.png")
@@ -135,6 +137,8 @@ def test_cancel_during_last_page_keeps_the_earlier_ones(api):
     assert all(page["extracted_text"] for page in kept)
     last = assert_event_log(task_id, "cancelled")[-1]
     assert last["processed_pages"] == len(kept) and last["cancellation_reason"] == "User requested cancellation"
+    wait_for(lambda: OCRTask.objects.get(pk=task_id).result is not None, timeout=5)
+    assert OCRTask.objects.get(pk=task_id).result == body["result"]  # stored by the stopped worker
 
 
 def test_pending_task_cancelled_before_pickup_is_skipped(api, cluster):

@@ -8,7 +8,7 @@ import json
 
 from rest_framework import serializers
 
-from .. import scheduling
+from .. import progress, scheduling
 from ..exceptions import InvalidInput
 from ..kinds import KINDS, STREAM_CANCEL_MESSAGE
 from ..models import OCRTask, TaskStatus
@@ -102,6 +102,7 @@ class TaskSerializer(serializers.ModelSerializer):
     progress = serializers.SerializerMethodField()
     queue_position = serializers.SerializerMethodField()
     estimated_start_seconds = serializers.SerializerMethodField()
+    result = serializers.SerializerMethodField()
 
     class Meta:
         model = OCRTask
@@ -146,6 +147,9 @@ class TaskSerializer(serializers.ModelSerializer):
             "failed_pages": task.failed_pages,
             "percentage": task.progress_percentage,
         }
+
+    def get_result(self, task: OCRTask) -> dict | None:
+        return progress.result_of(task)
 
     def get_queue_position(self, task: OCRTask) -> int | None:
         """The task's own place (counted by the database) for the first pending task of a

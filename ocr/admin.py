@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 
 from django import forms
@@ -16,7 +17,7 @@ from django.utils.html import escape
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.utils.safestring import mark_safe
 
-from . import bulk, metrics
+from . import bulk, metrics, progress
 from .api.serializers import MAX_REASON_LENGTH, CancelInputSerializer
 from .models import ACTIVE_STATUSES, CancelAudit, CancelledBy, OCRPage, OCRTask, TaskEvent, WebhookDelivery
 
@@ -130,7 +131,8 @@ class OCRTaskAdmin(admin.ModelAdmin):
     list_filter = ["status", "task_type", "streaming", "cancelled_by", "created_at"]
     search_fields = ["id", "cancellation_reason", "input_name", "error_message"]
     date_hierarchy = "created_at"
-    readonly_fields = [f.name for f in OCRTask._meta.fields]
+    # the result as clients read it (progress.result_of), in the model's field order
+    readonly_fields = fields = ["shown_result" if f.name == "result" else f.name for f in OCRTask._meta.fields]
     inlines = [OCRPageInline, TaskEventInline]
     actions = ["cancel_selected"]
     change_form_template = "admin/ocr/ocrtask/change_form.html"
@@ -138,6 +140,12 @@ class OCRTaskAdmin(admin.ModelAdmin):
 
     def has_add_permission(self, request) -> bool:
         return False
+
+    @admin.display(description="result")
+    def shown_result(self, task: OCRTask) -> str | None:
+        """A cancel's partial result too before its stopped worker stores it."""
+        result = progress.result_of(task)
+        return None if result is None else json.dumps(result, ensure_ascii=False)
 
     @admin.action(description="Cancel selected tasks")
     def cancel_selected(self, request, queryset):

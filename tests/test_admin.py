@@ -83,6 +83,18 @@ def test_cancel_button_on_the_change_page():
     )
 
 
+def test_the_change_page_shows_a_cancelled_task_partial_result_before_its_worker_stores_it():
+    client = staff_client(True)
+    task = make_task(pages=3)
+    services.task_start(task_id=task.pk, total_pages=3)
+    factories.record_page(task_id=task.pk, page_number=1, text="kept words", source=PageSource.OCR)
+    client.post(f"/admin/ocr/ocrtask/{task.pk}/cancel/", {"reason": "enough"})
+    assert OCRTask.objects.get(pk=task.pk).result is None  # its worker's to store
+    page = client.get(f"/admin/ocr/ocrtask/{task.pk}/change/").content.decode()
+    shown = page.split("<label>Result:</label>", 1)[1].split('<div class="readonly">', 1)[1].split("</div>", 1)[0]
+    assert "&quot;extracted_text&quot;: &quot;kept words&quot;" in shown
+
+
 def test_cancel_button_refused_without_permission():
     client = staff_client(False)
     task = make_task()

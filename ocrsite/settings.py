@@ -67,6 +67,7 @@ env = environ.Env(
     OCR_WEBHOOK_BACKOFF_MAX_SECONDS=(float, 3600.0),
     OCR_WEBHOOK_CONCURRENCY=(int, 4),
     OCR_HTTP_THREADS=(int, 8),
+    OCR_WORKER_NICE=(int, 10),
 )
 
 SECRET_KEY = env("SECRET_KEY", default="dev-insecure-change-me-in-production")  # refused by check --deploy
@@ -297,6 +298,9 @@ OCR_WEBHOOK_CONCURRENCY = max(1, env("OCR_WEBHOOK_CONCURRENCY"))
 # Threads (each with its database connection) kept by each daphne process for the sync code of
 # HTTP requests; a request finding none free gets a thread of its own (ocrsite/http_threads.py).
 OCR_HTTP_THREADS = max(0, env("OCR_HTTP_THREADS"))
+# Niceness of the qcluster's worker processes (and of its session's scheduling group): the OCR
+# work's own Python yields the CPU to the API and the cancel killers (ocr/apps.py). 0: unchanged.
+OCR_WORKER_NICE = min(19, max(0, env("OCR_WORKER_NICE")))
 # This node's name in the task JSON (`worker_node`) and in metrics (several nodes: API.md section 12).
 OCR_NODE_NAME = env("OCR_NODE_NAME")
 # Node-local tesseract slots (flock files): never more tesseract processes than OCR_WORKERS.

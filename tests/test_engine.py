@@ -3,6 +3,7 @@
 import io
 import os
 import subprocess
+import sys
 import threading
 import time
 from contextlib import contextmanager
@@ -13,6 +14,7 @@ from PIL import Image
 
 from ocr import engine, tesseract_text
 from tests import factories, support
+from tests.conftest import ROOT
 from tests.support import tesseract_pids, wait_for
 
 
@@ -218,6 +220,30 @@ def test_tesseract_yields_the_cpu_to_the_service(tmp_path):
         if os.path.exists("/proc/self/autogroup"):  # "/autogroup-42 nice 10"
             autogroup = Path(f"/proc/{pid}/autogroup")
             wait_for(lambda: autogroup.read_text().split()[-1] == str(nice), timeout=2, interval=0.005)
+
+
+def nice_in_a_session_of_its_own(*argv: str) -> tuple[int, str]:
+    """(nice, autogroup line) of a new session's leader, run with `argv`, after lower_own_priority(7)."""
+    code = (
+        "import os, sys; from ocr.processes import lower_own_priority; lower_own_priority(7, session_of='qcluster');"
+        "group = open('/proc/self/autogroup').read() if os.path.exists('/proc/self/autogroup') else '';"
+        "print(os.getpriority(os.PRIO_PROCESS, 0), group.strip())"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, *argv], cwd=ROOT, start_new_session=True, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    nice, _, group = done.stdout.strip().partition(" ")
+    return int(nice), group
+
+
+def test_a_worker_lowers_its_session_group_only_when_the_session_is_the_qclusters_own():
+    """The group's weight is the session's: a session shared with daphne (one shell that started
+    both) must keep it. A session led by a qcluster (run.sh, harnesses) is lowered with it."""
+    nice, group = nice_in_a_session_of_its_own("something else")
+    assert nice == 7 and (not group or group.endswith("nice 0"))
+    nice, group = nice_in_a_session_of_its_own("qcluster")
+    assert nice == 7 and (not group or group.endswith("nice 7"))
 
 
 def test_tesseract_heap_is_in_huge_pages_where_the_kernel_offers_them(tmp_path):

@@ -1,7 +1,9 @@
 """End to end with real qcluster workers and real tesseract: results, cancels, deadlines."""
 
 import json
+import os
 import time
+from pathlib import Path
 
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
@@ -250,3 +252,14 @@ def test_websocket_cancel_stops_a_real_worker_mid_page(api):
     assert frames.index(answers[0]) < len(frames) - 1  # the answer precedes the cancelled event
     wait_for(lambda: not tesseract_pids(), timeout=2, interval=0.005)
     assert wait_status(task_id, ["cancelled"]).cancelled_by == "websocket"
+
+
+def test_workers_and_their_qcluster_yield_the_cpu_but_not_the_killers_sweeper(api, cluster, settings):
+    """OCR_WORKER_NICE (10) for a worker process and its qcluster's session group (ocr/apps.py);
+    the sweeper, whose killer kills a cancelled task's tesseracts, keeps its weight."""
+    task = wait_status(submit(api, "/v1/ocr/process", factories.text_image(), name="a.png"), ["completed"], 30)
+    assert settings.OCR_WORKER_NICE == 10
+    assert os.getpriority(os.PRIO_PROCESS, task.worker_pid) == 10
+    if os.path.exists("/proc/self/autogroup"):  # "/autogroup-42 nice 10"
+        assert Path(f"/proc/{task.worker_pid}/autogroup").read_text().split()[-1] == "10"
+        assert Path(f"/proc/{cluster.procs[1].pid}/autogroup").read_text().split()[-1] == "0"

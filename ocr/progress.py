@@ -14,7 +14,7 @@ from channels.layers import get_channel_layer
 from django.utils import timezone
 
 from . import layer_sender
-from .models import OCRPage, OCRTask
+from .models import OCRPage, OCRTask, TaskStatus
 from .params import TaskParams
 
 logger = logging.getLogger(__name__)
@@ -92,7 +92,7 @@ def result_of(task: OCRTask) -> dict[str, Any] | None:
     assembled from its pages. A cancel leaves the partial result of a running task with pages
     to its worker, which stores it once its work has stopped (services.task_work_stopped): the
     pages are final from the cancel on, so both give the same result."""
-    if task.result is not None or task.status != "cancelled":
+    if task.result is not None or task.status != TaskStatus.CANCELLED:
         return task.result
     return assemble_result(task, recorded_pages(task))
 

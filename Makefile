@@ -50,9 +50,9 @@ bench: setup
 	DATABASE_URL= $(PY) benchmarks/queue_position.py
 	DATABASE_URL=$(BENCH_DB) $(PY) benchmarks/queue_position.py
 	DATABASE_URL= $(PY) benchmarks/history.py
+	DATABASE_URL=$(BENCH_DB) $(PY) benchmarks/history.py
 	DATABASE_URL= $(PY) benchmarks/cancel_pages.py
 	DATABASE_URL=$(BENCH_DB) $(PY) benchmarks/cancel_pages.py
-	DATABASE_URL=$(BENCH_DB) $(PY) benchmarks/history.py
 	DATABASE_URL=$(BENCH_DB) $(PY) benchmarks/cancel_latency.py --worker-node node-b --cancels 15
 	$(PY) benchmarks/slices.py
 

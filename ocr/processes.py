@@ -198,7 +198,7 @@ class TesseractSlots:
                 os.close(fd)  # closing the held descriptor releases its lock
 
 
-def lower_priority(pid: int, niceness: int) -> None:
+def lower_priority(pid: int, niceness: int, *, group: bool = True) -> None:
     """Run `pid` at `niceness` (never raised): OCR yields the CPU to the service's own processes
     (API, cancel watchers), so a cancel or a page event is served at once on a machine whose
     cores all run tesseract; alone on the CPU, tesseract runs as fast as before.
@@ -206,12 +206,14 @@ def lower_priority(pid: int, niceness: int) -> None:
     `pid` leads a session of its own (start_new_session). Where the kernel groups sessions for
     scheduling (autogroup, on by default in Debian's and Ubuntu's kernels), a process's nice
     value only ranks it within its session's group, and each group weighs as much as any other:
-    so the group's nice value is lowered too (/proc/PID/autogroup; raising it needs no privilege)."""
+    so the group's nice value is lowered too (/proc/PID/autogroup; raising it needs no privilege),
+    unless not `group`."""
     try:
         os.setpriority(os.PRIO_PROCESS, pid, max(niceness, os.getpriority(os.PRIO_PROCESS, pid)))
     except (ProcessLookupError, PermissionError, OSError):
         pass  # gone already, or not allowed here
-    _set_autogroup_nice(pid, niceness)
+    if group:
+        _set_autogroup_nice(pid, niceness)
 
 
 def lower_own_priority(niceness: int, *, session_of: str) -> None:
@@ -219,18 +221,14 @@ def lower_own_priority(niceness: int, *, session_of: str) -> None:
     scheduling group as well (see lower_priority) when the session is `session_of`'s own, its
     leader's command line naming it (run.sh, the test and benchmark harnesses and service managers
     start each program in a session of its own): a session shared with other programs, such as a
-    shell's that also started daphne, keeps its group's weight, or they would lose it too."""
-    try:
-        os.setpriority(os.PRIO_PROCESS, 0, max(niceness, os.getpriority(os.PRIO_PROCESS, 0)))
-    except OSError:
-        pass  # not allowed here
+    shell's that also started daphne, keeps its group's weight, or they would lose it too.
+    Called from the process's main thread (its `pid`'s)."""
     try:
         with open(f"/proc/{os.getsid(0)}/cmdline", "rb") as handle:
             leader = handle.read().split(b"\0")
     except OSError:
-        return
-    if session_of.encode() in leader:
-        _set_autogroup_nice(os.getpid(), niceness)
+        leader = []
+    lower_priority(os.getpid(), niceness, group=session_of.encode() in leader)
 
 
 def _set_autogroup_nice(pid: int, niceness: int) -> None:

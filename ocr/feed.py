@@ -1,6 +1,6 @@
 """The operator feed: every task's terminal event and every refused cancel request, for staff.
 
-`record()` is the one writer: ocr.services calls it where terminal events and cancel requests
+`item()` makes every item: ocr.services stores it where terminal events and cancel requests
 are written, in their transaction, and progress.publish pushes the new id to the operator group
 once committed (the one sender to Channels). `follow(after)` is the one reader, behind the
 staff WebSocket `ws/ocr/events/` and SSE `GET /v1/ocr/events`: the stored items after a cursor
@@ -36,14 +36,17 @@ READ_LIMIT = 200  # items per database read; a longer backlog takes several read
 GAP_POLL_SECONDS = 0.25  # how often a reader waiting for a missing id looks again
 
 
-def _usernames(*user_ids: int | None) -> dict[int, str]:
-    ids = {pk for pk in user_ids if pk is not None}
-    if not ids:
-        return {}
-    return dict(get_user_model().objects.filter(pk__in=ids).values_list("pk", "username"))
+def _usernames(*user_ids: int | None, known=None) -> dict[int, str]:
+    """Usernames by id; `known` (a user, or None) is not read again (a cancel's caller is mostly
+    the task's owner and its canceller)."""
+    names = {known.pk: known.username} if getattr(known, "pk", None) is not None else {}
+    ids = {pk for pk in user_ids if pk is not None and pk not in names}
+    if ids:
+        names.update(get_user_model().objects.filter(pk__in=ids).values_list("pk", "username"))
+    return names
 
 
-def record(
+def item(
     task: OCRTask,
     type: str,
     *,
@@ -51,15 +54,16 @@ def record(
     cancelled_by: str | None = None,
     user=None,
     outcome: str | None = None,
-) -> int:
-    """Store one item about `task` (its row as it stands after the change); returns its id.
+) -> OperatorEvent:
+    """One item about `task` (its row as it stands after the change), to store; `user` is the
+    caller, if known.
 
     A terminal item takes its reason from the task (cancellation reason or error); a refused
     cancel names the reason, channel (`cancelled_by`) and user of the request, and its outcome."""
     refused = type == OperatorEventType.CANCEL_REFUSED
     user_id = getattr(user, "pk", None) if refused else task.cancelled_by_user_id
-    names = _usernames(task.owner_id, user_id)
-    item = {
+    names = _usernames(task.owner_id, user_id, known=user)
+    payload = {
         "type": type,
         "task_id": str(task.pk),
         "task_type": task.task_type,
@@ -75,17 +79,16 @@ def record(
         "worker_node": task.worker_host or None,
         "timestamp": timezone.now().isoformat(),
     }
-    row = OperatorEvent.objects.create(type=type, task_id=task.pk, payload=item)
-    logger.debug("task %s: operator feed item %d (%s)", task.pk, row.pk, type)
-    return row.pk
+    return OperatorEvent(type=type, task_id=task.pk, payload=payload)
 
 
 def record_refused_cancel(task: OCRTask, *, reason: str, cancelled_by: str, user, outcome: str) -> None:
     """A cancel request that changed nothing (the task had ended): stored, pushed on commit."""
-    feed_id = record(
+    row = item(
         task, OperatorEventType.CANCEL_REFUSED, reason=reason, cancelled_by=cancelled_by, user=user, outcome=outcome
     )
-    transaction.on_commit(lambda: progress.publish_feed(feed_id, task.pk))
+    row.save()
+    transaction.on_commit(lambda: progress.publish_feed(row.pk, task.pk))
 
 
 # --- Reading ----------------------------------------------------------------------------------

@@ -1,17 +1,26 @@
-"""`update_returning`: a QuerySet.update() that also returns the row it changed, in one statement.
+"""Writes in one statement that the ORM makes in several round trips to the database.
+
+`update_returning`: a QuerySet.update() that also returns the row it changed.
 
 `rows.update(...)` and then `Model.objects.get(...)` cost two round trips to the database and
 the ORM's query building twice; each state change of a task (start, page, finish, cancel) did
 both, inside its transaction. `UPDATE ... RETURNING` (PostgreSQL; SQLite since 3.35) gives the
 same row at once. The values are converted as Django converts the rows an INSERT returns
 (SQLInsertCompiler.execute_sql): the backend's and the fields' converters.
+
+`locked_clock`: the time a conditional UPDATE writes, read as it runs, not before.
+
+`insert_together`: new rows of several models, as `save()` inserts each, in one statement on
+PostgreSQL (INSERTs in a WITH). A cancel stores its event, its operator feed item and its
+audit: three round trips before its answer, about 1 ms each on a loaded machine.
 """
 
 from __future__ import annotations
 
 from django.db import connections
-from django.db.models import Model, QuerySet
-from django.db.models.sql import UpdateQuery
+from django.db.models import DateTimeField, Func, Model, QuerySet
+from django.db.models.sql import InsertQuery, UpdateQuery
+from django.utils import timezone
 
 
 def update_returning(rows: QuerySet, **values) -> Model | None:
@@ -37,3 +46,42 @@ def update_returning(rows: QuerySet, **values) -> Model | None:
     if converters:
         found = list(compiler.apply_converters(found, converters))
     return model.from_db(rows.db, [field.attname for field in fields], found[0])
+
+
+def locked_clock(using: str = "default"):
+    """A time for an UPDATE to write that is later than every write committed before the rows it
+    changes were locked: PostgreSQL's clock as the UPDATE runs (after any row lock it waited
+    for); on SQLite, where transactions take the write lock as they begin (IMMEDIATE,
+    ocrsite/settings.py), the time now."""
+    if connections[using].vendor == "postgresql":
+        return Func(function="CLOCK_TIMESTAMP", output_field=DateTimeField())
+    return timezone.now()
+
+
+def insert_together(*objs: Model | None, using: str = "default") -> None:
+    """Insert `objs` (new instances, each of a model with an auto primary key; None skipped) as
+    `obj.save()` would, each getting its primary key; in one statement where the database can
+    (PostgreSQL), else one by one. Model signals are not sent (none of ours has receivers)."""
+    objs = tuple(obj for obj in objs if obj is not None)
+    connection = connections[using]
+    if connection.vendor != "postgresql" or len(objs) < 2:
+        for obj in objs:
+            obj.save(force_insert=True, using=using)
+        return
+    parts, params = [], []
+    for number, obj in enumerate(objs):
+        meta = obj._meta
+        query = InsertQuery(type(obj))
+        query.insert_values([f for f in meta.local_concrete_fields if f is not meta.auto_field], [obj])
+        compiler = query.get_compiler(using=using)
+        compiler.returning_fields = [meta.pk]
+        [(sql, values)] = compiler.as_sql()
+        parts.append(f"r{number} AS ({sql})")
+        params.extend(values)
+    ids = ", ".join(f"(SELECT * FROM r{number})" for number in range(len(objs)))
+    with connection.cursor() as cursor:
+        cursor.execute(f"WITH {', '.join(parts)} SELECT {ids}", params)
+        row = cursor.fetchone()
+    for obj, pk in zip(objs, row, strict=True):
+        obj.pk = pk
+        obj._state.adding, obj._state.db = False, using

@@ -17,7 +17,7 @@ from datetime import timedelta
 from django.conf import settings
 from django.core.files.base import ContentFile
 from django.db import IntegrityError, transaction
-from django.db.models import Case, F, QuerySet, Value, When
+from django.db.models import Case, F, Model, QuerySet, Value, When
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
@@ -37,7 +37,7 @@ from .models import (
     storage_name,
 )
 from .params import TaskParams
-from .returning import update_returning
+from .returning import insert_together, locked_clock, update_returning
 
 logger = logging.getLogger(__name__)
 
@@ -55,21 +55,22 @@ def _advance(task_id: uuid.UUID, from_statuses, *, only_attempt: int | None = No
     return update_returning(rows, event_seq=F("event_seq") + 1, **fields)
 
 
-def _store_event(task: OCRTask, type: str, **details) -> progress.TaskEventPayload:
-    """Store the event numbered `task.event_seq` (a terminal one also in the operator feed),
-    publish it once the transaction commits."""
+def _store_event(task: OCRTask, type: str, *also: Model, user=None, **details) -> progress.TaskEventPayload:
+    """Store the event numbered `task.event_seq` (a terminal one also in the operator feed, `user`
+    the caller if known) and the new rows `also`, in one statement; publish it on commit."""
     payload = progress.build_event(task, seq=task.event_seq, type=type, **details)
-    TaskEvent.objects.create(task_id=task.pk, seq=task.event_seq, type=type, payload=payload)
-    feed_id = feed.record(task, type) if type in TERMINAL_EVENTS else None
+    item = feed.item(task, type, user=user) if type in TERMINAL_EVENTS else None
+    insert_together(TaskEvent(task_id=task.pk, seq=task.event_seq, type=type, payload=payload), *also, item)
+    feed_id = item and item.pk
     transaction.on_commit(lambda: progress.publish(payload, feed_id=feed_id))
     webhooks.on_event(task, payload)
     return payload
 
 
-def _store_result(task: OCRTask, **also) -> None:
-    """Assemble and store the task's result (with `also`, more fields in the same UPDATE)."""
+def _store_result(task: OCRTask) -> None:
+    """Assemble and store the task's result."""
     task.result = progress.assemble_result(task, progress.recorded_pages(task))
-    OCRTask.objects.filter(pk=task.pk).update(result=task.result, **also)
+    OCRTask.objects.filter(pk=task.pk).update(result=task.result)
 
 
 # --- Submit and start ---------------------------------------------------------------------
@@ -333,31 +334,25 @@ def task_cancel_visible(
             cancellation_reason=reason,
             cancelled_by=cancelled_by,
             cancelled_by_user=user,
+            cancelled_at=locked_clock(),  # every page committed before is older
         )
-        # Stamped once the UPDATE holds the row: every page committed before it is older.
-        now = timezone.now()
         if cancelled is not None:
-            task_id = cancelled.pk
             # Woken twice: now, for the node killers to kill at once (and on PostgreSQL the
             # worker, which confirms on this commit; see queue.wake_task_worker), and on commit,
             # first (its tesseract dies sooner), then events go out.
-            queue.wake_task_worker(task_id, in_flight=True)
-            transaction.on_commit(lambda: queue.wake_task_worker(task_id, cancelled=True))
-            cancelled.cancelled_at = now
+            queue.wake_task_worker(cancelled.pk, in_flight=True)
+            transaction.on_commit(lambda: queue.wake_task_worker(cancelled.pk, cancelled=True))
             if cancelled.worker_pid is None or not cancelled.processed_pages + cancelled.failed_pages:
-                _store_result(cancelled, cancelled_at=now)
-            else:  # its stopped worker stores it (the answer waited for every page's text: 39 ms for 500)
-                OCRTask.objects.filter(pk=task_id).update(cancelled_at=now)
-            _store_event(cancelled, EventType.CANCELLED)
+                _store_result(cancelled)
+            # else its stopped worker stores it (the answer waited for every page's text: 39 ms for 500)
             current, outcome = cancelled, "cancelled"
             status_before = TaskStatus.PROCESSING if cancelled.started_at else TaskStatus.PENDING
         else:
             current = rows.get()
             outcome = "already_cancelled" if current.status == TaskStatus.CANCELLED else f"already_{current.status}"
             status_before = current.status
-            feed.record_refused_cancel(current, reason=reason, cancelled_by=cancelled_by, user=user, outcome=outcome)
-        ran_seconds = (now - current.started_at).total_seconds() if current.started_at else None
-        CancelAudit.objects.create(
+        ran = cancelled.cancelled_at - cancelled.started_at if cancelled is not None and cancelled.started_at else None
+        audit = CancelAudit(
             task_id=current.pk,
             task_type=current.task_type,
             accepted=cancelled is not None,
@@ -367,8 +362,13 @@ def task_cancel_visible(
             user=user,
             client=client[:255],
             status_before=status_before,
-            ran_seconds=ran_seconds if cancelled is not None else None,
+            ran_seconds=None if ran is None else ran.total_seconds(),
         )
+        if cancelled is not None:  # its event, feed item and audit: one statement (one round trip)
+            _store_event(cancelled, EventType.CANCELLED, audit, user=user)
+        else:
+            feed.record_refused_cancel(current, reason=reason, cancelled_by=cancelled_by, user=user, outcome=outcome)
+            audit.save()
     if cancelled is not None:
         logger.info("task %s: cancelled by %s (%s): %s", current.pk, cancelled_by, status_before, reason)
     else:

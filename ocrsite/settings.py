@@ -141,6 +141,8 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         "timeout": 20,
         "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
     }
+elif DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    DATABASES["default"]["ENGINE"] = "ocrsite.postgresql"  # its health check costs no round trip
 # Persistent connections: opening one per request cost a cancel tens of milliseconds on
 # PostgreSQL. Under daphne, requests run their sync code on up to OCR_HTTP_THREADS threads kept
 # between requests (ocrsite/http_threads.py), so this is at most that many connections per web

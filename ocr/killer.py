@@ -8,8 +8,8 @@ before the watcher can kill. The killer runs as a thread of the sweeper (one per
 which has nothing else to do at that moment.
 
 How: it listens on every task's wake-up channel (ocr.queue). A cancel wakes the task's workers
-twice: from inside its transaction once the row has changed (`in-flight`, PostgreSQL) and on
-commit (`cancelled`). On either, the killer looks for the task's page folders in this node's
+twice: from inside its transaction once all is written, just before the commit (`in-flight`),
+and on commit (`cancelled`). On either, the killer looks for the task's page folders in this node's
 pages folder (their names carry the task's id: processes.page_folder_prefix), finds the OCR
 processes reading from them among their worker's children, and kills their process groups. It
 keeps looking every TICK_SECONDS for HOLD_SECONDS, so that a page started by the worker before

@@ -72,7 +72,8 @@ def insert_together(*objs: Model | None, using: str = "default") -> None:
     for number, obj in enumerate(objs):
         meta = obj._meta
         query = InsertQuery(type(obj))
-        query.insert_values([f for f in meta.local_concrete_fields if f is not meta.auto_field], [obj])
+        fields = [f for f in meta.local_concrete_fields if not f.generated and f is not meta.auto_field]
+        query.insert_values(fields, [obj])
         compiler = query.get_compiler(using=using)
         compiler.returning_fields = [meta.pk]
         [(sql, values)] = compiler.as_sql()

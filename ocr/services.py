@@ -337,10 +337,9 @@ def task_cancel_visible(
             cancelled_at=locked_clock(),  # every page committed before is older
         )
         if cancelled is not None:
-            # Woken twice: now, for the node killers to kill at once (and on PostgreSQL the
-            # worker, which confirms on this commit; see queue.wake_task_worker), and on commit,
-            # first (its tesseract dies sooner), then events go out.
-            queue.wake_task_worker(cancelled.pk, in_flight=True)
+            # Woken twice: once all is written, for the node killers to kill at once (and on
+            # PostgreSQL the worker, which confirms on this commit; see queue.wake_task_worker),
+            # and on commit, first (its tesseract dies sooner), then events go out.
             transaction.on_commit(lambda: queue.wake_task_worker(cancelled.pk, cancelled=True))
             if cancelled.worker_pid is None or not cancelled.processed_pages + cancelled.failed_pages:
                 _store_result(cancelled)
@@ -366,6 +365,7 @@ def task_cancel_visible(
         )
         if cancelled is not None:  # its event, feed item and audit: one statement (one round trip)
             _store_event(cancelled, EventType.CANCELLED, audit, user=user)
+            queue.wake_task_worker(cancelled.pk, in_flight=True)
         else:
             feed.record_refused_cancel(current, reason=reason, cancelled_by=cancelled_by, user=user, outcome=outcome)
             audit.save()

@@ -9,7 +9,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from rest_framework.test import APIClient
 
-from ocr import services
+from ocr import queue, services
 from ocr.models import CancelAudit, OCRPage, OCRTask, OperatorEvent, PageSource, TaskEvent
 from tests import factories
 
@@ -193,23 +193,35 @@ def test_a_running_task_cancel_reads_no_page_and_its_stopped_worker_stores_the_p
 
 @pytest.mark.skipif(connection.vendor != "postgresql", reason="round trips to a server")
 @pytest.mark.parametrize("owned", [False, True])
-def test_a_running_task_cancel_is_two_statements_on_postgresql(client, owned):
+def test_a_running_task_cancel_is_two_statements_on_postgresql(client, owned, monkeypatch):
     """Each statement is a round trip the answer waits for (about 1 ms each under load): the
     UPDATE that stops the task (its time included), then its event, feed item and audit. The
-    owner cancelling its own task is named in the feed item without reading its row again."""
+    owner cancelling its own task is named in the feed item without reading its row again.
+    The node killers are woken after both (the kill's work slowed the second one down)."""
     owner = User.objects.create_user("dora") if owned else None
     if owner:
         client.force_authenticate(owner)
     task = make_task(pages=3, owner=owner)
     services.task_start(task_id=task.pk, total_pages=3)
     assert factories.record_page(task_id=task.pk, page_number=1, text="one")
+    wakes, wake = [], queue.wake_task_worker
+    transaction = ("BEGIN", "COMMIT", "SAVEPOINT", "RELEASE SAVEPOINT")  # the test's own transaction too
+
+    def statements() -> list[str]:
+        return [q["sql"] for q in queries.captured_queries if not q["sql"].startswith(transaction)]
+
+    def woken(task_id, **kind):
+        wakes.append((kind, len(statements())))
+        wake(task_id, **kind)
+
+    monkeypatch.setattr(queue, "wake_task_worker", woken)
     with CaptureQueriesContext(connection) as queries:
         assert cancel(client, f"/v1/ocr/tasks/{task.pk}/cancel").status_code == 200
-    transaction = ("BEGIN", "COMMIT", "SAVEPOINT", "RELEASE SAVEPOINT")  # the test's own transaction too
-    statements = [q["sql"] for q in queries.captured_queries if not q["sql"].startswith(transaction)]
-    assert len(statements) == 2, statements
-    assert statements[0].startswith("UPDATE") and "CLOCK_TIMESTAMP()" in statements[0]
-    assert statements[1].startswith("WITH") and statements[1].count("INSERT INTO") == 3
+    written = statements()
+    assert wakes[0] == ({"in_flight": True}, 2), wakes
+    assert len(written) == 2, written
+    assert written[0].startswith("UPDATE") and "CLOCK_TIMESTAMP()" in written[0]
+    assert written[1].startswith("WITH") and written[1].count("INSERT INTO") == 3
     assert CancelAudit.objects.filter(task_id=task.pk, outcome="cancelled").count() == 1
     assert TaskEvent.objects.filter(task_id=task.pk, type="cancelled").count() == 1
     item = OperatorEvent.objects.get(task_id=task.pk).payload

@@ -135,7 +135,7 @@ def test_a_cancel_kills_the_task_s_ocr_on_this_node_while_its_worker_cannot_run(
 
 @pytest.mark.django_db(transaction=True)
 def test_a_cancel_kills_before_its_transaction_commits_on_every_database(node_killer, slow_page):
-    """The cancel's in-flight wake-up (sent once its UPDATE holds the row) reaches the killer on
+    """The cancel's in-flight wake-up (sent before its commit, the row held) reaches the killer on
     SQLite as well as PostgreSQL: the page dies while the cancel's transaction is still open,
     and the worker takes it for cancelled on the watcher's word, after the commit."""
     from django.db import transaction

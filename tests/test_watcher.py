@@ -67,8 +67,8 @@ def test_a_cancel_landing_as_the_work_ends_still_records_when_the_work_stopped()
 @contextmanager
 def in_flight_cancel(task, *, commit: bool):
     """What task_cancel does on PostgreSQL up to its commit: the status UPDATE, the in-flight
-    wake-up (and no wake-up on commit), then the rest of the transaction, which holds the row
-    until the tesseract stand-in is dead; then commit, or roll back."""
+    wake-up (and no wake-up on commit), then the commit, delayed here (the row held) until the
+    tesseract stand-in is dead; then commit, or roll back."""
     from django.db import transaction
 
     from ocr import queue

@@ -16,7 +16,7 @@ from django.utils import timezone
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
-from . import rollup
+from . import layer_sender, rollup
 from .kinds import KINDS
 from .models import TERMINAL_STATUSES, OCRPage, OCRTask, PageSource, TaskStatus
 from .queue import queue_depth, redis_client
@@ -38,9 +38,13 @@ def _key(name: str) -> str:
 
 
 def count_cancel_request(status_code: int) -> None:
-    """Count one answer of a cancel endpoint (all processes share the Redis hash)."""
+    """Count one answer of a cancel endpoint (all processes share the Redis hash); in a request,
+    the answer does not wait for the count (layer_sender.post_redis)."""
+    key, field = _key(CANCEL_REQUESTS_KEY), str(status_code)
+    if layer_sender.post_redis("HINCRBY", key, field, 1, what=f"cancel request metric ({status_code})"):
+        return
     try:
-        _redis().hincrby(_key(CANCEL_REQUESTS_KEY), str(status_code), 1)
+        _redis().hincrby(key, field, 1)
     except redis.RedisError:
         logger.warning("cancel request metric not counted (%s)", status_code)
 

@@ -4,6 +4,7 @@ import json
 import logging
 import os
 import re
+import time
 import tracemalloc
 from datetime import timedelta
 
@@ -13,10 +14,10 @@ from django.test import Client
 from django.utils import timezone
 from rest_framework.test import APIClient
 
-from ocr import metrics, services, upkeep
+from ocr import metrics, queue, services, upkeep
 from ocr.models import CancelAudit, OCRTask, PageSource
 from tests import factories
-from tests.support import post_json
+from tests.support import post_json, wait_for
 
 
 def make_task(task_type="pdf") -> OCRTask:
@@ -112,9 +113,29 @@ def test_metrics_are_right_across_processes(live_daphne, no_worker, clean_metric
     # another process (the live daphne) answers cancel requests: the counts are shared
     assert post_json(live_daphne, f"/v1/ocr/tasks/{task.pk}/cancel")[0] == 200
     assert post_json(live_daphne, "/v1/ocr/tasks/not-a-task/cancel")[0] == 404
-    snapshot = metrics.snapshot()
-    assert snapshot["cancel_requests"]["by_status"] == {200: 1, 404: 1}
-    assert snapshot["tasks"]["by_kind"]["pdf"]["cancelled"] == 1
+    # counted as the answers go out, not before (layer_sender.post_redis)
+    wait_for(lambda: metrics.snapshot()["cancel_requests"]["by_status"] == {200: 1, 404: 1}, timeout=5)
+    assert metrics.snapshot()["tasks"]["by_kind"]["pdf"]["cancelled"] == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_cancel_through_daphne_wakes_the_worker_before_and_after_its_commit(live_daphne, no_worker):
+    """The wake-up on commit goes out on daphne's loop, the answer not waiting for it: it still
+    follows the one sent before the commit."""
+    task = make_task("pdf")
+    services.task_start(task_id=task.pk, total_pages=2)
+    wakeups = queue.subscribe_task_wakeups(task.pk)
+    try:
+        assert post_json(live_daphne, f"/v1/ocr/tasks/{task.pk}/cancel")[0] == 200
+        received, deadline = [], time.monotonic() + 5
+        while len(received) < 2 and time.monotonic() < deadline:
+            message = wakeups.get_message(timeout=1)  # None for the subscription's own reply too
+            if message is not None:
+                received.append(message["data"])
+        assert received == [queue.WAKE_IN_FLIGHT, queue.WAKE_CANCELLED]
+        assert OCRTask.objects.get(pk=task.pk).status == "cancelled"
+    finally:
+        wakeups.close()
 
 
 def test_openapi_schema_validates_and_docs_are_local():

@@ -12,7 +12,7 @@ from datetime import timedelta
 from django.db.models import Q
 from django.utils import timezone
 
-from . import queue, rollup, services
+from . import progress, queue, rollup, services
 from .idempotency import REPLAY_WINDOW
 from .models import (
     ACTIVE_STATUSES,
@@ -62,6 +62,7 @@ def expire_deadlines() -> int:
 
 WORKER_LOST_MESSAGE = "Worker lost"
 MAX_ATTEMPTS = 2  # a task whose work was lost this many times fails instead of being re-queued
+CANCELLED_RESULT_WINDOW = timedelta(days=1)  # how far back cancels are looked at for a lost worker
 
 
 def reap_lost_tasks(
@@ -72,7 +73,10 @@ def reap_lost_tasks(
     - processing without a heartbeat for `lost_after` s: back to pending and re-queued (the
       pages already done are kept and skipped) while attempts remain, else failed "Worker lost";
     - pending for `requeue_pending_after` s and not on the queue (the Redis broker does not
-      acknowledge, so a job taken by a dying worker is gone): queued again.
+      acknowledge, so a job taken by a dying worker is gone): queued again;
+    - cancelled in the last CANCELLED_RESULT_WINDOW while it ran, and its worker died before it
+      stopped (no heartbeat for `lost_after` s, no stop recorded): the partial result the worker
+      would have stored (services.task_work_stopped) is stored. Its stop time stays unknown.
     """
     now = timezone.now()
     cutoff = now - timedelta(seconds=lost_after)
@@ -95,7 +99,28 @@ def reap_lost_tasks(
         OCRTask.objects.filter(pk=task_id).update(enqueued_at=now)
         services.enqueue_task(task_id)
         report["pending_requeued"] += 1
+    report["cancelled_results_stored"] = _store_results_of_lost_cancels(now - CANCELLED_RESULT_WINDOW, cutoff)
     return report
+
+
+def _store_results_of_lost_cancels(since, cutoff) -> int:
+    """Store the partial results of the tasks cancelled since `since` with pages, that a cancel
+    leaves to their worker (services.task_cancel), whose worker has sent no heartbeat since
+    `cutoff` and recorded no stop. Returns how many were stored."""
+    recent = OCRTask.objects.filter(status=TaskStatus.CANCELLED, cancelled_at__gte=since)  # an index range
+    lost = recent.filter(
+        Q(processed_pages__gt=0) | Q(failed_pages__gt=0),
+        result__isnull=True,
+        work_stopped_at__isnull=True,
+        heartbeat_at__lt=cutoff,
+    )
+    stored = 0
+    for task in lost[:1000]:
+        result = progress.assemble_result(task, progress.recorded_pages(task))
+        if OCRTask.objects.filter(pk=task.pk, result__isnull=True).update(result=result):
+            logger.warning("task %s: cancelled, its worker lost before it stopped: partial result stored", task.pk)
+            stored += 1
+    return stored
 
 
 # --- Retention --------------------------------------------------------------------------------

@@ -59,8 +59,18 @@ def test_lost_task_is_requeued_once_then_failed(django_capture_on_commit_callbac
 def test_live_heartbeat_is_left_alone(no_worker):
     task = started_task()
     assert services.task_heartbeat(task_id=task.pk, attempt=1)
-    assert upkeep.reap_lost_tasks(lost_after=30) == {"requeued": 0, "failed": 0, "pending_requeued": 0}
+    assert upkeep.reap_lost_tasks(lost_after=30) == {
+        "requeued": 0,
+        "failed": 0,
+        "pending_requeued": 0,
+        "cancelled_results_stored": 0,
+    }
     assert not services.task_heartbeat(task_id=task.pk, attempt=7)
+    # cancelled with a page done, its worker alive and stopping: its result is left to it
+    factories.record_page(task_id=task.pk, page_number=1, text="one", source="ocr", processing_time=0.1, attempt=1)
+    services.task_cancel(task=task, reason="r")
+    assert OCRTask.objects.get(pk=task.pk).result is None
+    assert upkeep.reap_lost_tasks(lost_after=30)["cancelled_results_stored"] == 0
 
 
 @pytest.mark.django_db
@@ -122,11 +132,22 @@ def test_cancel_of_a_task_whose_worker_died(cluster):
     from rest_framework.test import APIClient
 
     api = APIClient()
-    task_id = submit(api, "/v1/ocr/process-pdf", factories.slow_pdf(2), {"dpi": 600, "text_layer": "ocr"})
-    wait_mid_page(task_id)
+    task_id = submit(api, "/v1/ocr/process-pdf", factories.slow_pdf(4), {"dpi": 600, "text_layer": "ocr"})
+    wait_mid_page(task_id, min_pages=1)
     os.kill(worker_pid_of(task_id), signal.SIGKILL)
     response = api.post(f"/v1/ocr/tasks/{task_id}/cancel", {"reason": "dead worker"}, format="json")
     assert response.status_code == 200
     assert_event_log(task_id, "cancelled")
     wait_for(lambda: not tesseract_pids(), timeout=10)  # the orphan is killed by the reaper
-    assert OCRTask.objects.get(pk=task_id).status == "cancelled"
+    task = OCRTask.objects.get(pk=task_id)
+    assert task.status == "cancelled" and task.result is None  # its page's text was left to its worker
+    read = api.get(f"/v1/ocr/tasks/{task_id}").json()["result"]  # reads assemble it meanwhile
+    done = sorted(OCRPage.objects.filter(task_id=task_id).values_list("page_number", flat=True))
+    assert done and [page["page_number"] for page in read["results"]] == done
+    # once the worker counts as lost, the sweeper (a real one, in the cluster) stores the partial result
+    age_heartbeat(task)
+    task = wait_for(lambda: OCRTask.objects.filter(pk=task_id, result__isnull=False).first(), timeout=10)
+    assert task.result == read
+    assert task.work_stopped_at is None  # when its work stopped is not known
+    assert "partial result stored" in cluster.log()
+    assert upkeep.reap_lost_tasks(lost_after=30)["cancelled_results_stored"] == 0

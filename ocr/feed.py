@@ -27,7 +27,8 @@ from django.db import transaction
 from django.utils import timezone
 
 from . import progress
-from .models import OCRTask, OperatorEvent, OperatorEventType
+from .models import CancelAudit, OCRTask, OperatorEvent, OperatorEventType
+from .returning import insert_together
 from .streams import Membership
 
 logger = logging.getLogger(__name__)
@@ -82,12 +83,19 @@ def item(
     return OperatorEvent(type=type, task_id=task.pk, payload=payload)
 
 
-def record_refused_cancel(task: OCRTask, *, reason: str, cancelled_by: str, user, outcome: str) -> None:
-    """A cancel request that changed nothing (the task had ended): stored, pushed on commit."""
+def record_refused_cancel(task: OCRTask, audit: CancelAudit) -> None:
+    """A cancel request that changed nothing (the task had ended, or was cancelled already): its
+    feed item stored with its (new) audit row, in one statement where the database can; pushed
+    on commit."""
     row = item(
-        task, OperatorEventType.CANCEL_REFUSED, reason=reason, cancelled_by=cancelled_by, user=user, outcome=outcome
+        task,
+        OperatorEventType.CANCEL_REFUSED,
+        reason=audit.reason,
+        cancelled_by=audit.cancelled_by,
+        user=audit.user,
+        outcome=audit.outcome,
     )
-    row.save()
+    insert_together(row, audit)
     transaction.on_commit(lambda: progress.publish_feed(row.pk, task.pk))
 
 

@@ -367,8 +367,7 @@ def task_cancel_visible(
             _store_event(cancelled, EventType.CANCELLED, audit, user=user)
             queue.wake_task_worker(cancelled.pk, in_flight=True)
         else:
-            feed.record_refused_cancel(current, reason=reason, cancelled_by=cancelled_by, user=user, outcome=outcome)
-            audit.save()
+            feed.record_refused_cancel(current, audit)  # its feed item and audit: one statement too
     if cancelled is not None:
         logger.info("task %s: cancelled by %s (%s): %s", current.pk, cancelled_by, status_before, reason)
     else:

@@ -226,6 +226,14 @@ def test_a_running_task_cancel_is_two_statements_on_postgresql(client, owned, mo
     assert TaskEvent.objects.filter(task_id=task.pk, type="cancelled").count() == 1
     item = OperatorEvent.objects.get(task_id=task.pk).payload
     assert item["owner"] == item["cancelled_by_user"] == ("dora" if owned else None)
+    # cancelled again: the UPDATE changes nothing; the refusal's feed item and audit, one statement
+    with CaptureQueriesContext(connection) as queries:
+        assert cancel(client, f"/v1/ocr/tasks/{task.pk}/cancel").status_code == 200
+    inserts = [sql for sql in statements() if "INSERT INTO" in sql]
+    assert len(inserts) == 1 and inserts[0].startswith("WITH") and inserts[0].count("INSERT INTO") == 2, inserts
+    assert CancelAudit.objects.filter(task_id=task.pk, outcome="already_cancelled").count() == 1
+    refused = OperatorEvent.objects.get(task_id=task.pk, type="cancel_refused").payload
+    assert refused["cancelled_by_user"] == ("dora" if owned else None) and refused["outcome"] == "already_cancelled"
 
 
 def test_a_cancel_with_no_worker_to_stop_stores_the_result_itself(client):

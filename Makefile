@@ -29,15 +29,16 @@ $(VENV)/.installed-llm: requirements-llm.txt $(VENV)/.installed
 	$(PY) -m pip install -q -r requirements-llm.txt
 	touch $@
 
-# Every figure of benchmarks/*.py against its target, written to benchmarks/RESULTS.md (16 to 22
-# minutes on 2 cores, by the machine; run it on a quiet machine). Cancel latency and live event
+# Every figure of benchmarks/*.py against its target, written to benchmarks/RESULTS.md (28 to 36
+# minutes on 2 cores, by the machine; run it on a quiet machine). Throughput takes the median of
+# three alternating rounds: one round swung +-15% on a shared host. Cancel latency and live event
 # latency are measured on PostgreSQL when one answers (DATABASE_URL, else BENCH_PG) and on
 # SQLite (the embedded default): their targets hold on both, and their tails differ.
 BENCH_PG ?= postgres://postgres@127.0.0.1:5432/postgres
 BENCH_DB = $(shell pg_isready -q -h 127.0.0.1 2>/dev/null && echo "$${DATABASE_URL:-$(BENCH_PG)}")
 bench: setup
 	scripts/ensure_redis.sh >/dev/null
-	$(PY) benchmarks/throughput.py
+	$(PY) benchmarks/throughput.py --rounds 3
 	DATABASE_URL=$(BENCH_DB) $(PY) benchmarks/cancel_latency.py
 	DATABASE_URL= $(PY) benchmarks/cancel_latency.py
 	$(PY) benchmarks/render_stall.py

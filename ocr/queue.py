@@ -104,12 +104,13 @@ def wake_task_worker(task_id, *, in_flight: bool = False, cancelled: bool = Fals
 
     from . import layer_sender
 
+    channel = _wakeup_channel(task_id)
     message = WAKE_IN_FLIGHT if in_flight else WAKE_CANCELLED if cancelled else WAKE_COMMITTED
     what = f"task {task_id}: worker wake-up ({message.decode()})"
-    if not in_flight and layer_sender.post_redis("PUBLISH", _wakeup_channel(task_id), message, what=what):
+    if not in_flight and layer_sender.post_redis("PUBLISH", channel, message, what=what):
         return  # in a request, after its commit: its answer does not wait for the send
     try:
-        redis_client(settings.REDIS_URL).publish(_wakeup_channel(task_id), message)
+        redis_client(settings.REDIS_URL).publish(channel, message)
     except redis.RedisError:
         logger.warning("task %s: worker wake-up not sent (its poll will see the change)", task_id)
 

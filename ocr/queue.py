@@ -98,7 +98,9 @@ def wake_task_worker(task_id, *, in_flight: bool = False, cancelled: bool = Fals
     back: the page is read again, processes.CancelScope.await_verdict). On SQLite the kill so
     starts before the commit: 3-4 ms sooner at the median, up to 20 ms (cancel_latency.py). Sent
     before the cancel's other writes, the kill's work (the killers, the worker, the dying
-    tesseract) slowed them down: the answer's p50 by 1.4-2.8 ms, its kill 1-2 ms sooner only."""
+    tesseract) slowed them down: the answer's p50 by 1.4-2.8 ms, its kill 1-2 ms sooner only.
+    In a request both go out from daphne's loop, in order, without the answer waiting for them
+    (layer_sender.post_redis): the in-flight one leaves as the commit does."""
     import redis
     from django.conf import settings
 
@@ -107,8 +109,8 @@ def wake_task_worker(task_id, *, in_flight: bool = False, cancelled: bool = Fals
     channel = _wakeup_channel(task_id)
     message = WAKE_IN_FLIGHT if in_flight else WAKE_CANCELLED if cancelled else WAKE_COMMITTED
     what = f"task {task_id}: worker wake-up ({message.decode()})"
-    if not in_flight and layer_sender.post_redis("PUBLISH", channel, message, what=what):
-        return  # in a request, after its commit: its answer does not wait for the send
+    if layer_sender.post_redis("PUBLISH", channel, message, what=what):
+        return  # in a request: its answer does not wait for the send
     try:
         redis_client(settings.REDIS_URL).publish(channel, message)
     except redis.RedisError:

@@ -341,9 +341,10 @@ def task_cancel_visible(
             # PostgreSQL the worker, which confirms on this commit; see queue.wake_task_worker),
             # and on commit, first (its tesseract dies sooner), then events go out.
             transaction.on_commit(lambda: queue.wake_task_worker(cancelled.pk, cancelled=True))
-            if cancelled.worker_pid is None or not cancelled.processed_pages + cancelled.failed_pages:
+            if cancelled.worker_pid is None and cancelled.kind.is_pdf:  # no worker: its empty result
                 _store_result(cancelled)
-            # else its stopped worker stores it (the answer waited for every page's text: 39 ms for 500)
+            # else its stopped worker stores it (the answer waited for every page's text: 39 ms for
+            # 500); an image's result, before its one page, is none
             current, outcome = cancelled, "cancelled"
             status_before = TaskStatus.PROCESSING if cancelled.started_at else TaskStatus.PENDING
         else:

@@ -14,6 +14,7 @@ from django.utils import timezone
 
 from . import progress, queue, rollup, services
 from .idempotency import REPLAY_WINDOW
+from .kinds import KINDS
 from .models import (
     ACTIVE_STATUSES,
     CancelAudit,
@@ -25,6 +26,8 @@ from .models import (
 )
 
 logger = logging.getLogger(__name__)
+
+PDF_TYPES = [slug for slug, kind in KINDS.items() if kind.is_pdf]
 
 # --- Deadlines ------------------------------------------------------------------------------
 
@@ -104,12 +107,12 @@ def reap_lost_tasks(
 
 
 def _store_results_of_lost_cancels(since, cutoff) -> int:
-    """Store the partial results of the tasks cancelled since `since` with pages, that a cancel
-    leaves to their worker (services.task_cancel), whose worker has sent no heartbeat since
+    """Store the partial results of the PDF tasks cancelled since `since` while they ran, that a
+    cancel leaves to their worker (services.task_cancel), whose worker has sent no heartbeat since
     `cutoff` and recorded no stop. Returns how many were stored."""
     recent = OCRTask.objects.filter(status=TaskStatus.CANCELLED, cancelled_at__gte=since)  # an index range
     lost = recent.filter(
-        Q(processed_pages__gt=0) | Q(failed_pages__gt=0),
+        task_type__in=PDF_TYPES,  # an image's result before its one page is none: nothing to store
         result__isnull=True,
         work_stopped_at__isnull=True,
         heartbeat_at__lt=cutoff,

@@ -74,6 +74,22 @@ def test_live_heartbeat_is_left_alone(no_worker):
 
 
 @pytest.mark.django_db
+def test_a_task_cancelled_before_its_first_page_whose_worker_died_gets_its_result(no_worker):
+    """A running PDF's cancel leaves its result to the worker even before its first page; a lost
+    worker's is stored by the reaper. An image's result before its page is none: nothing to store."""
+    pdf, image = started_task(pages=3), factories.submit_task("ocr", start=True)
+    for task in (pdf, image):
+        services.task_cancel(task=task, reason="r")
+        assert OCRTask.objects.get(pk=task.pk).result is None
+        age_heartbeat(task)
+    assert upkeep.reap_lost_tasks(lost_after=30)["cancelled_results_stored"] == 1
+    stored = OCRTask.objects.get(pk=pdf.pk).result
+    assert stored["results"] == [] and stored["total_pages"] == 3 and stored["success"] is False
+    assert OCRTask.objects.get(pk=image.pk).result is None
+    assert upkeep.reap_lost_tasks(lost_after=30)["cancelled_results_stored"] == 0
+
+
+@pytest.mark.django_db
 def test_pending_job_lost_by_the_broker_is_queued_again():
     from django_q.brokers import get_broker
 

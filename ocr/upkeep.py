@@ -14,7 +14,7 @@ from django.utils import timezone
 
 from . import progress, queue, rollup, services
 from .idempotency import REPLAY_WINDOW
-from .kinds import KINDS
+from .kinds import pdf_kinds
 from .models import (
     ACTIVE_STATUSES,
     CancelAudit,
@@ -26,8 +26,6 @@ from .models import (
 )
 
 logger = logging.getLogger(__name__)
-
-PDF_TYPES = [slug for slug, kind in KINDS.items() if kind.is_pdf]
 
 # --- Deadlines ------------------------------------------------------------------------------
 
@@ -112,7 +110,7 @@ def _store_results_of_lost_cancels(since, cutoff) -> int:
     `cutoff` and recorded no stop. Returns how many were stored."""
     recent = OCRTask.objects.filter(status=TaskStatus.CANCELLED, cancelled_at__gte=since)  # an index range
     lost = recent.filter(
-        task_type__in=PDF_TYPES,  # an image's result before its one page is none: nothing to store
+        task_type__in=pdf_kinds(),  # an image's result before its one page is none: nothing to store
         result__isnull=True,
         work_stopped_at__isnull=True,
         heartbeat_at__lt=cutoff,

@@ -35,7 +35,6 @@ from .processes import (  # noqa: F401  (re-exported: the engine's public names)
     TESSERACT_NICE,
     Cancelled,
     CancelScope,
-    TesseractSlots,
     kill_orphans,
     limit_memory,
     lower_priority,
@@ -43,6 +42,7 @@ from .processes import (  # noqa: F401  (re-exported: the engine's public names)
     remove_orphan_pages,
     start_ocr_process,
 )
+from .slots import TesseractSlots
 
 logger = logging.getLogger(__name__)
 

@@ -1,5 +1,6 @@
-"""The OCR processes of a task: the CancelScope that kills them on cancel, the node-wide slots
-that bound how many run, their memory cap, and the clean-up of what killed workers leave behind.
+"""The OCR processes of a task: the CancelScope that kills them on cancel, their memory cap, and
+the clean-up of what killed workers leave behind (the node-wide slots that bound how many run:
+ocr/slots.py).
 
 No Django here. Each tesseract runs in its own process group (`start_new_session=True`), so a
 kill reaches it and anything it started; killing a group and reaping it takes 3-5 ms here.
@@ -7,7 +8,6 @@ kill reaches it and anything it started; killing a group and reaping it takes 3-
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 import resource
@@ -15,7 +15,6 @@ import shutil
 import signal
 import subprocess
 import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -158,44 +157,6 @@ def kill_group(pid: int) -> bool:
     # its session's group gets the normal weight back (allowed without privilege: nice >= 0).
     _set_autogroup_nice(pid, 0)
     return True
-
-
-class TesseractSlots:
-    """A host-wide counting semaphore made of flock'ed files: at most `count` tesseracts run.
-
-    flock is released by the kernel when a process dies, so a killed worker never leaks a slot.
-    """
-
-    def __init__(self, directory: str, count: int) -> None:
-        self.directory = directory
-        self.count = count
-        os.makedirs(directory, exist_ok=True)
-
-    @contextmanager
-    def acquire(self, scope: CancelScope | None = None, poll: float = 0.005) -> Iterator[int]:
-        """Hold one free slot; waits (polling every `poll` s, cancellable through `scope`)."""
-        fds = [
-            os.open(os.path.join(self.directory, f"slot-{slot}"), os.O_CREAT | os.O_RDWR, 0o666)
-            for slot in range(self.count)
-        ]
-        held = None
-        try:
-            while held is None:
-                if scope is not None:
-                    scope.check()
-                for fd in fds:
-                    try:
-                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    except BlockingIOError:
-                        continue
-                    held = fd
-                    break
-                else:
-                    time.sleep(poll)
-            yield held
-        finally:
-            for fd in fds:
-                os.close(fd)  # closing the held descriptor releases its lock
 
 
 def lower_priority(pid: int, niceness: int, *, group: bool = True) -> None:

@@ -104,8 +104,9 @@ def main() -> None:
     parser.add_argument(
         "--worker-node",
         metavar="NAME",
-        help="across nodes: the tasks run on a worker node of this name (own OCR_NODE_NAME and slot "
-        "folder, no web) and the cancels go to the web node (daphne); on this one host",
+        help="across nodes: the tasks run on a worker node of this name (own OCR_NODE_NAME, slot folder "
+        "and sweeper, no web) and the cancels go to the web node (daphne alone, as OCR_ROLE=web); on "
+        "this one host",
     )
     args = parser.parse_args()
     rng = random.Random(args.seed)
@@ -125,9 +126,9 @@ def main() -> None:
     with harness.Service(http=True) as service:
         from ocr.models import OCRPage, OCRTask, TaskEvent
 
-        if args.worker_node:  # the service's own qcluster makes way for the worker node
+        if args.worker_node:  # this node becomes a web node (daphne alone), the worker node runs the tasks
             service.add_worker_node(args.worker_node)
-            service.remove_worker_node(service.procs[service.names.index("qcluster")])
+            service.web_only()
         prefix = str(service.tesseract_tmp)
         meter = service.cpu_meter()
         workers = service.workers
@@ -310,8 +311,8 @@ def main() -> None:
         ],
         notes=(
             f"Web node (daphne) answers the cancel; the tasks run on worker node {args.worker_node!r} "
-            "(its own OCR_NODE_NAME and slot folder; the nodes share only PostgreSQL and Redis, "
-            "here on one host). "
+            "(its own OCR_NODE_NAME and slot folder, and its sweeper; the web node runs daphne alone, "
+            "as OCR_ROLE=web does; the nodes share only PostgreSQL and Redis, here on one host). "
             if args.worker_node
             else ""
         )

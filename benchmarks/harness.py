@@ -538,6 +538,14 @@ class Service:
             index = self.procs.index(stopped)
             del self.procs[index], self.names[index]
 
+    def web_only(self) -> None:
+        """This service's own node becomes a web node, daphne alone, as `OCR_ROLE=web make run`
+        starts it: its qcluster and sweeper stop (add a worker node first)."""
+        stop_groups([self.procs[self.names.index(name)] for name in ("qcluster", "sweeper")])
+        for name in ("qcluster", "sweeper"):
+            index = self.names.index(name)
+            del self.procs[index], self.names[index]
+
     def log_text(self, name: str) -> str:
         try:
             return (self.tmp / f"{name}.log").read_text(errors="replace")

@@ -28,11 +28,12 @@ from .processes import CancelScope
 
 logger = logging.getLogger(__name__)
 
-# A waiter tries again at least this often, even if no wake-up came (none is ever lost: a
-# release after a failed try leaves its event queued), and polls this often where inotify is
-# not available (the user's limit of inotify instances reached).
+# A waiting page tries again every RETRY_SECONDS even without a wake-up (none is lost: a release
+# after a failed try leaves its event queued); where inotify is not available (the user's limit
+# of inotify instances reached), it polls every POLL_SECONDS, as before.
 RETRY_SECONDS = 0.5
 POLL_SECONDS = 0.005
+_warned_no_inotify = False  # said once per process: a node's condition, not a page's
 
 
 class TesseractSlots:
@@ -93,7 +94,10 @@ class _Wakeups:
             self._inotify = INotify(nonblocking=True)
             self._inotify.add_watch(directory, flags.CLOSE_WRITE)
         except OSError as exc:
-            logger.warning("OCR slots: no inotify on %s (%s): waiting pages poll", directory, exc)
+            global _warned_no_inotify
+            if not _warned_no_inotify:
+                _warned_no_inotify = True
+                logger.warning("OCR slots: no inotify on %s (%s): pages waiting for a slot poll", directory, exc)
             self._close_inotify()
 
     def __enter__(self) -> _Wakeups:
@@ -120,6 +124,8 @@ class _Wakeups:
         if self._inotify is None:
             time.sleep(POLL_SECONDS)
             return
-        ready, _, _ = select.select([self._inotify, self._pipe_r], [], [], RETRY_SECONDS)
-        if self._inotify in ready:
+        poller = select.poll()  # not select(): no limit on descriptor numbers
+        poller.register(self._inotify, select.POLLIN)
+        poller.register(self._pipe_r, select.POLLIN)
+        if any(fd == self._inotify.fileno() for fd, _ in poller.poll(RETRY_SECONDS * 1000)):
             self._inotify.read(timeout=0)  # drain: the next try sees every release up to now

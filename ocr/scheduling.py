@@ -23,7 +23,8 @@ from datetime import timedelta
 from typing import NamedTuple
 
 from django.conf import settings
-from django.db.models import Avg, Count, F, Q
+from django.db.models import Avg, Case, Count, F, Q, When, Window
+from django.db.models.functions import RowNumber
 from django.utils import timezone
 
 from .exceptions import ServiceUnavailable
@@ -79,10 +80,14 @@ def client_of(owner_id, session_key: str, task_id) -> tuple:
 def start_order(limit: int | None = None) -> list[uuid.UUID]:
     """Pending task ids in the order they are to start (at most `limit`).
 
-    Read over the whole queue on every pick by a worker and every list of tasks holding more than
-    one pending task (one task's place is counted: queue_place): so a task's place in the SQL
-    order (created_at, id) stands for its created_at, which Django would convert row by row, and
-    clients are tuples, not formatted strings."""
+    Read on every pick by a worker (`limit`: PICK_CANDIDATES) and every list of tasks holding
+    more than one pending task (one task's place is counted: queue_place): so a task's place in
+    the SQL order (created_at, id) stands for its created_at, which Django would convert row by
+    row, and clients are tuples, not formatted strings. With a `limit`, only each client's
+    `limit` oldest pending tasks of each priority are read: its later ones have that many of its
+    own before them, and session-less tasks (each a client with none running) have that many
+    older ones of theirs (5000 pending of 5 users: 27 -> 14 ms on SQLite, 10 -> 4 ms on
+    PostgreSQL)."""
     running: dict[tuple, int] = defaultdict(int)
     # unordered: for the model's order (newest first), SQLite, once its statistics said most rows
     # were finished, walked the whole table in created_at order
@@ -90,7 +95,13 @@ def start_order(limit: int | None = None) -> list[uuid.UUID]:
     for owner_id, session_key, pk in processing.values_list("owner_id", "session_key", "id"):
         running[client_of(owner_id, session_key, pk)] += 1
     queues: dict[tuple[int, tuple], list[tuple[int, uuid.UUID]]] = defaultdict(list)
-    pending = OCRTask.objects.filter(status=TaskStatus.PENDING).order_by("created_at", "id")
+    pending = OCRTask.objects.filter(status=TaskStatus.PENDING)
+    if limit is not None:
+        client = [F("priority"), F("owner_id"), Case(When(owner_id__isnull=True, then=F("session_key")))]
+        oldest_first = [F("created_at").asc(), F("id").asc()]
+        turn = Window(RowNumber(), partition_by=client, order_by=oldest_first)
+        pending = pending.annotate(turn=turn).filter(turn__lte=limit)
+    pending = pending.order_by("created_at", "id")
     for place, (pk, priority, owner_id, session_key) in enumerate(
         pending.values_list("id", "priority", "owner_id", "session_key")
     ):

@@ -23,13 +23,13 @@ from datetime import timedelta
 from channels.db import database_sync_to_async
 from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.db import transaction
+from django.db import DatabaseError, transaction
 from django.utils import timezone
 
 from . import progress
 from .models import CancelAudit, OCRTask, OperatorEvent, OperatorEventType
 from .returning import insert_together
-from .streams import Membership
+from .streams import DATABASE_RETRY_SECONDS, Membership
 
 logger = logging.getLogger(__name__)
 
@@ -145,17 +145,26 @@ async def follow(
     cursor = await start_cursor(after)
     read_database, look_again = True, False
     last_frame = last_sync = time.monotonic()  # keep-alive clock; resync clock
+    retry_at = 0.0  # after a failed read of the database, when to read it again
     try:
         while True:
-            if read_database:
-                items, look_again = _deliverable(await _stored_after(cursor), cursor)
-                for item in items:
-                    cursor = item["id"]
-                    last_frame = time.monotonic()
-                    yield item
-                read_database = False
-                last_sync = time.monotonic()
+            if read_database and time.monotonic() >= retry_at:
+                try:
+                    rows = await _stored_after(cursor)
+                except DatabaseError as exc:  # a restart or failover: read again soon (ocr/streams.py)
+                    logger.warning("operator feed: stream cannot read the database (%s); trying again", exc)
+                    retry_at = time.monotonic() + DATABASE_RETRY_SECONDS
+                else:
+                    items, look_again = _deliverable(rows, cursor)
+                    for item in items:
+                        cursor = item["id"]
+                        last_frame = time.monotonic()
+                        yield item
+                    read_database = False
+                    last_sync = time.monotonic()
             wake_at = last_sync + (GAP_POLL_SECONDS if look_again else resync)
+            if read_database:
+                wake_at = min(wake_at, retry_at)
             if keepalive is not None:
                 wake_at = min(wake_at, last_frame + keepalive)
             message = await membership.receive(max(0.0, wake_at - time.monotonic()))

@@ -10,7 +10,11 @@ delivery prompt:
 - after `resync` seconds without a push, the group is joined again and the database read:
   a Redis restart (which forgets groups), a dead pooled connection or a dropped push costs at
   most that delay, never a silent stream;
-- with `keepalive`, `None` is yielded after that many seconds without an event.
+- with `keepalive`, `None` is yielded after that many seconds without an event;
+- a read of the database that fails (a restart, a failover) is made again every
+  DATABASE_RETRY_SECONDS, the stream meanwhile alive (keep-alives, pushed events in order): it
+  used to end the stream, and an SSE response whose generator raised stayed open, silent, until
+  the client gave up (60 s in `make chaos`'s PostgreSQL restart; a browser's EventSource never).
 """
 
 from __future__ import annotations
@@ -24,12 +28,15 @@ from collections.abc import AsyncIterator
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
+from django.db import DatabaseError
 
 from . import selectors
 from .models import TERMINAL_EVENTS, TERMINAL_STATUSES, OCRTask
 from .progress import TaskEventPayload, group_name
 
 logger = logging.getLogger(__name__)
+
+DATABASE_RETRY_SECONDS = 1.0
 
 
 class Membership:
@@ -130,21 +137,28 @@ async def follow(
     last_seq = after
     read_database = True
     last_frame = last_sync = time.monotonic()  # keep-alive clock; resync clock
+    retry_at = 0.0  # after a failed read of the database, when to read it again
     try:
         while True:
-            if read_database:
-                events, over = await _stored_after(task_id, last_seq)
+            if read_database and time.monotonic() >= retry_at:
+                try:
+                    events, over = await _stored_after(task_id, last_seq)
+                except DatabaseError as exc:  # a restart or failover: read again soon, live meanwhile
+                    logger.warning("task %s: stream cannot read the database (%s); trying again", task_id, exc)
+                    retry_at = time.monotonic() + DATABASE_RETRY_SECONDS
+                    events, over = None, False
                 if over:
                     return  # asked for events after the terminal one: nothing will come
-                for event in events:
+                for event in events or ():
                     last_seq = event["seq"]
                     last_frame = time.monotonic()
                     yield event
                     if event["type"] in TERMINAL_EVENTS:
                         return
-                read_database = False
-                last_sync = time.monotonic()
-            wake_at = last_sync + resync
+                if events is not None:
+                    read_database = False
+                    last_sync = time.monotonic()
+            wake_at = min(last_sync + resync, retry_at) if read_database else last_sync + resync
             if keepalive is not None:
                 wake_at = min(wake_at, last_frame + keepalive)
             message = await membership.receive(max(0.0, wake_at - time.monotonic()))
@@ -158,8 +172,8 @@ async def follow(
                     read_database = True
                 continue
             event = message.get("event") or {}
-            if event.get("seq") != last_seq + 1:
-                read_database = event.get("seq", 0) > last_seq  # a gap: read it; a duplicate: drop it
+            if event.get("seq") != last_seq + 1:  # a gap: read it; a duplicate: drop it
+                read_database = read_database or event.get("seq", 0) > last_seq
                 continue
             last_seq = event["seq"]
             last_frame = last_sync = now

@@ -184,3 +184,43 @@ def test_feed_never_steps_over_an_id_still_in_flight(live_daphne, no_worker, com
         assert not reader.about(slow.pk)
         assert time.monotonic() - released_at > 5  # waited for the hole (OCR_FEED_GAP_SECONDS 10)
     sse.close()
+
+
+async def test_the_feed_lives_through_reads_of_the_database_that_fail(monkeypatch):
+    """As a task's stream (tests/test_streams.py): failed reads neither end nor silence it."""
+    import asyncio
+    import contextlib
+    import uuid
+
+    from asgiref.sync import sync_to_async
+    from django.db import OperationalError
+
+    from ocr import feed
+    from ocr.models import OperatorEvent
+
+    def stored_item() -> int:
+        return OperatorEvent.objects.create(type="cancelled", task_id=uuid.uuid4(), payload={"type": "cancelled"}).pk
+
+    first = await sync_to_async(stored_item)()
+    failures = [OperationalError("the database system is shutting down")] * 3
+    stored = feed._stored_after
+
+    async def stored_after(cursor):
+        if failures:
+            raise failures.pop()
+        return await stored(cursor)
+
+    monkeypatch.setattr(feed, "_stored_after", stored_after)
+    monkeypatch.setattr(feed, "DATABASE_RETRY_SECONDS", 0.3)
+
+    async def read() -> list:
+        got = []
+        async with contextlib.aclosing(feed.follow(first - 1, keepalive=0.1, resync=30)) as items:
+            async for item in items:
+                got.append(item)
+                if item is not None:
+                    return got
+        return got
+
+    got = await asyncio.wait_for(read(), timeout=10)
+    assert not failures and None in got and got[-1]["id"] == first

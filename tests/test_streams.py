@@ -1,14 +1,20 @@
 """ocr.streams.Membership on the service's channel layer (Redis pub/sub): a push still arrives
 after reads that timed out, as a stream waits between events (keep-alives, resyncs), and a
-stream that ends leaves nothing behind in the web process or in Redis."""
+stream that ends leaves nothing behind in the web process or in Redis; ocr.streams.follow
+through reads of the database that fail."""
 
 import asyncio
+import contextlib
 import uuid
 
+import pytest
 import redis
+from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
+from django.db import OperationalError
 
+from ocr import selectors, streams
 from ocr.progress import group_name
 from ocr.streams import Membership
 
@@ -74,3 +80,43 @@ def test_quiet_repeats_lets_one_record_through_per_period_with_the_count_of_the_
     time.sleep(0.25)
     after = record()
     assert quiet.filter(after) and after.getMessage().startswith("lost redis (3 more in the last")
+
+
+def _a_completed_task_with_its_events():
+    from ocr.models import OCRTask, TaskEvent
+
+    task = OCRTask.objects.create(task_type="pdf", status="completed", event_seq=2)
+    for seq, type in ((1, "status"), (2, "completed")):
+        TaskEvent.objects.create(task=task, seq=seq, type=type, payload={"seq": seq, "type": type})
+    return task.pk
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_stream_lives_through_reads_of_the_database_that_fail(monkeypatch):
+    """A read of the stored events that fails (the server restarting) neither ends the stream nor
+    silences it: keep-alives go on, and the events come once the database answers again."""
+    task_id = await database_sync_to_async(_a_completed_task_with_its_events)()
+    failures = [OperationalError("the database system is shutting down")] * 3
+    stored = selectors.events_after
+
+    def events_after(**kwargs):
+        if failures:
+            raise failures.pop()
+        return stored(**kwargs)
+
+    monkeypatch.setattr(streams.selectors, "events_after", events_after)
+    monkeypatch.setattr(streams, "DATABASE_RETRY_SECONDS", 0.3)
+
+    async def read() -> list:
+        got = []
+        async with contextlib.aclosing(streams.follow(task_id, keepalive=0.1, resync=30)) as events:
+            async for event in events:
+                got.append(event)
+        return got
+
+    got = await asyncio.wait_for(read(), timeout=10)
+    assert not failures and None in got  # kept alive while the reads failed
+    assert [event for event in got if event is not None] == [
+        {"seq": 1, "type": "status"},
+        {"seq": 2, "type": "completed"},
+    ]

@@ -81,9 +81,12 @@ async def _sse(request: HttpRequest, admit, follow, id_field: str = "seq"):
 
     async def frames():
         yield b": connected\n\n"
-        async with contextlib.aclosing(follow(position)) as events:
-            async for event in events:
-                yield b": keep-alive\n\n" if event is None else sse_frame(event, id_field)
+        try:
+            async with contextlib.aclosing(follow(position)) as events:
+                async for event in events:
+                    yield b": keep-alive\n\n" if event is None else sse_frame(event, id_field)
+        except Exception:  # ended, not left open: a response whose frames raise stays open, silent
+            logger.exception("%s: event stream failed; ended, the client reconnects", request.path)
 
     return event_stream(frames())
 

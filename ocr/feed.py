@@ -152,7 +152,8 @@ async def follow(
                 try:
                     rows = await _stored_after(cursor)
                 except DatabaseError as exc:  # a restart or failover: read again soon (ocr/streams.py)
-                    logger.warning("operator feed: stream cannot read the database (%s); trying again", exc)
+                    if not retry_at:  # said once per outage, not every second
+                        logger.warning("operator feed: stream cannot read the database (%s); trying again", exc)
                     retry_at = time.monotonic() + DATABASE_RETRY_SECONDS
                 else:
                     items, look_again = _deliverable(rows, cursor)
@@ -160,7 +161,7 @@ async def follow(
                         cursor = item["id"]
                         last_frame = time.monotonic()
                         yield item
-                    read_database = False
+                    read_database, retry_at = False, 0.0
                     last_sync = time.monotonic()
             wake_at = last_sync + (GAP_POLL_SECONDS if look_again else resync)
             if read_database:

@@ -144,7 +144,8 @@ async def follow(
                 try:
                     events, over = await _stored_after(task_id, last_seq)
                 except DatabaseError as exc:  # a restart or failover: read again soon, live meanwhile
-                    logger.warning("task %s: stream cannot read the database (%s); trying again", task_id, exc)
+                    if not retry_at:  # said once per outage, not every second
+                        logger.warning("task %s: stream cannot read the database (%s); trying again", task_id, exc)
                     retry_at = time.monotonic() + DATABASE_RETRY_SECONDS
                     events, over = None, False
                 if over:
@@ -156,7 +157,7 @@ async def follow(
                     if event["type"] in TERMINAL_EVENTS:
                         return
                 if events is not None:
-                    read_database = False
+                    read_database, retry_at = False, 0.0
                     last_sync = time.monotonic()
             wake_at = min(last_sync + resync, retry_at) if read_database else last_sync + resync
             if keepalive is not None:

@@ -532,17 +532,16 @@ class Service:
         """Stop a node: its qcluster `proc` (and the sweeper of a node added by add_worker_node)."""
         name = self.names[self.procs.index(proc)]
         sweeper = f"{name}-sweeper" if name != "qcluster" else None
-        procs = [proc] + ([self.procs[self.names.index(sweeper)]] if sweeper in self.names else [])
-        stop_groups(procs)
-        for stopped in procs:
-            index = self.procs.index(stopped)
-            del self.procs[index], self.names[index]
+        self._stop_named([name] + ([sweeper] if sweeper in self.names else []))
 
     def web_only(self) -> None:
         """This service's own node becomes a web node, daphne alone, as `OCR_ROLE=web make run`
         starts it: its qcluster and sweeper stop (add a worker node first)."""
-        stop_groups([self.procs[self.names.index(name)] for name in ("qcluster", "sweeper")])
-        for name in ("qcluster", "sweeper"):
+        self._stop_named(["qcluster", "sweeper"])
+
+    def _stop_named(self, names: list[str]) -> None:
+        stop_groups([self.procs[self.names.index(name)] for name in names])
+        for name in names:
             index = self.names.index(name)
             del self.procs[index], self.names[index]
 

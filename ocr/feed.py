@@ -29,7 +29,7 @@ from django.utils import timezone
 from . import progress
 from .models import CancelAudit, OCRTask, OperatorEvent, OperatorEventType
 from .returning import insert_together
-from .streams import DATABASE_RETRY_SECONDS, Membership
+from .streams import DatabaseRetry, Membership
 
 logger = logging.getLogger(__name__)
 
@@ -145,27 +145,26 @@ async def follow(
     cursor = await start_cursor(after)
     read_database, look_again = True, False
     last_frame = last_sync = time.monotonic()  # keep-alive clock; resync clock
-    retry_at = 0.0  # after a failed read of the database, when to read it again
+    retry = DatabaseRetry(membership.label)
     try:
         while True:
-            if read_database and time.monotonic() >= retry_at:
+            if read_database and retry.due():
                 try:
                     rows = await _stored_after(cursor)
-                except DatabaseError as exc:  # a restart or failover: read again soon (ocr/streams.py)
-                    if not retry_at:  # said once per outage, not every second
-                        logger.warning("operator feed: stream cannot read the database (%s); trying again", exc)
-                    retry_at = time.monotonic() + DATABASE_RETRY_SECONDS
+                except DatabaseError as exc:  # a restart or failover: read again soon, live meanwhile
+                    retry.failed(exc)
                 else:
                     items, look_again = _deliverable(rows, cursor)
                     for item in items:
                         cursor = item["id"]
                         last_frame = time.monotonic()
                         yield item
-                    read_database, retry_at = False, 0.0
+                    read_database = False
+                    retry.succeeded()
                     last_sync = time.monotonic()
             wake_at = last_sync + (GAP_POLL_SECONDS if look_again else resync)
             if read_database:
-                wake_at = min(wake_at, retry_at)
+                wake_at = min(wake_at, retry.at)
             if keepalive is not None:
                 wake_at = min(wake_at, last_frame + keepalive)
             message = await membership.receive(max(0.0, wake_at - time.monotonic()))

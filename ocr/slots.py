@@ -93,6 +93,9 @@ class _Wakeups:
         try:
             self._inotify = INotify(nonblocking=True)
             self._inotify.add_watch(directory, flags.CLOSE_WRITE)
+            self._poller = select.poll()  # not select(): no limit on descriptor numbers
+            self._poller.register(self._inotify, select.POLLIN)
+            self._poller.register(self._pipe_r, select.POLLIN)
         except OSError as exc:
             global _warned_no_inotify
             if not _warned_no_inotify:
@@ -124,8 +127,5 @@ class _Wakeups:
         if self._inotify is None:
             time.sleep(POLL_SECONDS)
             return
-        poller = select.poll()  # not select(): no limit on descriptor numbers
-        poller.register(self._inotify, select.POLLIN)
-        poller.register(self._pipe_r, select.POLLIN)
-        if any(fd == self._inotify.fileno() for fd, _ in poller.poll(RETRY_SECONDS * 1000)):
+        if any(fd == self._inotify.fileno() for fd, _ in self._poller.poll(RETRY_SECONDS * 1000)):
             self._inotify.read(timeout=0)  # drain: the next try sees every release up to now

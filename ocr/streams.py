@@ -111,6 +111,26 @@ class Membership:
                 logger.debug("%s: delete_channel failed", self.label, exc_info=True)
 
 
+class DatabaseRetry:
+    """When a stream reads the database again after a read that failed (a restart, a failover):
+    DATABASE_RETRY_SECONDS later, the stream meanwhile alive; said once per outage."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.at = 0.0  # 0: the last read succeeded
+
+    def due(self) -> bool:
+        return time.monotonic() >= self.at
+
+    def failed(self, exc: Exception) -> None:
+        if not self.at:
+            logger.warning("%s: stream cannot read the database (%s); trying again", self.label, exc)
+        self.at = time.monotonic() + DATABASE_RETRY_SECONDS
+
+    def succeeded(self) -> None:
+        self.at = 0.0
+
+
 @database_sync_to_async
 def _stored_after(task_id: uuid.UUID, seq: int) -> tuple[list[TaskEventPayload], bool]:
     """The stored events after `seq`, and whether the stream is over without them (the task is
@@ -137,16 +157,14 @@ async def follow(
     last_seq = after
     read_database = True
     last_frame = last_sync = time.monotonic()  # keep-alive clock; resync clock
-    retry_at = 0.0  # after a failed read of the database, when to read it again
+    retry = DatabaseRetry(membership.label)
     try:
         while True:
-            if read_database and time.monotonic() >= retry_at:
+            if read_database and retry.due():
                 try:
                     events, over = await _stored_after(task_id, last_seq)
                 except DatabaseError as exc:  # a restart or failover: read again soon, live meanwhile
-                    if not retry_at:  # said once per outage, not every second
-                        logger.warning("task %s: stream cannot read the database (%s); trying again", task_id, exc)
-                    retry_at = time.monotonic() + DATABASE_RETRY_SECONDS
+                    retry.failed(exc)
                     events, over = None, False
                 if over:
                     return  # asked for events after the terminal one: nothing will come
@@ -157,9 +175,10 @@ async def follow(
                     if event["type"] in TERMINAL_EVENTS:
                         return
                 if events is not None:
-                    read_database, retry_at = False, 0.0
+                    read_database = False
+                    retry.succeeded()
                     last_sync = time.monotonic()
-            wake_at = min(last_sync + resync, retry_at) if read_database else last_sync + resync
+            wake_at = min(last_sync + resync, retry.at) if read_database else last_sync + resync
             if keepalive is not None:
                 wake_at = min(wake_at, last_frame + keepalive)
             message = await membership.receive(max(0.0, wake_at - time.monotonic()))

@@ -195,7 +195,7 @@ async def test_the_feed_lives_through_reads_of_the_database_that_fail(monkeypatc
     from asgiref.sync import sync_to_async
     from django.db import OperationalError
 
-    from ocr import feed
+    from ocr import feed, streams
     from ocr.models import OperatorEvent
 
     def stored_item() -> int:
@@ -211,7 +211,7 @@ async def test_the_feed_lives_through_reads_of_the_database_that_fail(monkeypatc
         return await stored(cursor)
 
     monkeypatch.setattr(feed, "_stored_after", stored_after)
-    monkeypatch.setattr(feed, "DATABASE_RETRY_SECONDS", 0.3)
+    monkeypatch.setattr(streams, "DATABASE_RETRY_SECONDS", 0.3)
 
     async def read() -> list:
         got = []

@@ -123,8 +123,8 @@ def task_submit(
         with transaction.atomic():
             task.save(force_insert=True)
             _store_event(task, EventType.STATUS)
-            # the row as submitted: once committed, a free worker may start it before the answer is built
-            task.refresh_from_db()
+            # `task` stays the row as submitted (its answer says pending), though once this commits
+            # a free worker may start it before the answer is built
             transaction.on_commit(lambda: enqueue_task(task.pk))
             if task.deadline_at is not None:
                 transaction.on_commit(queue.wake_sweeper)

@@ -34,28 +34,47 @@ def process_task(task_id: str) -> None:
         logger.info("task %s: slice %d taken by the job of task %s", claimed.task_id, claimed.index, task_id)
         _run_guarded(claimed.task_id, lambda: slices.run_claimed(claimed))
         return
-    task = OCRTask.objects.filter(pk=uuid.UUID(task_id)).first()
-    if task is None:
-        logger.warning("task %s: not found, its job starts the next pending task", task_id)
-    elif task.status != TaskStatus.PENDING:
-        logger.info("task %s: %s before start, skipped (its job takes the next)", task.pk, task.status)
+    own = uuid.UUID(task_id)
+    alone = _pending_alone(own)
+    if alone is not None and not upkeep.task_cancel_if_expired(task=alone):
+        if _run_guarded(own, lambda: _run(alone)):
+            return
     # Every job starts a task while one is pending: jobs starting each other's tasks (the start
     # order) must not leave one pending task without a job. So a job whose candidates were all
     # taken meanwhile reads the order again (tasks submitted since are in it) until none is
     # pending; each candidate lost is one another job started.
-    for _ in range(PICK_ROUNDS):
+    for round_number in range(PICK_ROUNDS):
         order = scheduling.start_order(limit=PICK_CANDIDATES)
+        if round_number == 0 and own not in order:
+            _log_own_task_not_pending(own)
         if not order:
             return
         for candidate_id in order:
             candidate = OCRTask.objects.filter(pk=candidate_id, status=TaskStatus.PENDING).first()
             if candidate is None or upkeep.task_cancel_if_expired(task=candidate):
                 continue
-            if candidate.pk != uuid.UUID(task_id):
+            if candidate.pk != own:
                 logger.info("task %s: started by the job of task %s (start order)", candidate.pk, task_id)
             if _run_guarded(candidate.pk, lambda candidate=candidate: _run(candidate)):
                 return
     logger.warning("task %s: its job found no pending task it could start in %d rounds", task_id, PICK_ROUNDS)
+
+
+def _pending_alone(task_id: uuid.UUID) -> OCRTask | None:
+    """The job's own task when it is the only pending one: the start order is then that task
+    alone, read without the order's queries (an idle service's every submit)."""
+    pending = list(OCRTask.objects.filter(status=TaskStatus.PENDING).order_by()[:2])
+    return pending[0] if len(pending) == 1 and pending[0].pk == task_id else None
+
+
+def _log_own_task_not_pending(task_id: uuid.UUID) -> None:
+    """Why a job's own task is not among the first it may start (read only then: the common
+    case, its task pending and next, costs the pick no query)."""
+    status = OCRTask.objects.filter(pk=task_id).values_list("status", flat=True).first()
+    if status is None:
+        logger.warning("task %s: not found, its job starts the next pending task", task_id)
+    elif status != TaskStatus.PENDING:
+        logger.info("task %s: %s before start, skipped (its job takes the next)", task_id, status)
 
 
 def _run_guarded(task_id: uuid.UUID, work: Callable[[], bool]) -> bool:

@@ -129,6 +129,25 @@ def test_a_job_whose_candidates_were_all_taken_reads_the_order_again(no_worker, 
     assert late.status == "completed" and len(reads) >= 2
 
 
+@pytest.mark.django_db(transaction=True)
+def test_a_job_starts_its_task_alone_without_the_order_but_never_past_another(no_worker, monkeypatch):
+    """The only pending task is started without reading the start order (an idle service's
+    submits); with another one pending the order decides, so a job never starts its own task
+    past a higher-priority one."""
+    real, reads = scheduling.start_order, []
+    monkeypatch.setattr(scheduling, "start_order", lambda limit=None: reads.append(limit) or real(limit=limit))
+    alone = submit()
+    tasks.process_task(str(alone.pk))
+    alone.refresh_from_db()
+    assert alone.status == "completed" and reads == []
+    normal = submit()
+    high = submit("high")
+    tasks.process_task(str(normal.pk))
+    normal.refresh_from_db()
+    high.refresh_from_db()
+    assert (high.status, normal.status) == ("completed", "pending") and reads
+
+
 @pytest.mark.django_db
 def test_task_json_has_priority_queue_position_and_estimate(no_worker):
     client = APIClient()

@@ -204,9 +204,12 @@ class FollowedStream(threading.Thread):
 
 
 def open_streams(base_url: str, task_ids: list[str], transports=("ws", "sse")) -> list[FollowedStream]:
+    """Streams following the tasks, each connected (its first event received) before this
+    returns: the chaos that follows must meet open streams, not streams still connecting."""
     streams = [FollowedStream(base_url, task_id, transport) for task_id in task_ids for transport in transports]
     for stream in streams:
         stream.start()
+    wait(lambda: all(stream.events or stream.finished.is_set() for stream in streams), 60, "every stream connected")
     return streams
 
 

@@ -8,9 +8,11 @@ import json
 import os
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from asgiref.testing import ApplicationCommunicator
+from django.core.signals import request_finished, request_started
 from django.db.backends.signals import connection_created
 from django.urls import reverse
 
@@ -23,22 +25,22 @@ from tests import factories
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("no_worker")]
 
 
+SCOPE = {
+    "type": "http",
+    "asgi": {"version": "3.0"},
+    "http_version": "1.1",
+    "method": "GET",
+    "scheme": "http",
+    "query_string": b"",
+    "root_path": "",
+    "headers": [(b"host", b"testserver")],
+    "client": ("127.0.0.1", 50000),
+    "server": ("testserver", 80),
+}
+
+
 async def get(app, path: str) -> tuple[int, bytes]:
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "GET",
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": b"",
-        "root_path": "",
-        "headers": [(b"host", b"testserver")],
-        "client": ("127.0.0.1", 50000),
-        "server": ("testserver", 80),
-    }
-    communicator = ApplicationCommunicator(app, scope)
+    communicator = ApplicationCommunicator(app, {**SCOPE, "path": path, "raw_path": path.encode()})
     await communicator.send_input({"type": "http.request", "body": b""})
     start = await communicator.receive_output(timeout=10)
     body = b""
@@ -228,6 +230,53 @@ def test_the_middleware_and_the_view_run_sync_in_one_hop(monkeypatch):
     assert status == 200 and len(stacks) == 1
     hops = [frame for frame in stacks[0] if frame.endswith("asgiref/current_thread_executor.py:run_until_future")]
     assert not hops, "the view ran through AsyncToSync: the request went back to the event loop before it"
+
+
+def test_a_request_is_one_call_on_its_thread_closed_before_its_answer_leaves(monkeypatch):
+    """request_started, the middleware chain, the view and request_finished run in one call on
+    the request's kept thread (Django's own handler hopped to it three times: the first signal,
+    the chain and view, the close), and an answer held in memory is closed before it is sent."""
+    submitted: list[str] = []
+    original_submit = ThreadPoolExecutor.submit
+
+    def counting_submit(self, fn, /, *args, **kwargs):
+        if self._thread_name_prefix.startswith("http-"):
+            submitted.append(threading.current_thread().name)
+        return original_submit(self, fn, *args, **kwargs)
+
+    monkeypatch.setattr(ThreadPoolExecutor, "submit", counting_submit)
+    signalled: list[tuple[str, str]] = []
+
+    def on_started(**kwargs):
+        signalled.append(("started", threading.current_thread().name))
+
+    def on_finished(**kwargs):
+        signalled.append(("finished", threading.current_thread().name))
+
+    task = factories.submit_task(pages=1)
+    path = f"/v1/ocr/tasks/{task.pk}"
+    request_started.connect(on_started)
+    request_finished.connect(on_finished)
+    try:
+
+        async def run() -> list[tuple[str, str]]:
+            communicator = ApplicationCommunicator(application, {**SCOPE, "path": path, "raw_path": path.encode()})
+            await communicator.send_input({"type": "http.request", "body": b""})
+            start = await communicator.receive_output(timeout=10)
+            assert start["status"] == 200
+            signalled_when_sent = list(signalled)
+            await communicator.receive_output(timeout=10)
+            await communicator.wait(timeout=5)
+            return signalled_when_sent
+
+        signalled_when_sent = asyncio.run(run())
+    finally:
+        request_started.disconnect(on_started)
+        request_finished.disconnect(on_finished)
+    assert len(submitted) == 1, f"{len(submitted)} calls on the request's thread"
+    [(_, thread)] = {(name, thread) for name, thread in signalled if name == "started"}
+    assert thread.startswith("http-")
+    assert signalled_when_sent == [("started", thread), ("finished", thread)]
 
 
 @pytest.mark.parametrize(

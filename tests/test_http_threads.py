@@ -39,8 +39,12 @@ SCOPE = {
 }
 
 
+def scope_for(path: str) -> dict:
+    return {**SCOPE, "path": path, "raw_path": path.encode()}
+
+
 async def get(app, path: str) -> tuple[int, bytes]:
-    communicator = ApplicationCommunicator(app, {**SCOPE, "path": path, "raw_path": path.encode()})
+    communicator = ApplicationCommunicator(app, scope_for(path))
     await communicator.send_input({"type": "http.request", "body": b""})
     start = await communicator.receive_output(timeout=10)
     body = b""
@@ -236,12 +240,12 @@ def test_a_request_is_one_call_on_its_thread_closed_before_its_answer_leaves(mon
     """request_started, the middleware chain, the view and request_finished run in one call on
     the request's kept thread (Django's own handler hopped to it three times: the first signal,
     the chain and view, the close), and an answer held in memory is closed before it is sent."""
-    submitted: list[str] = []
+    submitted = []  # the calls sent to a kept thread
     original_submit = ThreadPoolExecutor.submit
 
     def counting_submit(self, fn, /, *args, **kwargs):
         if self._thread_name_prefix.startswith("http-"):
-            submitted.append(threading.current_thread().name)
+            submitted.append(fn)
         return original_submit(self, fn, *args, **kwargs)
 
     monkeypatch.setattr(ThreadPoolExecutor, "submit", counting_submit)
@@ -260,7 +264,7 @@ def test_a_request_is_one_call_on_its_thread_closed_before_its_answer_leaves(mon
     try:
 
         async def run() -> list[tuple[str, str]]:
-            communicator = ApplicationCommunicator(application, {**SCOPE, "path": path, "raw_path": path.encode()})
+            communicator = ApplicationCommunicator(application, scope_for(path))
             await communicator.send_input({"type": "http.request", "body": b""})
             start = await communicator.receive_output(timeout=10)
             assert start["status"] == 200

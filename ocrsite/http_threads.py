@@ -181,9 +181,9 @@ class SyncViewsHandler(ASGIHandler):
     for the GIL. Measured with 4 clients GETting a task through one daphne: 9.4 ms of daphne CPU
     per GET with all the hops, 7.6 ms with one for the chain and the view (median of 10 rounds).
     With the signals and the close in that one hop as well (and no disconnect watcher), 50
-    clients GETting tasks through 2 daphne processes (api_load.py's GET phase, 5 runs
-    alternating with the code before): service CPU per GET 2.6-3.3 ms against 2.8-3.8, p99
-    242-284 ms against 322-416.
+    clients GETting tasks through 2 daphne processes, alternating with the code before:
+    benchmarks/api_load.py, 2 runs each, p99 300-309 ms against 371-384, service CPU per GET
+    3.1-3.7 ms against 3.7-4.2; its GET phase alone, 5 runs each, p99 242-284 ms against 322-416.
 
     Unlike Django's handler, this one does not watch for the client leaving during the view: a
     sync view cannot be stopped anyway, and daphne drops an answer to a closed connection. Async

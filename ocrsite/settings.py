@@ -190,7 +190,11 @@ Q_CLUSTER = {
     "retry": OCR_JOB_TIMEOUT + 60,
     "max_attempts": 1,
     "catch_up": False,
-    "save_limit": 1000,
+    # No django-q2 record of successful jobs (the task's row is the record; failures are kept):
+    # with a limit, each finished job read every stored success row under a lock to prune one.
+    # 600 jobs of cancelled tasks drained in 4.2 s instead of 10.7 s (9.5 against 24.3 ms of
+    # qcluster CPU a job, PostgreSQL).
+    "save_limit": -1,
     "ack_failures": True,
     "label": "Task queue",
     # Jobs a busy cluster takes from Redis ahead of a free worker (default workers**2, plus one in

@@ -8,6 +8,8 @@ slot), then cancels them all in one call. A thread polls the service's tesseract
 Figures: `response_ms` (the bulk call's round trip through daphne), `last_tesseract_gone_ms`
 (the call's start -> no tesseract of the service left, reaped), the lists' sizes, and checks:
 every task `cancelled` with exactly one `cancelled` event, no page recorded after `cancelled_at`.
+Then the jobs the cancelled pending tasks left on the broker's list: how long the cluster takes
+to drain them, and its CPU per job (each finds no pending task and ends).
 
 Prints one JSON object; logs go to stderr.
 """
@@ -23,6 +25,28 @@ import harness
 import results
 from harness import log
 from results import Row, verdict
+
+
+def drain(service: harness.Service, timeout: float = 300) -> tuple[int, float, float | None]:
+    """The jobs of the cancelled pending tasks stay on the broker's list; each, taken by a
+    worker, finds no pending task and ends. Measured from now (their tesseracts reaped):
+    (jobs left, seconds until none is, qcluster CPU ms per job, its reaped children counted)."""
+    from ocr import queue
+
+    def cluster_cpu() -> float:
+        seconds = service.cpu_seconds()
+        return seconds["qcluster"] + seconds["tesseract"]  # "tesseract": reaped children (none run now)
+
+    jobs, cpu_before, started = queue.queue_depth() or 0, cluster_cpu(), time.monotonic()
+    deadline = started + timeout
+    while queue.queue_depth():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the cancelled tasks' jobs were not drained within {timeout} s")
+        time.sleep(0.02)
+    drain_seconds = time.monotonic() - started
+    time.sleep(0.5)  # the last job taken ends
+    cpu_ms = (cluster_cpu() - cpu_before) * 1000
+    return jobs, round(drain_seconds, 2), round(cpu_ms / jobs, 2) if jobs else None
 
 
 def main() -> None:
@@ -76,6 +100,7 @@ def main() -> None:
         watcher.join(30)
         if code != 200:
             raise RuntimeError(f"bulk cancel answered {code}: {body}")
+        stale_jobs, drain_seconds, cpu_ms_per_job = drain(service)
         # the checks cover the tasks this call cancelled (some finished while the queue filled)
         tasks = OCRTask.objects.filter(pk__in=body["cancelled"]).annotate(
             cancelled_events=Count("events", filter=Q(events__type="cancelled"))
@@ -102,6 +127,9 @@ def main() -> None:
         "not_cancelled": not_cancelled,
         "tasks_without_exactly_one_cancelled_event": wrong_events,
         "pages_after_cancel": late_pages,
+        "stale_jobs": stale_jobs,
+        "stale_jobs_drain_seconds": drain_seconds,
+        "qcluster_cpu_ms_per_stale_job": cpu_ms_per_job,
     }
     print(json.dumps(result, indent=2))
     checks = not_cancelled + wrong_events + late_pages
@@ -123,6 +151,12 @@ def main() -> None:
             Row(
                 "cancelled / already finished / already cancelled",
                 f"{result['cancelled']} / {result['already_finished']} / {result['already_cancelled']}",
+                "",
+                verdict(None),
+            ),
+            Row(
+                "jobs of the cancelled tasks left on the queue: drained in, qcluster CPU per job",
+                f"{stale_jobs}: {drain_seconds} s, {cpu_ms_per_job} ms",
                 "",
                 verdict(None),
             ),

@@ -6,6 +6,7 @@ import uuid
 
 from django.db.models import Q, QuerySet
 
+from .compiled import Compiled
 from .exceptions import BatchNotFound, TaskNotFound
 from .models import Batch, OCRTask, TaskEvent, WebhookDelivery
 
@@ -14,13 +15,26 @@ def can_see_any(user) -> bool:
     return bool(user and user.is_authenticated and user.is_staff and user.has_perm("ocr.cancel_any_task"))
 
 
+def _viewer(user) -> tuple[str, int | None]:
+    """Who looks: "any" (staff who may cancel any task), "user" (and its id) or "anonymous"."""
+    if can_see_any(user):
+        return "any", None
+    if user is not None and user.is_authenticated:
+        return "user", user.pk
+    return "anonymous", None
+
+
+def _visible_to(viewer: str, owner_id: int | None = None) -> QuerySet[OCRTask]:
+    if viewer == "any":
+        return OCRTask.objects.all()
+    if viewer == "user":
+        return OCRTask.objects.filter(Q(owner_id=owner_id) | Q(owner__isnull=True))
+    return OCRTask.objects.filter(owner__isnull=True)
+
+
 def tasks_visible_to(user) -> QuerySet[OCRTask]:
     """Anonymous tasks are reachable by UUID by anyone; a user's tasks by that user (and staff)."""
-    if can_see_any(user):
-        return OCRTask.objects.all()
-    if user is not None and user.is_authenticated:
-        return OCRTask.objects.filter(Q(owner=user) | Q(owner__isnull=True))
-    return OCRTask.objects.filter(owner__isnull=True)
+    return _visible_to(*_viewer(user))
 
 
 def parse_task_id(raw: object) -> uuid.UUID:
@@ -33,24 +47,44 @@ def parse_task_id(raw: object) -> uuid.UUID:
         raise TaskNotFound(raw) from None
 
 
-def visible_rows(*, user, task_id, task_type: str | None = None, streaming_only: bool = False) -> QuerySet[OCRTask]:
-    """The task as a query, if `user` may see it on this path (kind, streaming); else empty.
-    TaskNotFound when `task_id` is not a UUID."""
-    tasks = tasks_visible_to(user).filter(pk=parse_task_id(task_id))
-    if task_type:
+def _visible_rows(shape: tuple[str, bool], *, pk, owner_id=None, task_type=None) -> QuerySet[OCRTask]:
+    viewer, streaming_only = shape
+    tasks = _visible_to(viewer, owner_id).filter(pk=pk)
+    if task_type is not None:
         tasks = tasks.filter(task_type=task_type)
     if streaming_only:
         tasks = tasks.filter(streaming=True)
     return tasks
 
 
+# every task GET's lookup, compiled once per shape (compiled.py: most of the lookup's cost)
+_VISIBLE_TASK = Compiled(OCRTask, _visible_rows, pk="id", owner_id="owner", task_type="task_type")
+
+
+def _lookup(user, task_id, task_type: str | None, streaming_only: bool) -> tuple[tuple[str, bool], dict]:
+    viewer, owner_id = _viewer(user)
+    values = {"pk": parse_task_id(task_id)}
+    if owner_id is not None:
+        values["owner_id"] = owner_id
+    if task_type:
+        values["task_type"] = task_type
+    return (viewer, streaming_only), values
+
+
+def visible_rows(*, user, task_id, task_type: str | None = None, streaming_only: bool = False) -> QuerySet[OCRTask]:
+    """The task as a query, if `user` may see it on this path (kind, streaming); else empty.
+    TaskNotFound when `task_id` is not a UUID."""
+    shape, values = _lookup(user, task_id, task_type, streaming_only)
+    return _visible_rows(shape, **values)
+
+
 def task_get_for(*, user, task_id: uuid.UUID, task_type: str | None = None, streaming_only: bool = False) -> OCRTask:
     """The task if `user` may see it on this path (kind, streaming); TaskNotFound otherwise."""
-    tasks = visible_rows(user=user, task_id=task_id, task_type=task_type, streaming_only=streaming_only)
-    try:
-        return tasks.get()  # not .first(): its ORDER BY (the model's ordering) cost a fifth of the lookup
-    except OCRTask.DoesNotExist:
-        raise TaskNotFound(parse_task_id(task_id)) from None
+    shape, values = _lookup(user, task_id, task_type, streaming_only)
+    task = _VISIBLE_TASK.first(shape=shape, **values)
+    if task is None:
+        raise TaskNotFound(parse_task_id(task_id))
+    return task
 
 
 def task_list_for(

@@ -25,7 +25,7 @@ from django.db.models import Model, QuerySet, UUIDField
 class _Plan:
     sql: str
     params: tuple[Any, ...]  # the query's own parameters; None where a value goes
-    slots: tuple[tuple[int, str], ...]  # (parameter index, value name)
+    slots: tuple[tuple[int, str, Any], ...]  # (parameter index, value name, its field)
     converters: tuple[tuple[int, list, Any], ...]  # (column, converters, expression)
     attnames: tuple[str, ...]
 
@@ -50,8 +50,8 @@ class Compiled:
             plan = self._plans[key] = self._plan(shape, using, sorted(values))
         connection = connections[using]
         params = list(plan.params)
-        for index, name in plan.slots:
-            params[index] = self._field(name).get_db_prep_value(values[name], connection, prepared=False)
+        for index, name, field in plan.slots:
+            params[index] = field.get_db_prep_value(values[name], connection, prepared=False)
         with connection.cursor() as cursor:
             cursor.execute(plan.sql, params)
             row = cursor.fetchone()
@@ -78,13 +78,14 @@ class Compiled:
             raise ValueError(f"{type(self).__name__}: the query must select whole {self.model.__name__} rows")
         prepared = {name: self._field(name).get_db_prep_value(value, connection) for name, value in stand_ins.items()}
         slots = [(index, name) for index, param in enumerate(params) for name in names if param == prepared[name]]
-        if {name for _, name in slots} != set(names) or len({index for index, _ in slots}) != len(slots):
+        indexes = {index for index, _ in slots}
+        if {name for _, name in slots} != set(names) or len(indexes) != len(slots):
             raise ValueError(f"{type(self).__name__}: each value must be a parameter of its own: {sql}")
         converters = compiler.get_converters([col for col, _, _ in compiler.select])
         return _Plan(
             sql=sql,
-            params=tuple(None if index in dict(slots) else param for index, param in enumerate(params)),
-            slots=tuple(slots),
+            params=tuple(None if index in indexes else param for index, param in enumerate(params)),
+            slots=tuple((index, name, self._field(name)) for index, name in slots),
             converters=tuple((column, convs, expression) for column, (convs, expression) in converters.items()),
             attnames=tuple(field.attname for field in fields),
         )

@@ -83,7 +83,7 @@ def task_get_for(*, user, task_id: uuid.UUID, task_type: str | None = None, stre
     shape, values = _lookup(user, task_id, task_type, streaming_only)
     task = _VISIBLE_TASK.first(shape=shape, **values)
     if task is None:
-        raise TaskNotFound(parse_task_id(task_id))
+        raise TaskNotFound(values["pk"])
     return task
 
 

@@ -7,6 +7,9 @@ SQLite), and task GETs are what pollers send all day. A `Compiled` query is buil
 database; the parameters that hold the stand-ins are found, and each call runs the same SQL
 with its own values there and converts the row as the ORM does (the backend's and the fields'
 converters, as returning.update_returning does).
+
+`CompiledUpdate` does the same for a conditional UPDATE ... RETURNING (returning.update_returning):
+a cancel's, whose answer the client waits for.
 """
 
 from __future__ import annotations
@@ -15,10 +18,13 @@ import secrets
 import uuid
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from django.db import connections
-from django.db.models import Model, QuerySet, UUIDField
+from django.db.models import DateTimeField, Model, UUIDField
+
+from .returning import update_sql
 
 
 @dataclass(frozen=True)
@@ -35,7 +41,7 @@ class Compiled:
     with each value compared to the model field named for it in `fields` ({value name: field
     name}). `first()` runs it with the caller's values."""
 
-    def __init__(self, model: type[Model], build: Callable[..., QuerySet], **fields: str) -> None:
+    def __init__(self, model: type[Model], build: Callable[..., Any], **fields: str) -> None:
         self.model = model
         self.build = build
         self.fields = fields
@@ -44,6 +50,12 @@ class Compiled:
     def first(self, *, shape: Hashable = None, using: str = "default", **values) -> Model | None:
         """The first row the query finds with these values, or None (as QuerySet.first(), in
         the database's own order: give the shape a unique lookup)."""
+        plan, row = self._run(shape, using, values, lambda cursor: cursor.fetchone())
+        return None if row is None else self._load(plan, using, row)
+
+    def _run(self, shape: Hashable, using: str, values: dict, fetch: Callable) -> tuple[_Plan, Any]:
+        """The plan for these values' names (compiled on first use), and what `fetch(cursor)`
+        gave once the plan ran with the values."""
         key = (shape, using, tuple(sorted(values)))
         plan = self._plans.get(key)
         if plan is None:
@@ -54,9 +66,10 @@ class Compiled:
             params[index] = field.get_db_prep_value(values[name], connection, prepared=False)
         with connection.cursor() as cursor:
             cursor.execute(plan.sql, params)
-            row = cursor.fetchone()
-        if row is None:
-            return None
+            return plan, fetch(cursor)
+
+    def _load(self, plan: _Plan, using: str, row) -> Model:
+        connection = connections[using]
         row = list(row)
         for column, converters, expression in plan.converters:
             for converter in converters:
@@ -67,27 +80,32 @@ class Compiled:
         field = self.model._meta.get_field(self.fields[name])
         return field.target_field if field.is_relation else field
 
-    def _plan(self, shape: Hashable, using: str, names: list[str]) -> _Plan:
-        connection = connections[using]
-        stand_ins = {name: self._stand_in(name) for name in names}
+    def _compile(self, shape: Hashable, using: str, stand_ins: dict) -> tuple[str, list, dict]:
+        """(SQL, its parameters, the converters of its columns) of the query with `stand_ins`."""
         rows = self.build(shape, **stand_ins).order_by()
         compiler = rows.query.get_compiler(using)
         sql, params = compiler.as_sql()
-        fields = self.model._meta.concrete_fields
-        if rows.model is not self.model or [col.target for col, _, _ in compiler.select] != list(fields):
+        if rows.model is not self.model or [col.target for col, _, _ in compiler.select] != list(
+            self.model._meta.concrete_fields
+        ):
             raise ValueError(f"{type(self).__name__}: the query must select whole {self.model.__name__} rows")
+        return sql, list(params), compiler.get_converters([col for col, _, _ in compiler.select])
+
+    def _plan(self, shape: Hashable, using: str, names: list[str]) -> _Plan:
+        connection = connections[using]
+        stand_ins = {name: self._stand_in(name) for name in names}
+        sql, params, converters = self._compile(shape, using, stand_ins)
         prepared = {name: self._field(name).get_db_prep_value(value, connection) for name, value in stand_ins.items()}
         slots = [(index, name) for index, param in enumerate(params) for name in names if param == prepared[name]]
         indexes = {index for index, _ in slots}
         if {name for _, name in slots} != set(names) or len(indexes) != len(slots):
             raise ValueError(f"{type(self).__name__}: each value must be a parameter of its own: {sql}")
-        converters = compiler.get_converters([col for col, _, _ in compiler.select])
         return _Plan(
             sql=sql,
             params=tuple(None if index in indexes else param for index, param in enumerate(params)),
             slots=tuple((index, name, self._field(name)) for index, name in slots),
             converters=tuple((column, convs, expression) for column, (convs, expression) in converters.items()),
-            attnames=tuple(field.attname for field in fields),
+            attnames=tuple(field.attname for field in self.model._meta.concrete_fields),
         )
 
     def _stand_in(self, name: str):
@@ -95,6 +113,25 @@ class Compiled:
         field = self._field(name)
         if isinstance(field, UUIDField):
             return uuid.uuid4()
+        if isinstance(field, DateTimeField):
+            return datetime(1901, 2, 3, microsecond=secrets.randbelow(10**6), tzinfo=UTC)
         if field.get_internal_type() in ("AutoField", "BigAutoField", "IntegerField", "BigIntegerField"):
             return -secrets.randbelow(2**40) - 2**41
         return f"\x00stand-in-{name}-{secrets.token_hex(8)}"
+
+
+class CompiledUpdate(Compiled):
+    """`build(shape, **values)` -> (rows, changes): `rows.update(**changes)` for a query that
+    matches at most one row, each value either compared (in `rows`) or written (in `changes`).
+    A value that is None is left out by the caller (the SQL writes NULL there, not a parameter)."""
+
+    def update_returning(self, *, shape: Hashable = None, using: str = "default", **values) -> Model | None:
+        """The row as the UPDATE left it (every concrete field), or None when nothing matched."""
+        plan, found = self._run(shape, using, values, lambda cursor: cursor.fetchall())
+        if len(found) > 1:
+            raise ValueError(f"{type(self).__name__} changed {len(found)} rows of {self.model.__name__}, not one")
+        return self._load(plan, using, found[0]) if found else None
+
+    def _compile(self, shape: Hashable, using: str, stand_ins: dict) -> tuple[str, list, dict]:
+        rows, changes = self.build(shape, **stand_ins)
+        return update_sql(rows, changes, using)

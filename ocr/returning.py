@@ -27,34 +27,48 @@ def update_returning(rows: QuerySet, **values) -> Model | None:
     """`rows.update(**values)` for a query that matches at most one row: that row as it is
     after the UPDATE (every concrete field), or None when nothing matched."""
     model = rows.model
-    query = rows.query.chain(UpdateQuery)
-    query.add_update_values(values)
-    compiler = query.get_compiler(rows.db)
-    compiler.pre_sql_setup()
-    sql, params = compiler.as_sql()
-    fields = model._meta.concrete_fields
-    connection = connections[rows.db]
-    returning = ", ".join(connection.ops.quote_name(field.column) for field in fields)
-    with connection.cursor() as cursor:
-        cursor.execute(f"{sql} RETURNING {returning}", params)
+    sql, params, converters = update_sql(rows, values)
+    with connections[rows.db].cursor() as cursor:
+        cursor.execute(sql, params)
         found = cursor.fetchall()
     if not found:
         return None
     if len(found) > 1:
         raise ValueError(f"update_returning changed {len(found)} rows of {model.__name__}, not one")
+    row = list(found[0])
+    for column, (functions, expression) in converters.items():
+        for function in functions:
+            row[column] = function(row[column], expression, connections[rows.db])
+    return model.from_db(rows.db, [field.attname for field in model._meta.concrete_fields], row)
+
+
+def update_sql(rows: QuerySet, values: dict, using: str | None = None) -> tuple[str, list, dict]:
+    """`rows.update(**values)` on `using` (else the queryset's database) as SQL ... RETURNING
+    every concrete column, its parameters, and the converters of the columns it returns (as
+    compiler.get_converters gives them: {column: (converters, expression)})."""
+    using = using or rows.db
+    model = rows.model
+    query = rows.query.chain(UpdateQuery)
+    query.add_update_values(values)
+    compiler = query.get_compiler(using)
+    compiler.pre_sql_setup()
+    sql, params = compiler.as_sql()
+    fields = model._meta.concrete_fields
+    returning = ", ".join(connections[using].ops.quote_name(field.column) for field in fields)
     converters = compiler.get_converters([field.get_col(model._meta.db_table) for field in fields])
-    if converters:
-        found = list(compiler.apply_converters(found, converters))
-    return model.from_db(rows.db, [field.attname for field in fields], found[0])
+    return f"{sql} RETURNING {returning}", list(params), converters
+
+
+DATABASE_CLOCK = Func(function="CLOCK_TIMESTAMP", output_field=DateTimeField())  # PostgreSQL's, as it runs
 
 
 def locked_clock(using: str = "default"):
     """A time for an UPDATE to write that is later than every write committed before the rows it
     changes were locked: PostgreSQL's clock as the UPDATE runs (after any row lock it waited
-    for); on SQLite, where transactions take the write lock as they begin (IMMEDIATE,
-    ocrsite/settings.py), the time now."""
+    for, DATABASE_CLOCK); on SQLite, where transactions take the write lock as they begin
+    (IMMEDIATE, ocrsite/settings.py), the time now."""
     if connections[using].vendor == "postgresql":
-        return Func(function="CLOCK_TIMESTAMP", output_field=DateTimeField())
+        return DATABASE_CLOCK
     return timezone.now()
 
 

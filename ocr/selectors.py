@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 
 from django.db.models import Q, QuerySet
 
@@ -47,7 +48,16 @@ def parse_task_id(raw: object) -> uuid.UUID:
         raise TaskNotFound(raw) from None
 
 
-def _visible_rows(shape: tuple[str, bool], *, pk, owner_id=None, task_type=None) -> QuerySet[OCRTask]:
+@dataclass(frozen=True)
+class TaskLookup:
+    """A task as one caller may see it on one path: the query's shape and its values."""
+
+    shape: tuple[str, bool]  # (viewer: "any", "user" or "anonymous"; streaming tasks only)
+    values: dict  # pk, and owner_id and task_type where they are compared
+
+
+def visible_query(shape: tuple[str, bool], *, pk, owner_id=None, task_type=None) -> QuerySet[OCRTask]:
+    """The query of a TaskLookup (and of its compiled forms: task_get_for, services' cancel)."""
     viewer, streaming_only = shape
     tasks = _visible_to(viewer, owner_id).filter(pk=pk)
     if task_type is not None:
@@ -57,33 +67,45 @@ def _visible_rows(shape: tuple[str, bool], *, pk, owner_id=None, task_type=None)
     return tasks
 
 
+LOOKUP_FIELDS = {"pk": "id", "owner_id": "owner", "task_type": "task_type"}  # the fields its values are of
 # every task GET's lookup, compiled once per shape (compiled.py: most of the lookup's cost)
-_VISIBLE_TASK = Compiled(OCRTask, _visible_rows, pk="id", owner_id="owner", task_type="task_type")
+_VISIBLE_TASK = Compiled(OCRTask, visible_query, **LOOKUP_FIELDS)
 
 
-def _lookup(user, task_id, task_type: str | None, streaming_only: bool) -> tuple[tuple[str, bool], dict]:
+def task_lookup(*, user, task_id, task_type: str | None = None, streaming_only: bool = False) -> TaskLookup:
+    """The task `task_id` as `user` may see it on this path (kind, streaming). TaskNotFound when
+    `task_id` is not a UUID."""
     viewer, owner_id = _viewer(user)
     values = {"pk": parse_task_id(task_id)}
     if owner_id is not None:
         values["owner_id"] = owner_id
     if task_type:
         values["task_type"] = task_type
-    return (viewer, streaming_only), values
+    return TaskLookup((viewer, streaming_only), values)
+
+
+def any_task_lookup(task_id: uuid.UUID) -> TaskLookup:
+    """The task `task_id` whoever owns it (for the service's and operators' own writes)."""
+    return TaskLookup(("any", False), {"pk": task_id})
 
 
 def visible_rows(*, user, task_id, task_type: str | None = None, streaming_only: bool = False) -> QuerySet[OCRTask]:
     """The task as a query, if `user` may see it on this path (kind, streaming); else empty.
     TaskNotFound when `task_id` is not a UUID."""
-    shape, values = _lookup(user, task_id, task_type, streaming_only)
-    return _visible_rows(shape, **values)
+    lookup = task_lookup(user=user, task_id=task_id, task_type=task_type, streaming_only=streaming_only)
+    return visible_query(lookup.shape, **lookup.values)
+
+
+def task_found(lookup: TaskLookup) -> OCRTask | None:
+    return _VISIBLE_TASK.first(shape=lookup.shape, **lookup.values)
 
 
 def task_get_for(*, user, task_id: uuid.UUID, task_type: str | None = None, streaming_only: bool = False) -> OCRTask:
     """The task if `user` may see it on this path (kind, streaming); TaskNotFound otherwise."""
-    shape, values = _lookup(user, task_id, task_type, streaming_only)
-    task = _VISIBLE_TASK.first(shape=shape, **values)
+    lookup = task_lookup(user=user, task_id=task_id, task_type=task_type, streaming_only=streaming_only)
+    task = task_found(lookup)
     if task is None:
-        raise TaskNotFound(values["pk"])
+        raise TaskNotFound(lookup.values["pk"])
     return task
 
 

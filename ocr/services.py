@@ -17,11 +17,11 @@ from datetime import timedelta
 from django.conf import settings
 from django.core.files.base import ContentFile
 from django.db import IntegrityError, transaction
-from django.db.models import Case, F, Model, QuerySet, Value, When
+from django.db.models import Case, F, Model, Value, When
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from . import feed, progress, queue, scheduling, webhooks
+from . import feed, progress, queue, scheduling, selectors, statements, webhooks
 from .exceptions import ServiceUnavailable, TaskConflict, TaskNotCancellable
 from .kinds import Kind
 from .models import (
@@ -37,7 +37,7 @@ from .models import (
     storage_name,
 )
 from .params import TaskParams
-from .returning import insert_together, locked_clock, update_returning
+from .returning import DATABASE_CLOCK, insert_together, locked_clock, update_returning
 
 logger = logging.getLogger(__name__)
 
@@ -308,34 +308,31 @@ def task_cancel(
 
     Idempotent for a cancelled task (original time and reason); raises TaskNotCancellable for
     a completed or failed one. Every call is audited, accepted or refused."""
-    return task_cancel_visible(
-        rows=OCRTask.objects.filter(pk=task.pk), reason=reason, cancelled_by=cancelled_by, user=user, client=client
-    )
+    lookup = selectors.any_task_lookup(task.pk)
+    return task_cancel_visible(lookup=lookup, reason=reason, cancelled_by=cancelled_by, user=user, client=client)
 
 
 def task_cancel_visible(
     *,
-    rows: QuerySet[OCRTask],
+    lookup: selectors.TaskLookup,
     reason: str | None = None,
     cancelled_by: str = CancelledBy.USER,
     user=None,
     client: str = "",
 ) -> CancelResult:
-    """task_cancel of the one task in `rows` (the caller's view of it: selectors.visible_rows),
-    whose conditional UPDATE is the first statement: nothing is read before the cancel that
-    stops the task. OCRTask.DoesNotExist when `rows` holds no task (nothing is written)."""
+    """task_cancel of the task as its caller sees it (`lookup`), whose conditional UPDATE is the
+    first statement: nothing is read before the cancel that stops the task. OCRTask.DoesNotExist
+    when the caller sees no such task (nothing is written)."""
     reason = (reason or "").strip() or DEFAULT_CANCEL_REASON
     user = user if getattr(user, "is_authenticated", False) else None
+    values = {**lookup.values, "reason": reason, "cancelled_by": cancelled_by}
+    if user is not None:
+        values["user_id"] = user.pk
     with transaction.atomic():
-        cancelled = update_returning(
-            rows.filter(status__in=ACTIVE_STATUSES),
-            event_seq=F("event_seq") + 1,
-            status=TaskStatus.CANCELLED,
-            cancellation_reason=reason,
-            cancelled_by=cancelled_by,
-            cancelled_by_user=user,
-            cancelled_at=locked_clock(),  # every page committed before is older
-        )
+        clock = locked_clock()  # read in the transaction: every page committed before is older
+        if clock is not DATABASE_CLOCK:
+            values["at"] = clock
+        cancelled = statements.CANCEL.update_returning(shape=lookup.shape, **values)
         if cancelled is not None:
             # Woken twice: once all is written, for the node killers to kill at once (and on
             # PostgreSQL the worker, which confirms on this commit; see queue.wake_task_worker),
@@ -348,7 +345,9 @@ def task_cancel_visible(
             current, outcome = cancelled, "cancelled"
             status_before = TaskStatus.PROCESSING if cancelled.started_at else TaskStatus.PENDING
         else:
-            current = rows.get()
+            current = selectors.task_found(lookup)
+            if current is None:
+                raise OCRTask.DoesNotExist(f"no task {lookup.values['pk']} for this caller")
             outcome = "already_cancelled" if current.status == TaskStatus.CANCELLED else f"already_{current.status}"
             status_before = current.status
         ran = cancelled.cancelled_at - cancelled.started_at if cancelled is not None and cancelled.started_at else None

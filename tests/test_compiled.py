@@ -8,7 +8,7 @@ from django.contrib.auth.models import AnonymousUser, Permission, User
 from django.db.models import Q
 
 from ocr import selectors, services
-from ocr.compiled import Compiled
+from ocr.compiled import Compiled, CompiledUpdate
 from ocr.exceptions import TaskNotFound
 from ocr.models import OCRTask
 from tests import factories
@@ -96,3 +96,51 @@ def test_task_lookups_show_each_viewer_what_the_visibility_rules_give():
     for user in (AnonymousUser(), other):
         with pytest.raises(TaskNotFound):
             selectors.task_get_for(user=user, task_id=owned.pk)
+
+
+def cancel_of(shape, *, pk, reason, user_id=None):
+    rows = OCRTask.objects.filter(pk=pk, status__in=("pending", "processing"))
+    return rows, {"status": "cancelled", "cancellation_reason": reason, "cancelled_by_user_id": user_id}
+
+
+def test_an_update_returns_the_row_it_changed_with_the_values_of_its_call():
+    cancel = CompiledUpdate(OCRTask, cancel_of, pk="id", reason="cancellation_reason", user_id="cancelled_by_user")
+    user = User.objects.create_user("ada")
+    first, second = factories.submit_task(pages=2, start=True), factories.submit_task("ocr")
+    changed = cancel.update_returning(pk=first.pk, reason="first reason", user_id=user.pk)
+    assert fields_of(changed) == fields_of(OCRTask.objects.get(pk=first.pk))
+    assert (changed.status, changed.cancellation_reason, changed.cancelled_by_user_id) == (
+        "cancelled",
+        "first reason",
+        user.pk,
+    )
+    assert changed.params == first.params and changed._state.adding is False  # JSON decoded, a saved row
+    changed = cancel.update_returning(pk=second.pk, reason="second reason")  # no user: NULL written
+    assert (changed.pk, changed.cancellation_reason, changed.cancelled_by_user_id) == (second.pk, "second reason", None)
+    assert cancel.update_returning(pk=first.pk, reason="again") is None  # its condition no longer holds
+    assert OCRTask.objects.get(pk=first.pk).cancellation_reason == "first reason"
+
+
+def test_an_update_of_more_than_one_row_is_refused():
+    every = CompiledUpdate(
+        OCRTask,
+        lambda shape, reason: (OCRTask.objects.all(), {"cancellation_reason": reason}),
+        reason="cancellation_reason",
+    )
+    factories.submit_task(), factories.submit_task()
+    with pytest.raises(ValueError, match="changed 2 rows"):
+        every.update_returning(reason="all of them")
+
+
+def test_a_cancel_changes_only_a_task_its_caller_sees_on_its_path():
+    owner, other = User.objects.create_user("ada"), User.objects.create_user("bob")
+    task = factories.submit_task(owner=owner)
+    for user, task_type in ((other, None), (AnonymousUser(), None), (owner, "ocr")):
+        lookup = selectors.task_lookup(user=user, task_id=task.pk, task_type=task_type)
+        with pytest.raises(OCRTask.DoesNotExist):
+            services.task_cancel_visible(lookup=lookup, reason="not mine", user=user)
+    assert OCRTask.objects.get(pk=task.pk).status == "pending"
+    lookup = selectors.task_lookup(user=owner, task_id=task.pk, task_type="pdf")
+    outcome = services.task_cancel_visible(lookup=lookup, reason="mine", user=owner)
+    assert outcome.newly_cancelled and outcome.task.cancelled_by_user_id == owner.pk
+    assert outcome.task.cancelled_at is not None and outcome.task.cancelled_at >= outcome.task.created_at

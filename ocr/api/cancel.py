@@ -43,12 +43,12 @@ class CancelView(APIView):
         except InvalidInput:
             visible_task(request, pk, kind=self.kind, streaming_only=self.streaming_only)  # 404 goes first
             raise
-        rows = selectors.visible_rows(
+        lookup = selectors.task_lookup(
             user=request.user, task_id=pk, task_type=self.kind and self.kind.slug, streaming_only=self.streaming_only
         )
         try:
             outcome = services.task_cancel_visible(
-                rows=rows, reason=reason, cancelled_by=CancelledBy.USER, user=request.user, client=client
+                lookup=lookup, reason=reason, cancelled_by=CancelledBy.USER, user=request.user, client=client
             )
         except OCRTask.DoesNotExist:
             raise TaskNotFound(pk) from None

@@ -186,6 +186,7 @@ Q_CLUSTER = {
     "name": OCR_QUEUE_NAME,
     "workers": OCR_WORKERS,
     "redis": REDIS_URL,
+    "broker_class": "ocr.broker.RedisBroker",  # its pusher outlives a Redis restart
     "timeout": OCR_JOB_TIMEOUT,
     "retry": OCR_JOB_TIMEOUT + 60,
     "max_attempts": 1,

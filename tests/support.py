@@ -106,6 +106,28 @@ def wait_for(predicate, timeout: float = 30.0, interval: float = 0.02):
     raise AssertionError(f"condition not met within {timeout} s")
 
 
+class PrivateRedis:
+    """A redis-server of its own on a free loopback port, nothing kept on disk: killed and started
+    again, it comes back empty on the same port (a restart)."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            ["redis-server", "--bind", "127.0.0.1", "--port", str(self.port), "--save", "", "--appendonly", "no"],
+            stdout=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        wait_for(lambda: port_open(self.port), timeout=10)
+
+    def stop(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
+
 # --- HTTP ------------------------------------------------------------------------------------
 
 

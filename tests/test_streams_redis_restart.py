@@ -21,28 +21,9 @@ from ocr.progress import group_name
 from ocr.streams import Membership
 from tests import factories
 from tests.conftest import ROOT, service_env
-from tests.support import SSEClient, WebSocketClient, free_port, port_open, stop_process, wait_for
+from tests.support import PrivateRedis, SSEClient, WebSocketClient, free_port, port_open, stop_process, wait_for
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("no_worker")]
-
-
-class PrivateRedis:
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.proc = None
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            ["redis-server", "--bind", "127.0.0.1", "--port", str(self.port), "--save", "", "--appendonly", "no"],
-            stdout=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        wait_for(lambda: port_open(self.port), timeout=10)
-
-    def stop(self) -> None:
-        self.proc.kill()
-        self.proc.wait()
 
 
 @pytest.fixture

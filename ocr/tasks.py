@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 import uuid
 from collections.abc import Callable
 from functools import partial
@@ -21,13 +22,43 @@ logger = logging.getLogger(__name__)
 
 PICK_CANDIDATES = 20  # pending tasks a job tries per reading of the start order
 PICK_ROUNDS = 50  # readings of the start order a job makes before it gives up
+DATABASE_WAIT_SECONDS = 30.0  # how long a job waits for a database gone away (restart, failover)
+DATABASE_RETRY_SECONDS = 0.25
 
 
 def process_task(task_id: str) -> None:
     """The job: take a pending slice of a running task (ocr/slices.py: unless a pending task of
     a higher priority waits), else start the first pending task of the start order
     (ocr/scheduling.py), which is this job's own task unless a higher-priority or fairer one
-    waits, and read it to its end."""
+    waits, and read it to its end. A job that cannot reach the database before it has started a
+    task (one it started is handed back: _run_guarded) waits for it, as long as
+    DATABASE_WAIT_SECONDS, and begins again: a job lost there left its task pending until the
+    sweeper queued it again (OCR_PENDING_REQUEUE_SECONDS)."""
+    try:
+        _process(task_id)
+    except (OperationalError, InterfaceError) as exc:
+        logger.warning("task %s: its job cannot reach the database (%s); waiting for it", task_id, exc)
+        if not _wait_for_database(task_id):
+            raise
+        _process(task_id)
+
+
+def _wait_for_database(task_id, timeout: float | None = None) -> bool:
+    """True as soon as a new connection to the database answers; False after `timeout` s."""
+    deadline = time.monotonic() + (DATABASE_WAIT_SECONDS if timeout is None else timeout)
+    while True:
+        connection.close()  # the broken one; a new one is opened
+        try:
+            connection.ensure_connection()
+            return True
+        except (OperationalError, InterfaceError):
+            if time.monotonic() >= deadline:
+                logger.warning("task %s: the database still does not answer", task_id)
+                return False
+            time.sleep(DATABASE_RETRY_SECONDS)
+
+
+def _process(task_id: str) -> None:
     close_old_connections()
     claimed = slices.claim()
     if claimed is not None:
@@ -96,10 +127,13 @@ def _run_guarded(task_id: uuid.UUID, work: Callable[[], bool]) -> bool:
 
 def _hand_back_after_database_loss(task_id: uuid.UUID, exc: Exception) -> None:
     """Re-queue our attempt of the task (its finished pages are kept) rather than fail it for a
-    database blip; a task that already had its attempts fails as before. While the database
-    still does not answer, the task is left to the reaper (no heartbeat: re-queued or failed)."""
+    database blip, once the database answers again (as long as DATABASE_WAIT_SECONDS: after a
+    3 s restart the reaper re-queued it 6-10 s later); a task that already had its attempts
+    fails as before. A database still away is left to the reaper (no heartbeat: re-queued or failed)."""
     logger.warning("task %s: the job lost the database (%s)", task_id, exc)
-    connection.close()  # the broken connection; the next query opens a new one
+    if not _wait_for_database(task_id):
+        logger.warning("task %s: left to the reaper", task_id)
+        return
     try:
         if OCRSlice.objects.filter(task_id=task_id).exists():
             logger.warning("task %s: sliced; the slice reaper re-queues the lost slice alone", task_id)

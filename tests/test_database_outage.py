@@ -5,13 +5,16 @@ PostgreSQL only: `pg_terminate_backend` ends the workers' connections on the tes
 exactly as a restart does (SQLite has no server to lose). `make chaos` restarts a whole cluster.
 """
 
+import logging
 import select
+import threading
 
 import psycopg
 import pytest
 from django.db import connection
 from rest_framework.test import APIClient
 
+from ocr import tasks
 from tests import factories
 from tests.conftest import start_daphne
 from tests.support import http_request, stop_process, tesseract_pids, wait_for
@@ -44,11 +47,35 @@ def test_a_task_whose_database_connections_die_mid_task_completes(cluster):
     wait_for(lambda: not tesseract_pids(), timeout=10)
 
 
-def _other_connection() -> psycopg.Connection:
+def _other_connection(dbname: str | None = None) -> psycopg.Connection:
     params = connection.get_connection_params()
     params.pop("cursor_factory", None)
     params.pop("context", None)
+    if dbname:
+        params["dbname"] = dbname
     return psycopg.connect(**params, autocommit=True)
+
+
+def test_a_job_that_cannot_reach_the_database_waits_for_it_then_runs_its_task(no_worker, caplog):
+    """A job that starts while the database is away (a restart: no new connection is accepted)
+    waits for it and runs its task; it used to fail, leaving the task pending until the sweeper
+    queued it again (OCR_PENDING_REQUEUE_SECONDS, a minute by default)."""
+    task = factories.submit_task("pdf")
+    name = connection.settings_dict["NAME"]
+    with _other_connection("postgres") as admin:
+        admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+        back = threading.Timer(1.0, lambda: admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true'))
+        try:
+            connection.close()  # the job's next query needs a new connection: refused for 1 s
+            back.start()
+            with caplog.at_level(logging.WARNING, logger="ocr.tasks"):
+                tasks.process_task(str(task.pk))
+        finally:
+            back.join()
+            admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+    task.refresh_from_db()
+    assert task.status == "completed", task.error_message
+    assert "its job cannot reach the database" in caplog.text
 
 
 def test_a_kept_connection_is_checked_without_a_query_and_one_the_server_ended_is_replaced():

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.support import free_port, stop_process
+from tests.support import PrivateRedis, free_port, stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -81,6 +81,15 @@ def _flush_outlasts_a_deadlock():
     BaseDatabaseOperations.execute_sql_flush = execute_sql_flush
     yield
     BaseDatabaseOperations.execute_sql_flush = real
+
+
+@pytest.fixture
+def private_redis():
+    """A redis-server of the test's own (tests.support.PrivateRedis), to restart at will."""
+    server = PrivateRedis()
+    server.start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture

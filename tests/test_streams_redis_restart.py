@@ -21,17 +21,9 @@ from ocr.progress import group_name
 from ocr.streams import Membership
 from tests import factories
 from tests.conftest import ROOT, service_env
-from tests.support import PrivateRedis, SSEClient, WebSocketClient, free_port, port_open, stop_process, wait_for
+from tests.support import SSEClient, WebSocketClient, free_port, port_open, stop_process, wait_for
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("no_worker")]
-
-
-@pytest.fixture
-def private_redis():
-    redis = PrivateRedis()
-    redis.start()
-    yield redis
-    redis.stop()
 
 
 @pytest.fixture

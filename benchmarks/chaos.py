@@ -194,9 +194,11 @@ def redis_restart(redis: chaos_env.PrivateRedis) -> tuple[dict, list[Row]]:
         ids += [service.submit_pdf(data, request)[1]["task_id"] for _ in range(2)]
         steady = open_streams(service.base_url, ids)
         cutters = open_streams(service.base_url, ids[:3])
+        backlog = [service.submit_pdf(data, request)[1]["task_id"] for _ in range(4)]  # jobs on the list
         wait(lambda: any(s.events and s.events[-1]["type"] == "page_completed" for s in steady), 120, "a first page")
         from ocr.models import OCRTask
 
+        ids += backlog
         pending = OCRTask.objects.filter(pk__in=ids, status="pending").count()
         for stream in cutters:
             stream.cut()

@@ -64,6 +64,16 @@ def queued_task_ids(limit: int = 10000) -> set[str]:
     return ids
 
 
+def redis_run_id(connection=None) -> str | None:
+    """The broker's Redis server's run id (the broker's own connection unless `connection`): a
+    new one after every restart. None when Redis does not answer."""
+    try:
+        return (connection or broker().connection).info("server")["run_id"]
+    except Exception:
+        logger.warning("queue: the broker's Redis does not answer (run id unknown)")
+        return None
+
+
 def _wakeup_channel(task_id) -> str:
     from django.conf import settings
 

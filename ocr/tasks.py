@@ -13,7 +13,7 @@ from functools import partial
 from django.conf import settings
 from django.db import InterfaceError, OperationalError, close_old_connections, connection
 
-from . import engine, scheduling, services, slices, upkeep
+from . import engine, queue, scheduling, services, slices, upkeep
 from .models import OCRPage, OCRSlice, OCRTask, TaskStatus
 from .pipeline import PagePipeline, pages_dir
 from .watcher import CancelWatcher, run_watched
@@ -194,18 +194,26 @@ def _run(task: OCRTask) -> bool:
     return True
 
 
+_broker_run_id: str | None = None  # the broker's Redis as this process's last reaper pass saw it
+
+
 def reap() -> dict:
-    """Scheduled (django-q2 schedule and `ocr_sweeper`): lost tasks, and orphan tesseracts here."""
-    report = upkeep.reap_lost_tasks(
-        lost_after=settings.OCR_WORKER_LOST_SECONDS, requeue_pending_after=settings.OCR_PENDING_REQUEUE_SECONDS
-    )
-    report.update(
-        slices.reap_lost_slices(
-            lost_after=settings.OCR_WORKER_LOST_SECONDS, requeue_pending_after=settings.OCR_PENDING_REQUEUE_SECONDS
-        )
-    )
+    """Scheduled (django-q2 schedule and `ocr_sweeper`): lost tasks, and orphan tesseracts here.
+    Pending work not on the queue is queued again after OCR_PENDING_REQUEUE_SECONDS (a job may
+    be in a worker's hands meanwhile), or at once after a Redis restart (`make run`'s keeps
+    nothing on disk: every job on its list is gone; one queued twice only starts once)."""
+    global _broker_run_id
+    run_id = queue.redis_run_id()
+    restarted = None not in (run_id, _broker_run_id) and run_id != _broker_run_id
+    if restarted:
+        logger.warning("reaper: the broker's Redis restarted; pending work not on the queue is queued again now")
+    requeue_after = 0.0 if restarted else settings.OCR_PENDING_REQUEUE_SECONDS
+    lost_after = settings.OCR_WORKER_LOST_SECONDS
+    report = upkeep.reap_lost_tasks(lost_after=lost_after, requeue_pending_after=requeue_after)
+    report.update(slices.reap_lost_slices(lost_after=lost_after, requeue_pending_after=requeue_after))
     report["orphans_killed"] = engine.kill_orphans(pages_dir())
     report["orphan_pages_removed"] = engine.remove_orphan_pages(pages_dir())
+    _broker_run_id = run_id or _broker_run_id  # a pass that failed looks again at the next
     return report
 
 

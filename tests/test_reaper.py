@@ -9,7 +9,7 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from ocr import services, upkeep
+from ocr import queue, services, tasks, upkeep
 from ocr.models import OCRPage, OCRTask, PageSource, TaskEvent
 from ocr.queue import queued_task_ids
 from tests import factories
@@ -167,3 +167,30 @@ def test_cancel_of_a_task_whose_worker_died(cluster):
     assert task.work_stopped_at is None  # when its work stopped is not known
     assert "partial result stored" in cluster.log()
     assert upkeep.reap_lost_tasks(lost_after=30)["cancelled_results_stored"] == 0
+
+
+def test_a_redis_restart_is_seen_by_its_run_id(private_redis):
+    import redis
+
+    server = redis.from_url(private_redis.url)
+    before = queue.redis_run_id(server)
+    assert before and queue.redis_run_id(server) == before
+    private_redis.stop()
+    assert queue.redis_run_id(server) is None
+    private_redis.start()  # empty: every job on its list is gone
+    assert queue.redis_run_id(server) not in (None, before)
+
+
+@pytest.mark.django_db
+def test_after_a_redis_restart_pending_work_not_on_the_queue_is_queued_again_at_once(monkeypatch):
+    from django_q.brokers import get_broker
+
+    task = factories.submit_task()  # never committed here: its job is not on the queue
+    monkeypatch.setattr(tasks, "_broker_run_id", queue.redis_run_id())  # the last pass saw this Redis
+    assert tasks.reap()["pending_requeued"] == 0  # queued just now: a worker may hold its job
+    monkeypatch.setattr(tasks, "_broker_run_id", "the run before a restart")
+    assert tasks.reap()["pending_requeued"] == 1
+    assert str(task.pk) in queued_task_ids()
+    assert tasks._broker_run_id == queue.redis_run_id()  # once only
+    assert tasks.reap()["pending_requeued"] == 0
+    get_broker().purge_queue()

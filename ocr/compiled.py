@@ -24,7 +24,7 @@ from typing import Any
 from django.db import connections
 from django.db.models import DateTimeField, Model, UUIDField
 
-from .returning import update_sql
+from .returning import convert_row, update_sql
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,7 @@ class _Plan:
     sql: str
     params: tuple[Any, ...]  # the query's own parameters; None where a value goes
     slots: tuple[tuple[int, str, Any], ...]  # (parameter index, value name, its field)
-    converters: tuple[tuple[int, list, Any], ...]  # (column, converters, expression)
+    converters: dict[int, tuple[list, Any]]  # {column: (converters, expression)}
     attnames: tuple[str, ...]
 
 
@@ -69,12 +69,7 @@ class Compiled:
             return plan, fetch(cursor)
 
     def _load(self, plan: _Plan, using: str, row) -> Model:
-        connection = connections[using]
-        row = list(row)
-        for column, converters, expression in plan.converters:
-            for converter in converters:
-                row[column] = converter(row[column], expression, connection)
-        return self.model.from_db(using, plan.attnames, row)
+        return self.model.from_db(using, plan.attnames, convert_row(row, plan.converters, connections[using]))
 
     def _field(self, name: str):
         field = self.model._meta.get_field(self.fields[name])
@@ -104,7 +99,7 @@ class Compiled:
             sql=sql,
             params=tuple(None if index in indexes else param for index, param in enumerate(params)),
             slots=tuple((index, name, self._field(name)) for index, name in slots),
-            converters=tuple((column, convs, expression) for column, (convs, expression) in converters.items()),
+            converters=converters,
             attnames=tuple(field.attname for field in self.model._meta.concrete_fields),
         )
 

@@ -35,11 +35,18 @@ def update_returning(rows: QuerySet, **values) -> Model | None:
         return None
     if len(found) > 1:
         raise ValueError(f"update_returning changed {len(found)} rows of {model.__name__}, not one")
-    row = list(found[0])
+    row = convert_row(found[0], converters, connections[rows.db])
+    return model.from_db(rows.db, [field.attname for field in model._meta.concrete_fields], row)
+
+
+def convert_row(row, converters: dict, connection) -> list:
+    """`row` with each column converted as the ORM converts what it reads (`converters`: as
+    compiler.get_converters gives them, {column: (converters, expression)})."""
+    row = list(row)
     for column, (functions, expression) in converters.items():
         for function in functions:
-            row[column] = function(row[column], expression, connections[rows.db])
-    return model.from_db(rows.db, [field.attname for field in model._meta.concrete_fields], row)
+            row[column] = function(row[column], expression, connection)
+    return row
 
 
 def update_sql(rows: QuerySet, values: dict, using: str | None = None) -> tuple[str, list, dict]:

@@ -43,9 +43,9 @@ def process_task(task_id: str) -> None:
         _process(task_id)
 
 
-def _wait_for_database(task_id, timeout: float | None = None) -> bool:
-    """True as soon as a new connection to the database answers; False after `timeout` s."""
-    deadline = time.monotonic() + (DATABASE_WAIT_SECONDS if timeout is None else timeout)
+def _wait_for_database(task_id) -> bool:
+    """True as soon as a new connection to the database answers; False after DATABASE_WAIT_SECONDS."""
+    deadline = time.monotonic() + DATABASE_WAIT_SECONDS
     while True:
         connection.close()  # the broken one; a new one is opened
         try:
